@@ -1,0 +1,3 @@
+from asiarch.cli import main
+
+raise SystemExit(main())
