@@ -1,0 +1,349 @@
+"""Experiment configuration: one TOML file loaded into typed dataclasses.
+
+Every field is declared once, here, with its type, default and a one-line help text;
+`asiarch init` renders the commented config.toml from these declarations, and the
+loader refuses unknown keys and wrong types with an error that names the key and the
+valid ones. The LLM API key is never part of the config: the config names the
+environment variable that holds it (``llm.api_key_env``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A config file or value is wrong; the message names the key and what is valid."""
+
+
+def _f(default: Any, help: str, choices: tuple | None = None, **kw):
+    """A config field with its help text (and allowed values) kept beside its declaration."""
+    meta = {"help": help}
+    if choices is not None:
+        meta["choices"] = choices
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata=meta, **kw)
+    return field(default=default, metadata=meta, **kw)
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = _f("asiarch", "Experiment name; prefixes every run key, job name and result file.")
+    seed: int = _f(0, "Seed of the search (parent sampling, offline proposer); training seeds are in [train].")
+    description: str = _f("", "Free text kept with the results.")
+
+
+@dataclass
+class SearchConfig:
+    proposer: str = _f(
+        "offline",
+        "Who proposes candidates: 'offline' (the LLM-free seeded proposer), 'llm' (the Researcher agent), "
+        "or 'mixed' (a fraction llm_fraction from the LLM).",
+        choices=("offline", "llm", "mixed"),
+    )
+    llm_fraction: float = _f(0.5, "With proposer = 'mixed': fraction of proposals that come from the LLM.")
+    round_size: int = _f(4, "Candidates proposed, checked and submitted together (one array job on Slurm).")
+    pool_size: int = _f(50, "Size of the candidate pool parents are sampled from (ASI-Arch: the 50 best).")
+    parent_top: int = _f(10, "The parent is drawn uniformly from ranks 1..parent_top of the pool (ASI-Arch: 10).")
+    num_references: int = _f(4, "References shown to the Researcher, drawn from ranks parent_top+1..pool_size (ASI-Arch: 4).")
+    pool_rebuild_every: int = _f(50, "Rebuild the pool after this many new results (ASI-Arch: 50).")
+    class_name: str = _f("DeltaNet", "Name of the layer class in candidate code (ASI-Arch's convention: DeltaNet).")
+    max_attempts: int = _f(3, "Training attempts per candidate, repairs included (ASI-Arch: 3).")
+    novelty_retries: int = _f(10, "Proposals rejected as duplicates before the proposer gives up for this slot.")
+
+
+@dataclass
+class BaselineConfig:
+    names: list[str] = _f(
+        ["deltanet", "gated_deltanet"],
+        "Baselines trained before the search (softmax, linear, retnet, gla, deltanet, gated_deltanet).",
+    )
+    reference: str = _f("deltanet", "The baseline fitness is measured against (ASI-Arch: DeltaNet).")
+
+
+@dataclass
+class TrainConfig:
+    task: str = _f("mqar", "Training task: 'mqar' (associative recall, accuracy on queries) or 'lm' (token file).",
+                   choices=("mqar", "lm"))
+    hidden_size: int = _f(64, "Model width (ASI-Arch exploration: 256).")
+    num_layers: int = _f(2, "Number of blocks (mixer + gated MLP) in the model shell (ASI-Arch exploration: 8).")
+    num_heads: int = _f(2, "Heads passed to the mixer (ASI-Arch: 8).")
+    mlp_ratio: float = _f(2.0, "Hidden size of the gated MLP as a multiple of hidden_size.")
+    steps: int = _f(200, "Optimizer steps (ASI-Arch exploration: 2000).")
+    batch_size: int = _f(32, "Global batch size in sequences, split across ranks.")
+    seq_len: int = _f(64, "Sequence length in tokens.")
+    lr: float = _f(3e-3, "Peak learning rate of AdamW (ASI-Arch: 3e-4 at 20M parameters).")
+    weight_decay: float = _f(0.1, "AdamW weight decay.")
+    warmup_steps: int = _f(20, "Linear warmup steps of the warmup-stable-decay schedule.")
+    decay_fraction: float = _f(0.2, "Final fraction of steps over which the learning rate decays linearly to 0.")
+    grad_clip: float = _f(1.0, "Gradient norm clip (0 disables).")
+    precision: str = _f("fp32", "Training precision: fp32, or bf16 autocast (GPU; ASI-Arch trained in bf16).",
+                        choices=("fp32", "bf16"))
+    seed: int = _f(0, "Training seed (data order and initialisation).")
+    eval_batches: int = _f(4, "Evaluation batches after training.")
+    log_every: int = _f(10, "Steps between progress records.")
+    divergence_factor: float = _f(3.0, "A loss above this multiple of the first loss, or NaN, ends the run as 'diverged'.")
+    nproc: int = _f(2, "Ranks per job (torchrun --nproc_per_node); one per GPU on clusters.")
+    threads_per_rank: int = _f(1, "torch CPU threads per rank (CPU training).")
+    max_params: int = _f(0, "Refuse candidates whose mixer has more parameters than this (0: no limit).")
+    # task parameters
+    vocab_size: int = _f(256, "Vocabulary size (MQAR: keys from the lower half, values from the upper half).")
+    num_kv_pairs: int = _f(4, "MQAR: key-value pairs per sequence (Zoology: 4 at length 64, 64 at 512).")
+    token_file: str = _f("", "LM task: path of a token file (numpy uint16 memmap; `asiarch tokenize` writes one).")
+
+
+@dataclass
+class ClusterConfig:
+    scheduler: str = _f("local", "Where jobs run: 'local' (submitit's local executor) or 'slurm'.",
+                        choices=("local", "slurm"))
+    max_in_flight: int = _f(1, "Jobs running at once (local) or array throttle %K (Slurm).")
+    timeout_min: float = _f(30.0, "Wall-clock limit of one training job in minutes.")
+    poll_interval_s: float = _f(1.0, "Seconds between state polls of jobs in flight.")
+    gpus_per_node: int = _f(0, "GPUs per job (0 on CPU).")
+    nodes: int = _f(1, "Nodes per job.")
+    site_profile: str = _f("", "Site profile name or path from slurm/ (partition, gres, modules, scratch).")
+    partition: str = _f("", "Slurm partition (overrides the site profile).")
+    account: str = _f("", "Slurm account.")
+    qos: str = _f("", "Slurm QOS.")
+    container_image: str = _f("", "Apptainer image (.sif) to run jobs in; empty runs torchrun directly.")
+    binds: list[str] = _f([], "Extra Apptainer binds (src[:dst]) besides the experiment directory.")
+    modules: list[str] = _f([], "Environment modules loaded before the job runs.")
+    python: str = _f("", "Python interpreter jobs use (default: the head's own).")
+
+
+@dataclass
+class LLMConfig:
+    base_url: str = _f("", "OpenAI-compatible endpoint (OpenAI, vLLM, Ollama); empty means no LLM.")
+    api_key_env: str = _f("OPENAI_API_KEY", "Name of the environment variable holding the API key (never stored).")
+    model: str = _f("gpt-4o-mini", "Default model for every agent.")
+    timeout_s: float = _f(120.0, "Per-request timeout.")
+    max_retries: int = _f(5, "Retries on rate limits, server errors and timeouts (exponential backoff, jitter).")
+
+
+@dataclass
+class FitnessConfig:
+    scale: float = _f(0.1, "Relative improvement over the baseline that saturates the sigmoid (ASI-Arch: 0.1).")
+    sharpness: float = _f(6.0, "Sigmoid slope (ASI-Arch: 6).")
+    judge_weight: float = _f(0.0, "Weight of the LLM judge's qualitative term (0: no judge).")
+    combine: str = _f("mean", "How the terms combine: 'mean' (ASI-Arch's paper) or 'sum' (its code).",
+                      choices=("mean", "sum"))
+
+
+@dataclass
+class BudgetConfig:
+    candidates: int = _f(8, "New candidates to train (baselines not counted); the search stops after them.")
+    gpu_hours: float = _f(0.0, "Stop submitting when this many GPU-hours (CPU-hours locally) are spent (0: no limit).")
+    llm_dollars: float = _f(0.0, "Stop LLM proposals when this many dollars are spent (0: no limit).")
+
+
+@dataclass
+class Config:
+    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    baselines: BaselineConfig = field(default_factory=BaselineConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    fitness: FitnessConfig = field(default_factory=FitnessConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+
+    def api_key(self) -> str | None:
+        """The LLM API key, read from the environment at the moment it is needed; never stored."""
+        return os.environ.get(self.llm.api_key_env) or None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+SECTION_HELP = {
+    "experiment": "What this experiment is called and how it is seeded.",
+    "search": "How parents are sampled and candidates proposed (ASI-Arch defaults in parentheses).",
+    "baselines": "Reference layers trained first; fitness is relative to `reference`.",
+    "train": "Training of one candidate (one job): model shell, task, optimiser.",
+    "cluster": "Where and how jobs run.",
+    "llm": "The LLM endpoint for the agents (the key is read from the environment, never stored).",
+    "fitness": "ASI-Arch's fitness: sigmoid-scaled improvements over the baseline in loss and task score.",
+    "budget": "When the search stops.",
+}
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _type_name(tp) -> str:
+    origin = typing.get_origin(tp)
+    if origin is list:
+        (arg,) = typing.get_args(tp)
+        return f"list of {_type_name(arg)}"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp, key: str, meta: dict) -> Any:
+    """Check ``value`` against the declared type ``tp``; ints are accepted for floats."""
+    origin = typing.get_origin(tp)
+    if origin is list:
+        (arg,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a {_type_name(tp)}, got {type(value).__name__} {value!r}")
+        return [_coerce(v, arg, f"{key}[{i}]", {}) for i, v in enumerate(value)]
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {type(value).__name__} {value!r}")
+        value = float(value)
+        if math.isnan(value):
+            raise ConfigError(f"{key}: NaN is not a valid value")
+    elif tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {type(value).__name__} {value!r}")
+    elif tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    elif tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {type(value).__name__} {value!r}")
+    choices = meta.get("choices")
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(repr, choices))}")
+    return value
+
+
+def _build(cls, data: dict, prefix: str):
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        where = f"[{prefix}]" if prefix else "the top level"
+        raise ConfigError(
+            f"unknown key {prefix + '.' if prefix else ''}{unknown[0]} in {where}; valid keys: {', '.join(fields)}"
+        )
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else name
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{key}: expected a table [{key}], got {type(value).__name__}")
+            kwargs[name] = _build(tp, value, key)
+        else:
+            kwargs[name] = _coerce(value, tp, key, fields[name].metadata)
+    return cls(**kwargs)
+
+
+def validate(cfg: Config) -> Config:
+    """Cross-field checks that a single type cannot express."""
+    t, s = cfg.train, cfg.search
+    positive = {
+        "train.hidden_size": t.hidden_size, "train.num_layers": t.num_layers, "train.num_heads": t.num_heads,
+        "train.steps": t.steps, "train.batch_size": t.batch_size, "train.seq_len": t.seq_len,
+        "train.nproc": t.nproc, "search.round_size": s.round_size, "search.pool_size": s.pool_size,
+        "search.parent_top": s.parent_top, "search.max_attempts": s.max_attempts,
+        "cluster.max_in_flight": cfg.cluster.max_in_flight, "train.vocab_size": t.vocab_size,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{key} must be positive, got {value}")
+    if t.hidden_size % t.num_heads:
+        raise ConfigError(f"train.hidden_size ({t.hidden_size}) must be divisible by train.num_heads ({t.num_heads})")
+    if t.batch_size % t.nproc:
+        raise ConfigError(f"train.batch_size ({t.batch_size}) must be divisible by train.nproc ({t.nproc})")
+    if not 0 < t.lr < 1:
+        raise ConfigError(f"train.lr must be in (0, 1), got {t.lr}")
+    if not 0 <= t.decay_fraction <= 1:
+        raise ConfigError(f"train.decay_fraction must be in [0, 1], got {t.decay_fraction}")
+    if t.task == "lm" and not t.token_file:
+        raise ConfigError("train.task = 'lm' needs train.token_file (write one with `asiarch tokenize TEXT OUT`)")
+    if t.task == "mqar" and t.seq_len < 4 * t.num_kv_pairs:
+        raise ConfigError(f"train.seq_len ({t.seq_len}) must be at least 4 * train.num_kv_pairs ({t.num_kv_pairs})")
+    if not 0 <= s.llm_fraction <= 1:
+        raise ConfigError(f"search.llm_fraction must be in [0, 1], got {s.llm_fraction}")
+    if s.proposer in ("llm", "mixed") and not cfg.llm.base_url:
+        raise ConfigError(f"search.proposer = {s.proposer!r} needs llm.base_url (an OpenAI-compatible endpoint)")
+    if not cfg.baselines.names:
+        raise ConfigError("baselines.names must name at least one baseline (fitness is relative to one)")
+    if cfg.baselines.reference not in cfg.baselines.names:
+        raise ConfigError(
+            f"baselines.reference {cfg.baselines.reference!r} must be one of baselines.names {cfg.baselines.names}"
+        )
+    if cfg.budget.candidates < 0:
+        raise ConfigError(f"budget.candidates must be >= 0, got {cfg.budget.candidates}")
+    if not cfg.experiment.name or any(c in cfg.experiment.name for c in "/ \t\n"):
+        raise ConfigError(f"experiment.name {cfg.experiment.name!r} must be non-empty with no spaces or '/'")
+    return cfg
+
+
+def from_dict(data: dict) -> Config:
+    return validate(_build(Config, data, ""))
+
+
+def load_config(path: str | Path) -> Config:
+    """Load and validate a config file; errors name the file and the key."""
+    path = Path(path)
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file; create one with `asiarch init DIR`") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        return from_dict(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def render_toml(cfg: Config, *, comments: bool = True) -> str:
+    """The config as TOML text; with ``comments`` every key carries its help text."""
+    lines = []
+    if comments:
+        lines += [
+            "# asiarch experiment config. Every key is optional; unknown keys are an error.",
+            "# Run it with `asiarch run DIR`; the resolved config is written back beside the store.",
+            "",
+        ]
+    for sec in dataclasses.fields(cfg):
+        section = getattr(cfg, sec.name)
+        if comments:
+            lines.append(f"# {SECTION_HELP[sec.name]}")
+        lines.append(f"[{sec.name}]")
+        for f in dataclasses.fields(section):
+            if comments:
+                extra = f" One of: {', '.join(f.metadata['choices'])}." if "choices" in f.metadata else ""
+                lines.append(f"# {f.metadata['help']}{extra}")
+            lines.append(f"{f.name} = {_toml_value(getattr(section, f.name))}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def demo_config(name: str = "demo") -> Config:
+    """The demo's config: small enough that baselines and 8 candidates train in minutes on 2 CPU cores."""
+    cfg = Config()
+    cfg.experiment.name = name
+    cfg.experiment.description = "asiarch demo: the whole loop on one machine, CPU, no LLM."
+    cfg.train = TrainConfig(hidden_size=64, num_layers=2, num_heads=2, steps=120, batch_size=32, seq_len=64,
+                            lr=3e-3, warmup_steps=10, vocab_size=256, num_kv_pairs=4, eval_batches=4)
+    cfg.cluster.max_in_flight = 1
+    cfg.search.round_size = 4
+    cfg.budget.candidates = 8
+    return validate(cfg)

@@ -1,0 +1,80 @@
+"""The scheduler interface the loop talks to; backends (local, slurm) implement it.
+
+A backend takes a batch of job requests (one round: an array job on Slurm), returns
+one job id per request at once, reports the states of many jobs with one query, and
+cancels. Ids are strings the store keeps, so a restarted head can ask about the same
+jobs again.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Protocol
+
+from asiarch.dispatch.payload import is_secret
+
+
+class JobState(str, enum.Enum):
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    TIMEOUT = "TIMEOUT"
+    OUT_OF_MEMORY = "OUT_OF_MEMORY"
+    NODE_FAIL = "NODE_FAIL"
+    PREEMPTED = "PREEMPTED"
+    CANCELLED = "CANCELLED"
+    UNKNOWN = "UNKNOWN"  # the scheduler does not know the job (yet, or any more): not done
+
+    @property
+    def finished(self) -> bool:
+        return self not in (JobState.PENDING, JobState.RUNNING, JobState.UNKNOWN)
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """One attempt to run: its rendered script and where its scheduler logs go."""
+
+    run_key: str
+    script: Path        # the rendered job.sh
+    log: Path           # stdout+stderr of the script
+    nproc: int = 1      # ranks (CPU cores or GPUs) the job occupies
+    gpus: int = 0
+
+
+class Scheduler(Protocol):
+    name: str
+
+    def submit(self, requests: list[JobRequest]) -> list[str]:
+        """Submit a round; returns one job id per request, in order."""
+
+    def states(self, job_ids: list[str]) -> dict[str, JobState]:
+        """Current state of each job, with one scheduler query whatever the number of ids."""
+
+    def cancel(self, job_ids: list[str]) -> None:
+        """Ask the scheduler to stop these jobs."""
+
+
+def job_environment(extra_secrets: tuple[str, ...] = (), base: dict[str, str] | None = None) -> dict[str, str]:
+    """The head's environment minus every secret: what a job may inherit."""
+    base = dict(os.environ if base is None else base)
+    return {k: v for k, v in base.items() if not is_secret(k, extra_secrets)}
+
+
+@contextmanager
+def secrets_hidden(extra_secrets: tuple[str, ...] = ()) -> Iterator[None]:
+    """Remove secrets from ``os.environ`` while child processes are started, then put them back.
+
+    Schedulers (submitit's local controller, sbatch's --export=ALL) copy the head's
+    environment into the job; the head is single-threaded, so hiding the variables
+    for the duration of a submission keeps them out of every job.
+    """
+    hidden = {k: os.environ.pop(k) for k in list(os.environ) if is_secret(k, extra_secrets)}
+    try:
+        yield
+    finally:
+        os.environ.update(hidden)

@@ -1,0 +1,110 @@
+"""Local backend: submitit's local executor, with a limit on jobs in flight.
+
+Each job is the rendered job script run by :func:`asiarch.dispatch.payload.run_job_script`
+in a submitit controller process on this machine. submitit starts every submitted job
+at once, so this backend keeps a queue and starts a job only when fewer than
+``max_in_flight`` run; :meth:`states` advances the queue. Job ids are this backend's own
+(``local-<n>``), stable from submission, whether or not the job has started yet.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections import deque
+from pathlib import Path
+
+import submitit
+
+from asiarch.dispatch.base import JobRequest, JobState, secrets_hidden
+from asiarch.dispatch.payload import run_job_script
+
+
+class LocalScheduler:
+    name = "local"
+
+    def __init__(self, folder: Path, *, max_in_flight: int = 1, timeout_min: float = 30.0,
+                 secret_env: tuple[str, ...] = (), python: str | None = None):
+        self.folder = Path(folder)
+        self.max_in_flight = max_in_flight
+        self.timeout_min = timeout_min
+        self.secret_env = secret_env
+        self.python = python
+        self._ids = itertools.count(1)
+        self._queue: deque[tuple[str, JobRequest]] = deque()
+        self._jobs: dict[str, submitit.Job] = {}
+        self._cancelled: set[str] = set()
+        self._final: dict[str, JobState] = {}
+        self._epoch = f"{int(time.time()):x}"  # ids stay unique across head restarts
+
+    # ------------------------------------------------------------------ interface
+    def submit(self, requests: list[JobRequest]) -> list[str]:
+        ids = []
+        for req in requests:
+            job_id = f"local-{self._epoch}-{next(self._ids)}"
+            self._queue.append((job_id, req))
+            ids.append(job_id)
+        self._pump()
+        return ids
+
+    def states(self, job_ids: list[str]) -> dict[str, JobState]:
+        self._pump()
+        queued = {jid for jid, _ in self._queue}
+        out = {}
+        for jid in job_ids:
+            if jid in self._final:
+                out[jid] = self._final[jid]
+            elif jid in queued:
+                out[jid] = JobState.PENDING
+            elif jid in self._jobs:
+                out[jid] = self._state(jid)
+            else:
+                out[jid] = JobState.UNKNOWN
+        return out
+
+    def cancel(self, job_ids: list[str]) -> None:
+        wanted = set(job_ids)
+        self._cancelled |= wanted
+        kept = deque((jid, r) for jid, r in self._queue if jid not in wanted)
+        for jid, _ in self._queue:
+            if jid in wanted:
+                self._final[jid] = JobState.CANCELLED
+        self._queue = kept
+        for jid in wanted & set(self._jobs):
+            self._jobs[jid].cancel(check=False)
+
+    # ------------------------------------------------------------------ internals
+    def _running(self) -> int:
+        return sum(1 for jid in self._jobs if jid not in self._final and self._state(jid) is JobState.RUNNING)
+
+    def _pump(self) -> None:
+        """Start queued jobs while slots are free."""
+        free = self.max_in_flight - self._running()
+        while free > 0 and self._queue:
+            jid, req = self._queue.popleft()
+            executor = submitit.LocalExecutor(folder=str(self.folder / "%j"), python=self.python)
+            executor.update_parameters(timeout_min=self.timeout_min, tasks_per_node=1, gpus_per_node=req.gpus)
+            with secrets_hidden(self.secret_env):
+                self._jobs[jid] = executor.submit(run_job_script, str(req.script), str(req.log), self.secret_env)
+            free -= 1
+
+    def _state(self, jid: str) -> JobState:
+        if jid in self._final:
+            return self._final[jid]
+        job = self._jobs[jid]
+        raw = job.state
+        if raw == "RUNNING":
+            return JobState.RUNNING
+        if raw == "FINISHED":
+            try:
+                job.result()
+                state = JobState.COMPLETED
+            except Exception:
+                state = JobState.CANCELLED if jid in self._cancelled else JobState.FAILED
+        elif raw == "INTERRUPTED":
+            state = JobState.CANCELLED if jid in self._cancelled else JobState.TIMEOUT
+        else:
+            state = JobState.UNKNOWN
+        if state.finished:
+            self._final[jid] = state
+        return state

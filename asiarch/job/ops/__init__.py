@@ -1,0 +1,12 @@
+"""Token-mixing kernels in plain PyTorch: each fast chunked form beside the naive
+recurrent reference that tests/test_ops.py ties it to, forward and backward."""
+
+from .delta_rule import chunk_delta_rule, recurrent_delta_rule
+from .linear_attn import chunk_linear_attn, recurrent_linear_attn
+from .softmax_attn import causal_softmax_attn, naive_softmax_attn
+
+__all__ = [
+    "chunk_linear_attn", "recurrent_linear_attn",
+    "chunk_delta_rule", "recurrent_delta_rule",
+    "causal_softmax_attn", "naive_softmax_attn",
+]

@@ -1,0 +1,294 @@
+"""Train one candidate: the job's entry point, run under torchrun.
+
+    python -m torch.distributed.run --standalone --nproc_per_node=2 -m asiarch.job.train SPEC.json
+
+SPEC.json is written by the head (see ``asiarch.layout``): the candidate's identity,
+the path of its layer file, the resolved [train] config, and where to write the
+result and progress files. Every rank trains a shard of the global batch under DDP
+(gloo on CPU, NCCL on GPU); rank 0 evaluates and writes the HDF5 result atomically.
+Whatever happens -- an exception in the candidate, NaN, divergence, SIGTERM from the
+scheduler -- rank 0 still writes a result file with the status and the curve so far.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import resource
+import signal
+import socket
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.nn import functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from asiarch.job import result as rf
+from asiarch.job.candidate import load_layer_file
+from asiarch.job.model import LanguageModel
+from asiarch.job.tasks import make_task, masked_accuracy
+
+
+class Diverged(Exception):
+    pass
+
+
+class Interrupted(Exception):
+    """The scheduler asked the job to stop (SIGTERM/SIGUSR1: preemption or time limit)."""
+
+
+@dataclass
+class Dist:
+    rank: int
+    world: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(threads: int) -> Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        backend = "nccl"
+    else:
+        device = torch.device("cpu")
+        torch.set_num_threads(max(1, threads))
+        backend = "gloo"
+    if world > 1:
+        dist.init_process_group(backend)
+    return Dist(rank, world, local_rank, device)
+
+
+def wsd_lr(step: int, *, peak: float, steps: int, warmup: int, decay_fraction: float) -> float:
+    """Warmup-stable-decay: linear warmup, constant, linear decay to 0 over the last fraction."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    decay_start = int(steps * (1 - decay_fraction))
+    if step >= decay_start and steps > decay_start:
+        return peak * max(0.0, (steps - step) / (steps - decay_start))
+    return peak
+
+
+def job_ids() -> dict[str, str]:
+    env = os.environ
+    return {
+        "job_id": env.get("SLURM_JOB_ID") or env.get("SUBMITIT_LOCAL_JOB_ID", ""),
+        "array_job_id": env.get("SLURM_ARRAY_JOB_ID", ""),
+        "array_task_id": env.get("SLURM_ARRAY_TASK_ID", ""),
+    }
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
+
+
+def all_reduce_sum(values: list[float], d: Dist) -> list[float]:
+    if d.world == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=d.device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def all_reduce_mean(value: float, d: Dist) -> float:
+    if d.world == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=d.device)
+    dist.all_reduce(t)
+    return float(t.item()) / d.world
+
+
+def all_reduce_max(value: int, d: Dist) -> int:
+    if d.world == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=d.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
+def build_task(cfg: dict):
+    if cfg["task"] == "mqar":
+        return make_task("mqar", vocab_size=cfg["vocab_size"], seq_len=cfg["seq_len"],
+                         num_kv_pairs=cfg["num_kv_pairs"])
+    return make_task("lm", path=cfg["token_file"], seq_len=cfg["seq_len"])
+
+
+def evaluate(model: torch.nn.Module, task, cfg: dict, d: Dist, autocast) -> dict[str, float]:
+    """Loss over scored positions and, for MQAR, accuracy on the queries."""
+    model.eval()
+    per_rank = max(1, cfg["batch_size"] // d.world)
+    losses, accs = [], []
+    with torch.no_grad(), autocast():
+        for inputs, targets in task.eval_batches(cfg["eval_batches"], per_rank):
+            inputs, targets = inputs.to(d.device), targets.to(d.device)
+            logits = model(inputs).float()
+            losses.append(F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100).item())
+            if cfg["task"] == "mqar":
+                accs.append(masked_accuracy(logits, targets))
+    model.train()
+    metrics = {"eval/loss": sum(losses) / len(losses)}
+    if accs:
+        metrics["mqar/accuracy"] = sum(accs) / len(accs)
+    return metrics
+
+
+def train(spec: dict, d: Dist, record: rf.ResultRecord, stop: dict) -> None:
+    """Train in place of ``record``: fills its curve, metrics and throughput; raises on failure."""
+    cfg = spec["train"]
+    torch.manual_seed(cfg["seed"])  # same initialisation on every rank
+    layer_cls = load_layer_file(spec["layer_path"], spec.get("class_name", "DeltaNet"))
+    task = build_task(cfg)
+    model = LanguageModel(layer_cls, vocab_size=task.vocab_size, hidden_size=cfg["hidden_size"],
+                          num_layers=cfg["num_layers"], num_heads=cfg["num_heads"],
+                          mlp_ratio=cfg["mlp_ratio"]).to(d.device)
+    record.num_params = sum(p.numel() for p in model.parameters())
+    record.env["mixer_params"] = model.mixer_parameters()
+    ddp = DDP(model, find_unused_parameters=False) if d.world > 1 else model
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"],
+                            betas=(0.9, 0.95))
+    use_bf16 = cfg["precision"] == "bf16"
+
+    def autocast():
+        return torch.autocast(device_type=d.device.type, dtype=torch.bfloat16, enabled=use_bf16)
+
+    gen = torch.Generator().manual_seed(cfg["seed"] * 1000 + d.rank)  # distinct data per rank
+    per_rank = cfg["batch_size"] // d.world
+    tokens_per_step = per_rank * cfg["seq_len"] * d.world
+    progress_path = spec["progress_path"]
+    t0 = time.time()
+    t_measure, step_measure = None, 0  # throughput excludes the first step (allocation, warm-up)
+    first_loss, last_progress = None, 0.0
+    recent: list[float] = []
+    for step in range(cfg["steps"]):
+        lr = wsd_lr(step, peak=cfg["lr"], steps=cfg["steps"], warmup=cfg["warmup_steps"],
+                    decay_fraction=cfg["decay_fraction"])
+        for group in opt.param_groups:
+            group["lr"] = lr
+        inputs, targets = task.batch(per_rank, gen)
+        inputs, targets = inputs.to(d.device), targets.to(d.device)
+        with autocast():
+            logits = ddp(inputs)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg["grad_clip"] > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
+        opt.step()
+        # One collective per step carries the loss and any stop request, so every rank sees the same
+        # mean loss and stop flag and all take the same decision at the same step (no rank left
+        # waiting in a collective its peers abandoned).
+        loss_value, stopping = all_reduce_sum([float(loss.item()) / d.world, 1.0 if stop["signal"] else 0.0], d)
+        if stopping:
+            raise Interrupted(f"received {stop['signal'] or 'a stop signal on a peer rank'} at step {step + 1}")
+        if step == 0:
+            t_measure = time.time()
+        else:
+            step_measure = step
+        recent.append(loss_value)
+        first_loss = loss_value if first_loss is None else first_loss
+        elapsed = time.time() - t0
+        if (step + 1) % cfg["log_every"] == 0 or step == cfg["steps"] - 1 or not math.isfinite(loss_value):
+            mean_loss = sum(recent) / len(recent)
+            recent.clear()
+            record.curve.append(step + 1, (step + 1) * tokens_per_step, mean_loss, lr, elapsed)
+            record.steps_done = step + 1
+            if d.main and (time.time() - last_progress > 2.0 or step == cfg["steps"] - 1):
+                tps = tokens_per_step * step_measure / (time.time() - t_measure) if step_measure else float("nan")
+                rf.write_progress(progress_path, step=step + 1, steps=cfg["steps"], tokens=(step + 1) * tokens_per_step,
+                                  loss=mean_loss, lr=lr, tokens_per_s=tps, elapsed=elapsed,
+                                  curve=[list(x) for x in zip(record.curve.step, record.curve.loss)])
+                last_progress = time.time()
+        if not math.isfinite(loss_value):
+            raise Diverged(f"loss became {loss_value} at step {step + 1}")
+        if step >= cfg["warmup_steps"] and loss_value > cfg["divergence_factor"] * first_loss:
+            raise Diverged(f"loss {loss_value:.4g} at step {step + 1} exceeds {cfg['divergence_factor']}x "
+                           f"the first loss {first_loss:.4g}")
+    train_time = time.time() - t_measure if t_measure else float("nan")
+    record.tokens_per_s = tokens_per_step * step_measure / train_time if step_measure else float("nan")
+    record.final_loss = record.curve.loss[-1] if record.curve.loss else float("nan")
+    metrics = evaluate(model, task, cfg, d, autocast)
+    # average the evaluation over ranks (each rank scored its own shard of the eval set size)
+    record.metrics = {k: all_reduce_mean(v, d) for k, v in metrics.items()}
+    record.eval_loss = record.metrics["eval/loss"]
+
+
+def install_signal_handlers(stop: dict) -> None:
+    """torchrun forwards TERM/INT/HUP/QUIT to workers; Slurm's --signal warning arrives as USR1."""
+    def handler(signum, _frame):
+        stop["signal"] = signal.Signals(signum).name
+    for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP):
+        signal.signal(sig, handler)
+
+
+def run(spec_path: str) -> int:
+    spec = json.loads(Path(spec_path).read_text())
+    cfg = spec["train"]
+    stop = {"signal": None}
+    install_signal_handlers(stop)
+    d = setup_distributed(cfg.get("threads_per_rank", 1))
+    ident = spec["identity"]
+    record = rf.ResultRecord(
+        experiment=ident["experiment"], candidate_id=ident["candidate_id"], attempt=ident["attempt"],
+        run_key=ident["run_key"], code_sha256=ident["code_sha256"], **job_ids(),
+        config=cfg, curve=rf.Curve(step=[], tokens=[], loss=[], lr=[], time=[]),
+        env={"torch": torch.__version__, "python": platform.python_version(), "device": str(d.device),
+             "world_size": d.world, "hostname": socket.gethostname(),
+             "container_image": os.environ.get("APPTAINER_CONTAINER", os.environ.get("SINGULARITY_CONTAINER", ""))},
+        started_at=time.time(),
+    )
+    code = 0
+    try:
+        train(spec, d, record, stop)
+        record.status = "ok"
+    except Diverged as exc:
+        record.status, record.error = "diverged", str(exc)
+    except Interrupted as exc:
+        record.status, record.error = "preempted", str(exc)
+    except Exception as exc:  # the candidate's own failure: record it, do not hang the other ranks
+        record.status, record.error = "failed", f"{type(exc).__name__}: {exc}"
+        record.traceback = traceback.format_exc()
+        code = 1
+    record.finished_at = time.time()
+    try:
+        record.peak_memory_bytes = all_reduce_max(peak_memory_bytes(d.device), d) if code == 0 else \
+            peak_memory_bytes(d.device)
+    except Exception:
+        record.peak_memory_bytes = peak_memory_bytes(d.device)
+    # rank 0 writes; a rank that failed alone writes too, so the reason is never lost
+    if d.main or code != 0:
+        rf.write_result(spec["result_path"], record)
+    if code != 0 and d.world > 1:
+        sys.stderr.write(record.traceback)
+        sys.stderr.flush()
+        os._exit(code)  # peers are blocked in a collective: exit hard so torchrun tears the group down
+    if d.world > 1:
+        dist.destroy_process_group()
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: torchrun ... -m asiarch.job.train SPEC.json", file=sys.stderr)
+        return 2
+    return run(argv[0])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,111 @@
+"""Pure rendering: typed specs in, text out. No subprocess, no filesystem writes.
+
+Every Jinja template in templates/ is loaded through :func:`environment`, which uses
+``StrictUndefined`` (a missing value is an error, not an empty string). Job-script
+templates are rendered with :func:`render_shell`, whose environment shell-quotes every
+interpolated value by default: LLM output reaches some of these strings (candidate
+names), so nothing reaches the shell unquoted unless it is wrapped in :class:`Raw`.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+
+import jinja2
+
+
+class Raw(str):
+    """A string that is already valid shell (e.g. ``"$SLURM_JOB_ID"``); rendered unquoted."""
+
+
+def shell_quote(value) -> str:
+    """Quote one value or a list of words for a POSIX shell."""
+    if isinstance(value, Raw):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return " ".join(shell_quote(v) for v in value)
+    if isinstance(value, bool):
+        value = int(value)
+    return shlex.quote(str(value))
+
+
+def _loader() -> jinja2.BaseLoader:
+    return jinja2.FileSystemLoader(str(resources.files("asiarch.templates")))
+
+
+@lru_cache(maxsize=None)
+def environment(shell: bool = False) -> jinja2.Environment:
+    """The project's Jinja environment; with ``shell`` every ``{{ value }}`` is shell-quoted."""
+    env = jinja2.Environment(
+        loader=_loader(),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+        finalize=shell_quote if shell else None,
+    )
+    env.filters["shquote"] = shell_quote
+    env.filters["envname"] = _envname
+    env.filters["directive"] = _directive
+    env.filters["comment"] = _comment
+    return env
+
+
+def _envname(name: str) -> Raw:
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        raise ValueError(f"not a valid environment variable name: {name!r}")
+    return Raw(name)
+
+
+def _directive(line: str) -> Raw:
+    """A scheduler directive (``#SBATCH --x=y``), built by the head from validated values."""
+    if "\n" in line or not line.startswith("#"):
+        raise ValueError(f"a scheduler directive must be one line starting with '#': {line!r}")
+    return Raw(line)
+
+
+def _comment(text: str) -> Raw:
+    """Text inside a comment: one line, no way to end the comment."""
+    return Raw(re.sub(r"[^A-Za-z0-9_.:-]", "_", str(text)))
+
+
+def render_template(name: str, **context) -> str:
+    return environment(False).get_template(name).render(**context)
+
+
+@dataclass(frozen=True)
+class JobScriptSpec:
+    """Everything the job script of one attempt needs; built by the head, rendered here."""
+
+    run_key: str
+    attempt_dir: str
+    command: tuple[str, ...]                 # the launcher's argv (torchrun, maybe inside apptainer)
+    env: tuple[tuple[str, str], ...] = ()    # exported variables, sorted for stable output
+    modules: tuple[str, ...] = ()
+    log: str = "job.log"
+    header: tuple[str, ...] = field(default=())  # scheduler directives, rendered verbatim (already safe)
+
+
+def render_job_script(spec: JobScriptSpec) -> str:
+    """The bash script that runs one attempt (templates/job.sh.j2)."""
+    return environment(True).get_template("job.sh.j2").render(spec=spec, env=sorted(spec.env))
+
+
+def torchrun_command(python: str, nproc: int, spec_path: str, *, nnodes: int = 1,
+                     rdzv_endpoint: str | None = None) -> tuple[str, ...]:
+    """``python -m torch.distributed.run ... -m asiarch.job.train SPEC``: single node standalone,
+    several nodes through a c10d rendezvous (the endpoint is the first host of the allocation)."""
+    cmd = [python, "-m", "torch.distributed.run"]
+    if nnodes == 1:
+        cmd += ["--standalone", "--nnodes=1"]
+    else:
+        if not rdzv_endpoint:
+            raise ValueError("multi-node torchrun needs a rendezvous endpoint (host:port)")
+        cmd += [f"--nnodes={nnodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={rdzv_endpoint}"]
+    cmd += [f"--nproc-per-node={nproc}", "-m", "asiarch.job.train", spec_path]
+    return tuple(cmd)

@@ -1,0 +1,112 @@
+"""deltanet
+
+DeltaNet (Schlag et al., 2021; Yang et al., 2024) with flash-linear-attention's
+defaults: the delta rule writes each value as a correction of what its key already
+retrieves, with SiLU features, L2-normalised q/k, a learned write strength and short
+convolutions. ASI-Arch's baseline.
+
+Genome: delta rule; silu features, L2-normalised q/k; no decay; sigmoid beta; short conv
+4; RMSNorm output.
+
+Rendered by asiarch from ASIARCH_GENOME below; the token mixing runs in asiarch.job.ops.
+"""
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from asiarch.job.ops import chunk_delta_rule
+
+# The genes this file was rendered from (read back with asiarch.genome.genome_from_code).
+ASIARCH_GENOME = {
+    "update": "delta",
+    "feature_map": "silu",
+    "qk_norm": "l2",
+    "decay": "none",
+    "beta": "sigmoid",
+    "short_conv": 4,
+    "output_gate": "none",
+    "output_norm": "rms",
+    "expand_v": 1,
+}
+
+
+class DeltaNet(nn.Module):
+    """Delta rule; silu features, L2-normalised q/k; no decay; sigmoid beta; short conv
+    4; RMSNorm output.
+
+    Input and output are (B, T, D) with D = hidden_size; num_heads heads of
+    Dk = D // num_heads key dims and Dv = Dk value dims.
+    """
+
+    def __init__(self, hidden_size=256, num_heads=4, layer_idx=None, **kwargs):
+        super().__init__()
+        hidden_size = kwargs.pop("d_model", hidden_size)  # ASI-Arch layers may pass d_model
+        assert hidden_size % num_heads == 0, (
+            f"hidden_size ({hidden_size}) must be divisible by num_heads ({num_heads})"
+        )
+        self.hidden_size = hidden_size
+        self.num_heads = num_heads
+        self.layer_idx = layer_idx
+        self.head_k_dim = hidden_size // num_heads  # Dk
+        self.head_v_dim = self.head_k_dim  # Dv
+        self.key_dim = num_heads * self.head_k_dim
+        self.value_dim = num_heads * self.head_v_dim
+
+        self.q_proj = nn.Linear(hidden_size, self.key_dim, bias=False)
+        self.k_proj = nn.Linear(hidden_size, self.key_dim, bias=False)
+        self.v_proj = nn.Linear(hidden_size, self.value_dim, bias=False)
+        # depthwise causal convolutions over time (padded on the left in forward)
+        conv_size = 4
+        self.q_conv = nn.Conv1d(self.key_dim, self.key_dim, conv_size, groups=self.key_dim,
+                                bias=False)
+        self.k_conv = nn.Conv1d(self.key_dim, self.key_dim, conv_size, groups=self.key_dim,
+                                bias=False)
+        self.v_conv = nn.Conv1d(self.value_dim, self.value_dim, conv_size, groups=self.value_dim,
+                                bias=False)
+        # beta_t in (0, 1): how strongly token t overwrites what its key already stores
+        self.b_proj = nn.Linear(hidden_size, num_heads, bias=False)
+        self.o_norm_weight = nn.Parameter(torch.ones(self.head_v_dim))  # per-head RMSNorm (Dv,)
+        self.o_proj = nn.Linear(self.value_dim, hidden_size, bias=False)
+
+    def forward(self, hidden_states, attention_mask=None, past_key_values=None,
+                use_cache=False, output_attentions=False, **kwargs):
+        """hidden_states (B, T, D) -> (output (B, T, D), None, past_key_values).
+
+        For training on packed sequences: no recurrent cache is kept (past_key_values
+        is passed through unchanged) and a padding mask is refused, not ignored.
+        """
+        if attention_mask is not None and not bool(attention_mask.all()):
+            raise ValueError(
+                f"{type(self).__name__} does not support padding; pass unpadded sequences"
+            )
+        B, T, _ = hidden_states.shape
+        H, Dk, Dv = self.num_heads, self.head_k_dim, self.head_v_dim
+
+        q = self.q_proj(hidden_states)  # (B, T, H*Dk)
+        k = self.k_proj(hidden_states)  # (B, T, H*Dk)
+        v = self.v_proj(hidden_states)  # (B, T, H*Dv)
+        q = self._short_conv(self.q_conv, q)  # (B, T, H*Dk)
+        k = self._short_conv(self.k_conv, k)  # (B, T, H*Dk)
+        v = F.silu(self._short_conv(self.v_conv, v))  # (B, T, H*Dv)
+        q = q.view(B, T, H, Dk).transpose(1, 2)  # (B, H, T, Dk)
+        k = k.view(B, T, H, Dk).transpose(1, 2)  # (B, H, T, Dk)
+        v = v.view(B, T, H, Dv).transpose(1, 2)  # (B, H, T, Dv)
+        q, k = F.silu(q), F.silu(k)  # feature map
+        # unit-norm keys keep the delta rule a contraction (beta * |k|^2 < 2)
+        q = F.normalize(q, p=2.0, dim=-1, eps=1e-6)
+        k = F.normalize(k, p=2.0, dim=-1, eps=1e-6)
+        beta = self.b_proj(hidden_states).sigmoid().transpose(1, 2)  # (B, H, T)
+        o = chunk_delta_rule(q, k, v, beta)  # (B, H, T, Dv)
+        o = o.transpose(1, 2)  # (B, T, H, Dv)
+        o32 = o.float()  # RMSNorm over Dv, in fp32
+        o = (o32 * torch.rsqrt(o32.pow(2).mean(dim=-1, keepdim=True) + 1e-5)).to(o.dtype)
+        o = o * self.o_norm_weight  # (B, T, H, Dv)
+        o = self.o_proj(o.reshape(B, T, H * Dv))  # (B, T, D)
+        return o, None, past_key_values
+
+    @staticmethod
+    def _short_conv(conv, x):
+        """Causal depthwise convolution over time: (B, T, C) -> (B, T, C), left padding only."""
+        x = F.pad(x.transpose(1, 2), (conv.kernel_size[0] - 1, 0))  # (B, C, K-1+T)
+        return conv(x).transpose(1, 2)  # (B, T, C)
