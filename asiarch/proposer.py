@@ -185,7 +185,7 @@ def render_layer(genome: LayerGenome, *, name: str, motivation: str = "",
                               initial_indent=" " * 7, subsequent_indent=" " * 4)
     return render_template(
         TEMPLATE_NAME,
-        name=_docstring_text(name, wrap=False) or "unnamed layer",
+        layer_name=_docstring_text(name, wrap=False) or "unnamed layer",
         motivation=_docstring_text(motivation, wrap=True) or "(no motivation given)",
         genome_doc=textwrap.fill(f"Genome: {description}.", _DOC_WIDTH),
         class_doc=class_doc[7:],

@@ -18,6 +18,7 @@ import torch
 
 from asiarch.genome import GENES, PRESETS, LayerGenome, genome_from_code
 from asiarch.job.candidate import build_layer, call_layer, load_layer_class
+from asiarch.job.static_check import format_findings, static_check
 from asiarch.proposer import (OfflineProposer, ProposalError, baseline_sources, genome_keys,
                               genome_name, render_layer)
 
@@ -40,10 +41,12 @@ def all_valid_genomes():
 
 
 def check_layer(code, tmp_path, class_name="DeltaNet", hidden=32, heads=2):
-    """Compile, import-check, load, build, run forward/backward and check causality."""
+    """Compile, static-check, load, build, run forward/backward and check causality."""
     path = tmp_path / "layer.py"
     path.write_text(code, encoding="utf-8")
     py_compile.compile(str(path), doraise=True)
+    findings = static_check(code)
+    assert not findings, format_findings(findings)
     for node in ast.walk(ast.parse(code)):
         if isinstance(node, ast.Import):
             mods = [a.name for a in node.names]

@@ -1,0 +1,80 @@
+import tomllib
+
+import pytest
+
+from asiarch.config import Config, ConfigError, demo_config, from_dict, load_config, render_toml
+
+
+def test_defaults_and_demo_validate():
+    cfg = from_dict({})
+    assert cfg.train.nproc == 2 and cfg.search.class_name == "DeltaNet"
+    assert demo_config().budget.candidates == 8
+
+
+def test_unknown_key_names_key_and_valid_ones():
+    with pytest.raises(ConfigError) as e:
+        from_dict({"train": {"stepz": 10}})
+    msg = str(e.value)
+    assert "train.stepz" in msg and "steps" in msg and "hidden_size" in msg
+
+
+def test_unknown_section():
+    with pytest.raises(ConfigError, match="unknown key trian.*valid keys: experiment"):
+        from_dict({"trian": {}})
+
+
+@pytest.mark.parametrize("data, needle", [
+    ({"train": {"steps": "100"}}, "train.steps: expected an integer"),
+    ({"train": {"lr": "fast"}}, "train.lr: expected a number"),
+    ({"train": {"steps": True}}, "train.steps: expected an integer"),
+    ({"cluster": {"scheduler": "pbs"}}, "cluster.scheduler: 'pbs' is not one of 'local', 'slurm'"),
+    ({"baselines": {"names": "deltanet"}}, "baselines.names: expected a list of str"),
+    ({"train": {"hidden_size": 65, "num_heads": 2}}, "divisible by train.num_heads"),
+    ({"train": {"task": "lm"}}, "needs train.token_file"),
+    ({"baselines": {"reference": "mamba"}}, "must be one of baselines.names"),
+    ({"search": {"proposer": "llm"}}, "needs llm.base_url"),
+    ({"train": "x"}, "expected a table [train]"),
+])
+def test_bad_values_are_named(data, needle):
+    with pytest.raises(ConfigError) as e:
+        from_dict(data)
+    assert needle in str(e.value)
+
+
+def test_int_accepted_for_float():
+    cfg = from_dict({"fitness": {"scale": 1}})
+    assert cfg.fitness.scale == 1.0 and isinstance(cfg.fitness.scale, float)
+
+
+def test_rendered_toml_is_commented_and_round_trips(tmp_path):
+    cfg = demo_config("rt")
+    cfg.cluster.binds = ["/data:/data"]
+    text = render_toml(cfg)
+    assert "# Training precision" in text and "One of: fp32, bf16" in text
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    assert load_config(path) == cfg
+    # every key appears, with a comment above it
+    data = tomllib.loads(text)
+    assert set(data) == {f for f in Config.__dataclass_fields__}
+
+
+def test_api_key_is_never_written(monkeypatch, tmp_path):
+    monkeypatch.setenv("MY_LLM_KEY", "sk-very-secret")
+    cfg = from_dict({"llm": {"api_key_env": "MY_LLM_KEY"}})
+    assert cfg.api_key() == "sk-very-secret"
+    assert "sk-very-secret" not in render_toml(cfg)
+    assert "sk-very-secret" not in repr(cfg)
+
+
+def test_file_errors_name_the_file(tmp_path):
+    with pytest.raises(ConfigError, match="no such config file.*asiarch init"):
+        load_config(tmp_path / "nope.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train\nsteps = 1")
+    with pytest.raises(ConfigError, match="bad.toml: not valid TOML"):
+        load_config(bad)
+    wrong = tmp_path / "wrong.toml"
+    wrong.write_text("[train]\nsteps = -5\n")
+    with pytest.raises(ConfigError, match="wrong.toml: train.steps must be positive"):
+        load_config(wrong)

@@ -1,0 +1,58 @@
+import subprocess
+
+import pytest
+
+from asiarch.render import JobScriptSpec, Raw, render_job_script, shell_quote, torchrun_command
+from tests.conftest import check_golden
+
+HOSTILE = "x'; touch /tmp/asiarch-pwned; echo '$(id)`id`\"\\"
+
+
+def _spec(attempt_dir="/scratch/exp/candidates/00003-delta/attempt-1", run_key="demo-c00003-a1", **kw):
+    return JobScriptSpec(
+        run_key=run_key, attempt_dir=attempt_dir,
+        command=torchrun_command("/opt/venv/bin/python", 2, f"{attempt_dir}/spec.json"),
+        env=(("PYTHONUNBUFFERED", "1"), ("OMP_NUM_THREADS", "1")), modules=("cuda/12.4",), **kw)
+
+
+def test_job_script_golden():
+    check_golden("job.sh", render_job_script(_spec()))
+
+
+def test_multinode_torchrun_uses_c10d():
+    cmd = torchrun_command("python", 4, "s.json", nnodes=2, rdzv_endpoint="node1:29500")
+    assert "--rdzv-backend=c10d" in cmd and "--rdzv-endpoint=node1:29500" in cmd and "--standalone" not in cmd
+    with pytest.raises(ValueError, match="rendezvous"):
+        torchrun_command("python", 4, "s.json", nnodes=2)
+
+
+def test_every_value_is_quoted_hostile_values_stay_data(tmp_path_spaces):
+    """LLM output reaches names and paths: run the script with bash and check nothing was executed."""
+    d = tmp_path_spaces / HOSTILE.replace("/", "_")
+    d.mkdir()
+    marker = tmp_path_spaces / "ran"
+    spec = JobScriptSpec(run_key=HOSTILE, attempt_dir=str(d),
+                         command=("printf", "%s\n", HOSTILE, str(marker)),
+                         env=(("EVIL", HOSTILE),))
+    script = render_job_script(spec)
+    path = tmp_path_spaces / "job.sh"
+    path.write_text(script)
+    out = subprocess.run(["bash", str(path)], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[-2:] == [HOSTILE, str(marker)]
+    assert not marker.exists()
+    import os
+    assert not os.path.exists("/tmp/asiarch-pwned")
+
+
+def test_bad_env_name_and_directive_refused():
+    with pytest.raises(ValueError, match="environment variable name"):
+        render_job_script(JobScriptSpec(run_key="k", attempt_dir="/d", command=("true",), env=(("A B", "1"),)))
+    with pytest.raises(ValueError, match="directive"):
+        render_job_script(JobScriptSpec(run_key="k", attempt_dir="/d", command=("true",), header=("rm -rf /",)))
+
+
+def test_shell_quote_raw_and_lists():
+    assert shell_quote(Raw("$SLURM_JOB_ID")) == "$SLURM_JOB_ID"
+    assert shell_quote(["a b", "c"]) == "'a b' c"

@@ -1,0 +1,120 @@
+"""The training job through real torchrun with 2 gloo ranks on CPU (the job path the loop uses)."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from asiarch.attempt import write_attempt_files
+from asiarch.config import ClusterConfig, TrainConfig
+from asiarch.dispatch.payload import JobScriptFailed, run_job_script
+from asiarch.job import result as rf
+from asiarch.job.tasks import write_token_file
+from asiarch.job.train import wsd_lr
+from asiarch.layout import AttemptPaths
+
+pytestmark = pytest.mark.slow
+
+CUMSUM = '''
+import torch
+from torch import nn
+
+class DeltaNet(nn.Module):
+    def __init__(self, hidden_size=64, num_heads=2, layer_idx=None, **kwargs):
+        super().__init__()
+        self.proj = nn.Linear(hidden_size, hidden_size)
+        self.out = nn.Linear(hidden_size, hidden_size)
+    def forward(self, hidden_states, attention_mask=None, past_key_values=None, use_cache=False, **kwargs):
+        T = hidden_states.shape[1]
+        c = torch.cumsum(self.proj(hidden_states), 1) / torch.arange(1, T + 1).view(1, T, 1)
+        return self.out(c){extra}, None, past_key_values
+'''
+
+
+def _attempt(tmp_path, source, *, steps=20, task="mqar", nproc=2, **train_kw):
+    work = tmp_path / "attempt-1"
+    layer = tmp_path / "layer.py"
+    layer.write_text(source)
+    paths = AttemptPaths(dir=work, job_script=work / "job.sh", spec=work / "spec.json", result=work / "result.h5",
+                         progress=work / "progress.json", log=work / "job.log")
+    train = TrainConfig(steps=steps, task=task, nproc=nproc, batch_size=8, log_every=5, warmup_steps=2, **train_kw)
+    ident = {"experiment": "t", "candidate_id": 1, "attempt": 1, "run_key": "t-c00001-a1", "code_sha256": "x"}
+    req = write_attempt_files(paths, layer_path=layer, identity=ident, train=train, cluster=ClusterConfig(),
+                              class_name="DeltaNet", python=sys.executable)
+    return paths, req
+
+
+def _run(req):
+    try:
+        run_job_script(str(req.script), str(req.log))
+        return 0
+    except JobScriptFailed:
+        return 1
+
+
+def test_trains_with_two_ranks_and_writes_result(tmp_path):
+    paths, req = _attempt(tmp_path, CUMSUM.format(extra=""), steps=20)
+    assert _run(req) == 0, paths.log.read_text()[-3000:]
+    rec = rf.read_result(paths.result)
+    assert rec.status == "ok"
+    assert rec.env["world_size"] == 2 and rec.run_key == "t-c00001-a1"
+    assert rec.curve.step == [5, 10, 15, 20] and all(l > 0 for l in rec.curve.loss)
+    assert rec.curve.tokens[-1] == 20 * 8 * 64  # global batch of 8 sequences of 64 tokens
+    assert 0.0 <= rec.metrics["mqar/accuracy"] <= 1.0 and rec.eval_loss > 0
+    assert rec.tokens_per_s > 0 and rec.peak_memory_bytes > 10_000_000 and rec.num_params > 0
+    assert rf.read_progress(paths.progress)["step"] == 20
+
+
+def test_layer_that_raises_is_recorded_as_failed_with_traceback(tmp_path):
+    source = CUMSUM.format(extra="") .replace("T = hidden_states.shape[1]",
+                                               "raise RuntimeError('candidate bug here')")
+    paths, req = _attempt(tmp_path, source)
+    assert _run(req) == 1
+    rec = rf.read_result(paths.result)
+    assert rec.status == "failed"
+    assert "candidate bug here" in rec.error and "Traceback" in rec.traceback
+
+
+def test_nan_ends_the_run_as_diverged_not_a_hang(tmp_path):
+    paths, req = _attempt(tmp_path, CUMSUM.format(extra=" * float('nan')"), steps=50)
+    t = time.time()
+    _run(req)
+    rec = rf.read_result(paths.result)
+    assert rec.status == "diverged" and "loss became nan" in rec.error
+    assert rec.steps_done <= 1 and time.time() - t < 60
+
+
+def test_sigterm_leaves_a_preempted_result_with_its_curve(tmp_path):
+    paths, req = _attempt(tmp_path, CUMSUM.format(extra=""), steps=100000)
+    log = open(paths.log, "ab")
+    proc = subprocess.Popen(["bash", str(req.script)], stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.time() + 60
+    while time.time() < deadline and not (rf.read_progress(paths.progress) or {}).get("step"):
+        time.sleep(0.3)
+    assert rf.read_progress(paths.progress), paths.log.read_text()[-2000:]
+    proc.send_signal(signal.SIGTERM)  # bash exec'd torchrun: the signal reaches torchrun, which forwards it
+    proc.wait(timeout=60)
+    rec = rf.read_result(paths.result)
+    assert rec.status == "preempted" and "SIGTERM" in rec.error
+    assert rec.steps_done >= 5 and len(rec.curve.loss) >= 1
+
+
+def test_lm_task_over_a_byte_token_file(tmp_path):
+    text = ("the quick brown fox jumps over the lazy dog. " * 400)
+    tok = tmp_path / "tokens.u16"
+    write_token_file(tok, text)
+    paths, req = _attempt(tmp_path, CUMSUM.format(extra=""), steps=10, task="lm", token_file=str(tok),
+                          vocab_size=256, nproc=1)
+    assert _run(req) == 0, paths.log.read_text()[-3000:]
+    rec = rf.read_result(paths.result)
+    assert rec.status == "ok" and "mqar/accuracy" not in rec.metrics and rec.eval_loss < 6.0
+
+
+def test_wsd_schedule():
+    lrs = [wsd_lr(s, peak=1.0, steps=100, warmup=10, decay_fraction=0.2) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == 1.0 and lrs[50] == 1.0
+    assert lrs[80] == 1.0 and lrs[90] == pytest.approx(0.5) and lrs[99] == pytest.approx(0.05)
