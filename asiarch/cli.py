@@ -3,6 +3,7 @@
     asiarch demo [DIR]                 the whole loop on this machine (CPU, no cluster, no API key)
     asiarch init DIR                   write a commented config.toml to start an experiment from
     asiarch run DIR                    run (or resume) the experiment in DIR
+    asiarch add DIR LAYER.py           add a layer by hand (checked and trained by the next run)
     asiarch status DIR                 where a run stands (read-only; safe while the head runs)
     asiarch leaderboard DIR [--json|--csv]
     asiarch check LAYER.py [--json]    pre-flight checks of one layer
@@ -113,6 +114,36 @@ def cmd_demo(args) -> int:
         store.close()
     print(f"\nNext: `asiarch status {root}`, `asiarch leaderboard {root} --json`")
     return code
+
+
+def cmd_add(args) -> int:
+    """Add a layer by hand: checked and trained by the next `asiarch run`, then a possible parent."""
+    from asiarch.genome import genome_from_code
+    from asiarch.job.candidate import code_sha256
+    from asiarch.layout import ExperimentDir
+    from asiarch.store import Store
+
+    exp = ExperimentDir(Path(args.dir))
+    if not (exp.config.exists() or exp.exists()):
+        return _die(f"{exp.root} is not an experiment directory; create one with `asiarch init {exp.root}`")
+    layer = Path(args.layer)
+    try:
+        code = layer.read_text()
+    except OSError as exc:
+        return _die(f"{layer}: {exc.strerror}")
+    store = Store.open(exp.db)
+    try:
+        sha = code_sha256(code)
+        shas, _ = store.known_keys()
+        if sha in shas:
+            return _die(f"{layer}: this exact code is already in the experiment")
+        genome = genome_from_code(code)
+        cid = store.add_candidate(name=args.name or layer.stem, origin="manual", code=code, code_sha256=sha,
+                                  motivation=args.motivation, genome_key=genome.key() if genome else "")
+    finally:
+        store.close()
+    print(f"added #{cid} {args.name or layer.stem}; `asiarch run {exp.root}` checks and trains it")
+    return 0
 
 
 def cmd_status(args) -> int:
@@ -244,6 +275,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", action="store_true", help="(default behaviour) resume an existing experiment")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("add", help="add a layer file to an experiment by hand")
+    s.add_argument("dir")
+    s.add_argument("layer")
+    s.add_argument("--name", default=None)
+    s.add_argument("--motivation", default="Added by hand.")
+    s.set_defaults(func=cmd_add)
 
     s = sub.add_parser("status", help="where a run stands (read-only)")
     s.add_argument("dir")

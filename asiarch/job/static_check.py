@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ast
 import re
+import warnings
 from dataclasses import dataclass
 
 __all__ = ["ALLOWED_IMPORTS", "Finding", "static_check", "format_findings"]
@@ -61,7 +62,14 @@ FORBIDDEN_QUALNAMES: tuple[str, ...] = (
     "torch.jit.save",
     "torch.multiprocessing",
     "torch.distributed",
+    "typing.get_type_hints",
+    "typing.ForwardRef",
+    "typing_extensions.get_type_hints",
+    "typing_extensions.ForwardRef",
 )
+
+_UNSAFE_WHY = ("is among the APIs that read or write files, load native code, evaluate strings as code or "
+               "reach other processes")
 
 # Builtins that execute or import code, read files or the terminal, or expose
 # namespaces. Refused as names, called or not (``f = eval`` is as bad as ``eval()``).
@@ -109,7 +117,32 @@ FORBIDDEN_ATTRIBUTES: dict[str, str] = {
     "savez": "a layer must not write files",
     "savez_compressed": "a layer must not write files",
     "load_library": "a layer must not load native libraries; use PyTorch operations",
+    "cpp_extension": "a layer must not build or load native code; use PyTorch operations",
+    "hub": "a layer must not download or load models",
+    "serialization": "a layer must not read or write checkpoints",
+    "dump": "a layer must not write files",
+    "get_type_hints": "evaluating annotation strings runs code; a layer has no use for it",
+    "ForwardRef": "evaluating annotation strings runs code; a layer has no use for it",
 }
+# Attribute names reached from anything but ``self``: ``t = torch; t.load(...)`` hides
+# the module from the qualified-name rule.
+_LOAD_SAVE_ATTRIBUTES = frozenset({"load", "save"})
+
+# Frame, generator, coroutine, traceback and code-object internals: the way from any
+# generator or exception to a module's globals and builtins without a single dunder.
+FORBIDDEN_INTROSPECTION: frozenset[str] = frozenset({
+    "gi_frame", "gi_code", "gi_yieldfrom", "cr_frame", "cr_code", "cr_await", "ag_frame", "ag_code",
+    "f_globals", "f_builtins", "f_locals", "f_back", "f_code", "f_trace", "tb_frame", "tb_next",
+    "co_code", "co_consts", "co_names",
+})
+
+# Dunder names that, even as strings (dict keys, annotation strings, hasattr), only
+# serve to reach the interpreter's internals.
+DANGEROUS_DUNDER_STRINGS: tuple[str, ...] = (
+    "__import__", "__builtins__", "__globals__", "__subclasses__", "__code__", "__closure__",
+    "__getattribute__", "__reduce__", "__reduce_ex__", "__bases__", "__mro__", "__loader__", "__spec__",
+    "__traceback__", "__dict__",
+)
 
 # Dunder attributes a layer may use: ``super().__init__()``, ``type(self).__name__``.
 ALLOWED_DUNDER_ATTRIBUTES: frozenset[str] = frozenset({"__init__", "__name__", "__qualname__", "__doc__"})
@@ -145,7 +178,9 @@ def format_findings(findings: list[Finding], limit: int = 5) -> str:
 def static_check(source: str) -> list[Finding]:
     """Return every refused construct in ``source``, in line order; empty means accepted."""
     try:
-        tree = ast.parse(source)
+        with warnings.catch_warnings():  # invalid escapes etc. are the candidate's business, not ours
+            warnings.simplefilter("ignore")
+            tree = ast.parse(source)
     except SyntaxError as exc:
         return [Finding("syntax", exc.lineno or 0, f"syntax error: {exc.msg}. Fix the code so that it parses.")]
     except ValueError as exc:  # e.g. null bytes in the source
@@ -205,8 +240,8 @@ class _Visitor(ast.NodeVisitor):
             return False
         q = _forbidden_qualname(module)
         if q:
-            self.add("torch-io", node, f"import of {module!r} is not allowed: {q} reaches files, native code or "
-                                       "other processes. A layer only computes on tensors; remove it.")
+            self.add("unsafe-api", node, f"import of {module!r} is not allowed: {q} {_UNSAFE_WHY}. "
+                                         "A layer only computes on tensors; remove it.")
             return False
         return True
 
@@ -234,8 +269,8 @@ class _Visitor(ast.NodeVisitor):
             full = f"{module}.{alias.name}"
             q = _forbidden_qualname(full)
             if q:
-                self.add("torch-io", node, f"importing {full!r} is not allowed: {q} reaches files, native code or "
-                                           "other processes. A layer only computes on tensors; remove it.")
+                self.add("unsafe-api", node, f"importing {full!r} is not allowed: {q} {_UNSAFE_WHY}. "
+                                             "A layer only computes on tensors; remove it.")
                 continue
             self.aliases[alias.asname or alias.name] = full
 
@@ -259,8 +294,7 @@ class _Visitor(ast.NodeVisitor):
         name = node.id
         if name in FORBIDDEN_BUILTINS and not (name in _SHADOWABLE_BUILTINS and name in self.bound):
             self.add("builtin", node, f"{name!r} is not allowed: {FORBIDDEN_BUILTINS[name]}.")
-        elif name in FORBIDDEN_NAMES and not (isinstance(node.ctx, ast.Load) and name in self.bound
-                                              and not name.startswith("__")):
+        elif name in FORBIDDEN_NAMES and not (name in self.bound and not name.startswith("__")):
             self.add("name", node, f"{name!r} is not allowed: a layer must not reach the operating system, files, "
                                    "processes or the interpreter. Remove it; take settings as constructor arguments.")
         elif name in _ATTR_BUILTINS and id(node) not in self._call_funcs:
@@ -273,10 +307,18 @@ class _Visitor(ast.NodeVisitor):
         qual = self._qualname(node)
         q = _forbidden_qualname(qual) if qual else None
         if q:
-            self.add("torch-io", node, f"{qual} is not allowed: it reaches files, native code or other processes. "
-                                       "A layer only computes on tensors; build weights in __init__ instead.")
+            self.add("unsafe-api", node, f"{qual} is not allowed: {q} {_UNSAFE_WHY}. "
+                                         "A layer only computes on tensors; build weights in __init__ instead.")
         elif attr in FORBIDDEN_ATTRIBUTES:
             self.add("file-io", node, f".{attr} is not allowed: {FORBIDDEN_ATTRIBUTES[attr]}.")
+        elif attr in _LOAD_SAVE_ATTRIBUTES and not (isinstance(node.value, ast.Name) and node.value.id == "self"):
+            self.add("file-io", node, f".{attr} is not allowed: a layer must not read or write files or checkpoints.")
+        elif attr in FORBIDDEN_INTROSPECTION:
+            self.add("dunder", node, f"attribute {attr!r} reaches frames or code objects (interpreter internals) "
+                                     "and is not allowed.")
+        elif qual and attr.startswith("_") and not _is_dunder(attr):
+            self.add("private", node, f"{qual} is a private internal of an imported module and is not allowed; "
+                                      "use the module's public API.")
         elif attr in FORBIDDEN_NAMES and not (isinstance(node.value, ast.Name) and node.value.id == "self"):
             self.add("name", node, f".{attr} is not allowed: it is the {attr!r} module (or interpreter internals); "
                                    "a layer must not reach the operating system, files or processes.")
@@ -287,8 +329,14 @@ class _Visitor(ast.NodeVisitor):
         self.generic_visit(node)
 
     def visit_Constant(self, node: ast.Constant) -> None:
-        if isinstance(node.value, str) and _FORMAT_DUNDER.search(node.value):
+        if not isinstance(node.value, str):
+            return
+        if _FORMAT_DUNDER.search(node.value):
             self.add("dunder", node, "a format string that reads dunder attributes ('{x.__...}') is not allowed.")
+        else:
+            hit = next((d for d in DANGEROUS_DUNDER_STRINGS if d in node.value), None)
+            if hit:
+                self.add("dunder", node, f"the string {hit!r} only serves to reach interpreter internals; remove it.")
 
     def _qualname(self, node: ast.Attribute) -> str | None:
         """``T.load`` -> ``torch.load`` when ``import torch as T``; None if not rooted at an import."""

@@ -70,7 +70,7 @@ class DeltaNet(nn.Module):
         # data-dependent decay per head and step (Mamba2): g = -softplus(x W_a + b) * exp(A_log)
         self.a_proj = nn.Linear(hidden_size, num_heads, bias=False)
         self.A_log = nn.Parameter(torch.empty(num_heads).uniform_(1, 16).log())
-        # softplus(dt_bias) starts log-uniform in [1e-3, 1e-1]: slow forgetting at init
+        # softplus(dt_bias) starts log-uniform in [1e-3, 1e-1], as in Mamba2
         log_dt = torch.rand(num_heads) * (math.log(1e-1) - math.log(1e-3)) + math.log(1e-3)
         dt = log_dt.exp().clamp(min=1e-4)
         self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # inverse of softplus
