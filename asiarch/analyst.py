@@ -101,7 +101,7 @@ def ingest_attempt(store: Store, exp: ExperimentDir, cfg: Config, attempt: Attem
                      world_size=int(rec.env.get("world_size", 1) or 1))
     if rec.status != "ok":
         retry = rec.status in ("timeout", "preempted")
-        error = rec.error + (("\n" + rec.traceback) if rec.traceback else "")
+        error = f"{rec.status}: {rec.error}" + (("\n" + rec.traceback) if rec.traceback else "")
         return Outcome(rec.status, "queued" if retry else "failed",
                        f"{label} {rec.status.upper():9s} {rec.error.splitlines()[0] if rec.error else ''}"[:160],
                        retry, error)

@@ -57,6 +57,8 @@ class SearchConfig:
     class_name: str = _f("DeltaNet", "Name of the layer class in candidate code (ASI-Arch's convention: DeltaNet).")
     max_attempts: int = _f(3, "Training attempts per candidate, repairs included (ASI-Arch: 3).")
     novelty_retries: int = _f(10, "Proposals rejected as duplicates before the proposer gives up for this slot.")
+    allow_quadratic: bool = _f(False, "Accept candidates whose cost grows quadratically with length (softmax "
+                                      "attention); the pre-flight complexity check refuses them otherwise.")
 
 
 @dataclass

@@ -58,7 +58,8 @@ def make_proposer(cfg: Config) -> OfflineProposer:
     if cfg.search.proposer != "offline":
         raise SearchError(f"search.proposer = {cfg.search.proposer!r} needs the LLM agents, which this version does "
                           "not have yet; use 'offline'")
-    return OfflineProposer(seed=cfg.experiment.seed, class_name=cfg.search.class_name)
+    return OfflineProposer(seed=cfg.experiment.seed, class_name=cfg.search.class_name,
+                           allow_quadratic=cfg.search.allow_quadratic)
 
 
 class Search:
@@ -209,7 +210,8 @@ class Search:
             # many published layers hard-code bf16 inside their kernels.
             report = run_preflight(cand.code, class_name=self.cfg.search.class_name, hidden_size=t.hidden_size,
                                    num_heads=t.num_heads, seq_len=128, max_params=t.max_params or None,
-                                   autocast=t.precision == "bf16", secret_env_names=(self.cfg.llm.api_key_env,))
+                                   autocast=t.precision == "bf16", allow_quadratic=self.cfg.search.allow_quadratic,
+                                   secret_env_names=(self.cfg.llm.api_key_env,))
             if report.ok:
                 self.store.set_candidate_status(cand.id, "checked", event=f"pre-flight ok ({report.elapsed_s:.1f} s)")
                 ok.append(self.store.candidate(cand.id))

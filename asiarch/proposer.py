@@ -338,8 +338,9 @@ class OfflineProposer:
     """
 
     def __init__(self, seed: int, *, class_name: str = DEFAULT_CLASS_NAME,
-                 crossover_rate: float = 0.5, max_tries: int = 50):
+                 crossover_rate: float = 0.5, max_tries: int = 50, allow_quadratic: bool = False):
         self.seed = seed
+        self.allow_quadratic = allow_quadratic  # softmax children only when quadratic layers are allowed
         self.class_name = class_name
         self.crossover_rate = crossover_rate
         self.max_tries = max_tries
@@ -372,6 +373,8 @@ class OfflineProposer:
                 child, _ = _mutate(parent_genome, rng, 1 if rng.random() < 0.6 else 2)
                 operator = "mutate"
             if child == parent_genome or child.key() in seen_keys:
+                continue
+            if child.update == "softmax" and not self.allow_quadratic:
                 continue
             used = [parent] + ([reference] if reference is not None else [])
             undeclared = [s.name for s in used if genome_from_code(s.code or "") is None]

@@ -278,7 +278,14 @@ def run(spec_path: str) -> int:
         sys.stderr.flush()
         os._exit(code)  # peers are blocked in a collective: exit hard so torchrun tears the group down
     if d.world > 1:
-        dist.destroy_process_group()
+        # Leave together: a rank that tears gloo down while its peer is still writing the result
+        # can abort at exit ("terminate called without an active exception") and turn a finished
+        # run into a failed job.
+        try:
+            dist.barrier()
+            dist.destroy_process_group()
+        except Exception:
+            pass
     return code
 
 
@@ -287,7 +294,12 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) != 1:
         print("usage: torchrun ... -m asiarch.job.train SPEC.json", file=sys.stderr)
         return 2
-    return run(argv[0])
+    code = run(argv[0])
+    # Skip interpreter teardown: C++ destructors of the process group's threads can still abort
+    # the process after the result is safely written.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
