@@ -5,10 +5,16 @@
     asiarch run DIR                    run (or resume) the experiment in DIR
     asiarch add DIR LAYER.py           add a layer by hand (checked and trained by the next run)
     asiarch status DIR                 where a run stands (read-only; safe while the head runs)
-    asiarch leaderboard DIR [--json|--csv]
+    asiarch leaderboard DIR [--json|--csv] [--limit N] [--stage S]
+    asiarch show DIR CANDIDATE         one candidate in full (id or name)
+    asiarch diff DIR A [B]             code diff of two candidates (B: A's parent)
+    asiarch lineage DIR [--png FILE]   the family tree (branches to the top 10; --all)
+    asiarch report DIR                 DIR/reports/report.html and PNG plots
+    asiarch export DIR --format csv|jsonl [--out FILE]
     asiarch check LAYER.py [--json]    pre-flight checks of one layer
     asiarch train LAYER.py --out RESULT.h5 [--task mqar] [--steps N] [--nproc 2]
     asiarch bench overhead             the head's own cost per candidate with 1,000 in the store
+    asiarch import-asi-arch ARCHITECTURES.json --into DIR [--tree TREE.json] [--top K | --names A,B]
 """
 
 from __future__ import annotations
@@ -147,33 +153,119 @@ def cmd_add(args) -> int:
 
 
 def cmd_status(args) -> int:
+    from asiarch.color import Palette, emit
     from asiarch.layout import ExperimentDir
-    from asiarch.views import open_readonly, status_text
+    from asiarch.views import load_budget, open_readonly, status_text
 
     exp = ExperimentDir(Path(args.dir))
     store = open_readonly(exp)
-    budget = None
     try:
-        budget = _load(exp.root, None).budget.candidates
-    except Exception:
-        pass
-    try:
-        print(status_text(store, budget))
+        emit(status_text(store, load_budget(exp), Palette.for_stream(sys.stdout), exp))
     finally:
         store.close()
     return 0
 
 
 def cmd_leaderboard(args) -> int:
+    from asiarch.color import Palette, emit
     from asiarch.layout import ExperimentDir
     from asiarch.views import leaderboard_rows, open_readonly, render_leaderboard
 
     store = open_readonly(ExperimentDir(Path(args.dir)))
     try:
         fmt = "json" if args.json else "csv" if args.csv else "table"
-        print(render_leaderboard(leaderboard_rows(store), fmt, args.limit))
+        emit(render_leaderboard(leaderboard_rows(store, stage=args.stage), fmt, args.limit,
+                                Palette.for_stream(sys.stdout)))
     finally:
         store.close()
+    return 0
+
+
+def cmd_show(args) -> int:
+    from asiarch.color import Palette, emit
+    from asiarch.layout import ExperimentDir
+    from asiarch.show import show_text
+    from asiarch.views import open_readonly
+
+    exp = ExperimentDir(Path(args.dir))
+    store = open_readonly(exp)
+    try:
+        emit(show_text(store, exp, args.candidate, Palette.for_stream(sys.stdout), code=not args.no_code))
+    finally:
+        store.close()
+    return 0
+
+
+def cmd_diff(args) -> int:
+    from asiarch.color import Palette, emit
+    from asiarch.layout import ExperimentDir
+    from asiarch.show import diff_text
+    from asiarch.views import open_readonly
+
+    store = open_readonly(ExperimentDir(Path(args.dir)))
+    try:
+        emit(diff_text(store, args.a, args.b, Palette.for_stream(sys.stdout), context=args.context))
+    finally:
+        store.close()
+    return 0
+
+
+def cmd_lineage(args) -> int:
+    from asiarch.color import Palette, emit, unicode_ok
+    from asiarch.layout import ExperimentDir
+    from asiarch.lineage import load_lineage, render_lineage
+    from asiarch.plots import PlotError, plot_lineage
+    from asiarch.views import open_readonly
+
+    store = open_readonly(ExperimentDir(Path(args.dir)))
+    try:
+        lin = load_lineage(store)
+        root = store.find_candidate(args.root).id if args.root else None
+    finally:
+        store.close()
+    emit(render_lineage(lin, top=args.top, all_nodes=args.all, max_depth=args.depth, root=root,
+                        palette=Palette.for_stream(sys.stdout), ascii_only=not unicode_ok(sys.stdout)))
+    if args.png:
+        try:
+            plot_lineage(lin, args.png, top=args.top)
+        except PlotError as exc:
+            return _die(str(exc))
+        print(f"wrote {args.png}", file=sys.stderr)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from asiarch.layout import ExperimentDir
+    from asiarch.plots import PlotError
+    from asiarch.report import write_report
+
+    t0 = time.time()
+    try:
+        rep = write_report(ExperimentDir(Path(args.dir)), args.out, top=args.top, lineage_top=args.lineage_top,
+                           plots=not args.no_plots)
+    except PlotError as exc:
+        return _die(str(exc))
+    print(f"wrote {rep.html}" + (f" and {len(rep.pngs)} plots beside it" if rep.pngs else "")
+          + f" in {time.time() - t0:.1f} s")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from asiarch.export import export_rows, write_rows
+    from asiarch.layout import ExperimentDir
+    from asiarch.views import open_readonly
+
+    store = open_readonly(ExperimentDir(Path(args.dir)))
+    try:
+        rows = export_rows(store, stage=args.stage, code=args.code)
+    finally:
+        store.close()
+    if not args.out or args.out == "-":
+        write_rows(rows, args.format, sys.stdout)
+        return 0
+    with open(args.out, "w", newline="", encoding="utf-8") as fh:
+        n = write_rows(rows, args.format, fh)
+    print(f"wrote {n} rows to {args.out}", file=sys.stderr)
     return 0
 
 
@@ -201,7 +293,7 @@ def cmd_train(args) -> int:
     t.task, t.steps, t.nproc = args.task, args.steps, args.nproc
     if args.token_file:
         t.token_file = args.token_file
-    for key in ("hidden_size", "num_layers", "num_heads", "seq_len", "batch_size", "lr"):
+    for key in ("hidden_size", "num_layers", "num_heads", "seq_len", "batch_size", "lr", "precision"):
         if getattr(args, key) is not None:
             setattr(t, key, getattr(args, key))
     try:
@@ -245,6 +337,18 @@ def cmd_bench(args) -> int:
 
         return bench_kernels() or 0
     return _die(f"unknown benchmark {args.what!r}")
+
+
+def cmd_import_asi_arch(args) -> int:
+    """Import ASI-Arch's published layers as proposed candidates (checked and trained by the next run)."""
+    from asiarch.asi_arch import AsiArchError, import_command
+
+    names = [n.strip() for part in args.names or () for n in part.split(",") if n.strip()]
+    try:
+        return import_command(args.architectures, args.into, tree=args.tree, top=args.top, names=names or None,
+                              cognition=args.cognition)
+    except AsiArchError as exc:
+        return _die(str(exc))
 
 
 # ---------------------------------------------------------------------- parser
@@ -293,7 +397,47 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--json", action="store_true")
     g.add_argument("--csv", action="store_true")
     s.add_argument("--limit", type=int, default=None)
+    s.add_argument("--stage", default=None,
+                   help="only candidates of this training stage (there is one so far: explore)")
     s.set_defaults(func=cmd_leaderboard)
+
+    s = sub.add_parser("show", help="one candidate in full: motivation, analysis, attempts, curve, code (read-only)")
+    s.add_argument("dir")
+    s.add_argument("candidate", help="id or name")
+    s.add_argument("--no-code", action="store_true", help="leave out the code")
+    s.set_defaults(func=cmd_show)
+
+    s = sub.add_parser("diff", help="unified diff of two candidates' code; B defaults to A's parent (read-only)")
+    s.add_argument("dir")
+    s.add_argument("a", help="id or name")
+    s.add_argument("b", nargs="?", default=None, help="id or name (default: A's parent, diffed against A)")
+    s.add_argument("--context", type=int, default=3, help="lines of context (default 3)")
+    s.set_defaults(func=cmd_diff)
+
+    s = sub.add_parser("lineage", help="the family tree: branches to the top candidates (read-only)")
+    s.add_argument("dir")
+    s.add_argument("--top", type=int, default=10, help="draw the branches to the K best (default 10)")
+    s.add_argument("--all", action="store_true", help="every node, not only the branches to the top K")
+    s.add_argument("--depth", type=int, default=None, help="fold everything below this depth")
+    s.add_argument("--root", default=None, help="only the subtree of this candidate (id or name)")
+    s.add_argument("--png", default=None, help="also draw the top-K branches into this PNG file")
+    s.set_defaults(func=cmd_lineage)
+
+    s = sub.add_parser("report", help="write DIR/reports/report.html and PNG plots (reads the store only)")
+    s.add_argument("dir")
+    s.add_argument("--out", default=None, help="write into this directory instead of DIR/reports")
+    s.add_argument("--top", type=int, default=5, help="candidates in the curves, tasks and details (default 5)")
+    s.add_argument("--lineage-top", type=int, default=10, help="branches in the lineage picture (default 10)")
+    s.add_argument("--no-plots", action="store_true", help="the HTML without plots (no matplotlib needed)")
+    s.set_defaults(func=cmd_report)
+
+    s = sub.add_parser("export", help="one row per candidate as CSV or JSON lines, for pandas (read-only)")
+    s.add_argument("dir")
+    s.add_argument("--format", choices=("csv", "jsonl"), default="csv")
+    s.add_argument("--out", default=None, help="file to write (default: stdout)")
+    s.add_argument("--stage", default=None, help="only candidates of this training stage (so far: explore)")
+    s.add_argument("--code", action="store_true", help="include each candidate's code")
+    s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("check", help="pre-flight checks of one layer file")
     s.add_argument("layer")
@@ -311,10 +455,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", type=int, default=100)
     s.add_argument("--nproc", type=int, default=2)
     s.add_argument("--class-name", default="DeltaNet")
+    s.add_argument("--precision", choices=("fp32", "bf16"), default=None,
+                   help="bf16: autocast, as ASI-Arch trained (layers that cast to bf16 inside need it; works on CPU)")
     for key, tp in (("hidden_size", int), ("num_layers", int), ("num_heads", int), ("seq_len", int),
                     ("batch_size", int), ("lr", float)):
         s.add_argument("--" + key.replace("_", "-"), dest=key, type=tp, default=None)
     s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("import-asi-arch", help="import ASI-Arch's published layers into an experiment")
+    s.add_argument("architectures", help="ASI-Arch's architectures.json (a list of layers with code and results)")
+    s.add_argument("--into", required=True, metavar="DIR", help="experiment directory (created with defaults "
+                                                                "and bf16 precision if it has no config.toml)")
+    s.add_argument("--tree", help="ASI-Arch's tree.json: records each layer's ancestry beyond its parent")
+    g = s.add_mutually_exclusive_group()
+    g.add_argument("--top", type=int, help="import only the K best by ASI-Arch's reported fitness")
+    g.add_argument("--names", action="append", metavar="A,B", help="import only these layers (names or display "
+                                                                   "names, comma-separated; repeatable)")
+    s.add_argument("--cognition", metavar="DIR", help="ASI-Arch's cognition/ papers (knowledge base: not yet)")
+    s.set_defaults(func=cmd_import_asi_arch)
 
     s = sub.add_parser("bench", help="benchmarks that print figures")
     s.add_argument("what", choices=("overhead", "kernels"))

@@ -8,6 +8,7 @@ scheduler no longer knows are tried again (within ``search.max_attempts``).
 
 from __future__ import annotations
 
+import math
 import random
 import sys
 import time
@@ -51,7 +52,15 @@ def make_scheduler(exp: ExperimentDir, cfg: Config) -> Scheduler:
 
         return LocalScheduler(exp.jobs, max_in_flight=cfg.cluster.max_in_flight, timeout_min=cfg.cluster.timeout_min,
                               secret_env=(cfg.llm.api_key_env,), python=cfg.cluster.python or None)
-    raise SearchError("cluster.scheduler = 'slurm' is not available in this version yet; use 'local'")
+    from asiarch.dispatch.slurm import SlurmScheduler, SlurmSpec
+
+    c, t = cfg.cluster, cfg.train
+    spec = SlurmSpec(
+        job_name=cfg.experiment.name, time_min=max(1, math.ceil(c.timeout_min)), partition=c.partition,
+        account=c.account, qos=c.qos, nodes=c.nodes,
+        cpus_per_task=t.nproc * t.threads_per_rank if not c.gpus_per_node else max(2, 4 * c.gpus_per_node),
+        gpus_per_node=c.gpus_per_node, array_parallelism=c.max_in_flight)
+    return SlurmScheduler(exp.jobs, spec, secret_env=(cfg.llm.api_key_env,), python=c.python or None)
 
 
 def make_proposer(cfg: Config) -> OfflineProposer:
@@ -248,7 +257,13 @@ class Search:
             prepared.append(self.prepare_attempt(cand, n))
         if not prepared:
             return
-        job_ids = self.scheduler.submit([req for _, req in prepared])
+        try:
+            job_ids = self.scheduler.submit([req for _, req in prepared])
+        except Exception as exc:  # the scheduler refused: nothing is marked submitted
+            for attempt_id, _ in prepared:
+                self.store.set_attempt_status(attempt_id, "failed", f"not submitted: {exc}")
+            raise SearchError(f"the scheduler refused the round: {exc}. Fix [cluster] (partition, account, "
+                              "qos, gres) and run again; the candidates stay checked and are resubmitted.") from exc
         for (attempt_id, _), job_id in zip(prepared, job_ids):
             self.store.mark_submitted(attempt_id, self.scheduler.name, job_id)
             self.active[attempt_id] = job_id

@@ -13,10 +13,18 @@ or a plain ``forward(x) -> y``; in both cases ``x`` and ``y`` are [batch, seq, h
 
 Each load executes the source as a fresh module under its own name, so two candidates
 that define the same class names never see each other's globals.
+
+ASI-Arch's layers import ``fla`` and ``transformers.processing_utils`` and decorate kernels
+with ``@torch.compile``. A load decides, for the device the layer will run on, whether
+those imports get flash-linear-attention itself (installed, and CUDA) or the plain-PyTorch
+stand-ins of ``asiarch.job.compat`` (routed through the module's own ``__import__``, so
+imports inside methods resolve the same way and nothing outside the candidate is
+shadowed); off CUDA, ``torch.compile`` is the identity while the module executes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import inspect
@@ -26,6 +34,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from asiarch.job.compat import backend_for, candidate_builtins, torch_compile_disabled
 
 DEFAULT_CLASS_NAME = "DeltaNet"
 
@@ -39,22 +49,32 @@ def code_sha256(source: str) -> str:
     return hashlib.sha256(source.encode("utf-8")).hexdigest()
 
 
-def load_module(source: str, *, module_name: str | None = None, filename: str = "<candidate>") -> types.ModuleType:
+def load_module(source: str, *, module_name: str | None = None, filename: str = "<candidate>",
+                device: torch.device | str | None = None) -> types.ModuleType:
     """Execute ``source`` as a new module named ``module_name`` and return it.
 
     The module is registered in ``sys.modules`` while it executes (dataclasses and
     ``torch.compile`` look their module up there) and stays registered under its
     unique name, derived from the code's hash, so it never collides with another
-    candidate.
+    candidate. ``device`` is where the layer will run (default: CUDA if available): it
+    picks real fla or the compat stand-ins (``module.__asiarch_fla__`` says which) and,
+    off CUDA, turns ``torch.compile`` into the identity for the decorators run here.
     """
     name = module_name or f"asiarch_candidate_{code_sha256(source)[:16]}"
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    backend = backend_for(device)
     spec = importlib.util.spec_from_loader(name, loader=None, origin=filename)
     module = importlib.util.module_from_spec(spec)
     module.__file__ = filename
+    module.__builtins__ = candidate_builtins(backend)
+    module.__asiarch_fla__ = backend
     sys.modules[name] = module
+    no_compile = torch.device(device).type != "cuda"
     try:
         code = compile(source, filename, "exec")
-        exec(code, module.__dict__)  # noqa: S102 -- only ever called inside the checks and the job
+        with torch_compile_disabled() if no_compile else contextlib.nullcontext():
+            exec(code, module.__dict__)  # noqa: S102 -- only ever called inside the checks and the job
     except SyntaxError as exc:
         sys.modules.pop(name, None)
         raise CandidateError(
@@ -69,9 +89,10 @@ def load_module(source: str, *, module_name: str | None = None, filename: str = 
     return module
 
 
-def load_layer_class(source: str, class_name: str = DEFAULT_CLASS_NAME, *, filename: str = "<candidate>") -> type:
+def load_layer_class(source: str, class_name: str = DEFAULT_CLASS_NAME, *, filename: str = "<candidate>",
+                     device: torch.device | str | None = None) -> type:
     """Load ``source`` and return its layer class ``class_name`` (an ``nn.Module`` subclass)."""
-    module = load_module(source, filename=filename)
+    module = load_module(source, filename=filename, device=device)
     cls = getattr(module, class_name, None)
     if cls is None:
         classes = sorted(n for n, v in vars(module).items() if isinstance(v, type) and issubclass(v, nn.Module))
@@ -84,13 +105,14 @@ def load_layer_class(source: str, class_name: str = DEFAULT_CLASS_NAME, *, filen
     return cls
 
 
-def load_layer_file(path: str | Path, class_name: str = DEFAULT_CLASS_NAME) -> type:
+def load_layer_file(path: str | Path, class_name: str = DEFAULT_CLASS_NAME, *,
+                    device: torch.device | str | None = None) -> type:
     path = Path(path)
     try:
         source = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise CandidateError(f"cannot read layer file {path}: {exc.strerror}") from exc
-    return load_layer_class(source, class_name, filename=str(path))
+    return load_layer_class(source, class_name, filename=str(path), device=device)
 
 
 def build_layer(cls: type, hidden_size: int, num_heads: int, layer_idx: int = 0, **kwargs) -> nn.Module:

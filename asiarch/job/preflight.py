@@ -41,6 +41,9 @@ from typing import Callable
 import torch
 
 from asiarch.job.candidate import DEFAULT_CLASS_NAME, CandidateError, build_layer, call_layer, load_layer_class
+# ASI-Arch layers wrap kernels in @torch.compile: on CPU, compiling would cost tens of seconds
+# for checks that run each function a few times; the uncompiled function computes the same.
+from asiarch.job.compat import torch_compile_disabled
 from asiarch.job.static_check import format_findings, static_check
 
 __all__ = ["CHECK_NAMES", "run_checks", "main"]
@@ -83,26 +86,6 @@ def _single_thread():
         yield
     finally:
         torch.set_num_threads(threads)
-
-
-@contextlib.contextmanager
-def _torch_compile_disabled():
-    """Make ``torch.compile`` the identity while candidate code runs.
-
-    ASI-Arch layers wrap their kernels in ``@torch.compile``; compiling on CPU would
-    cost tens of seconds (and a C compiler) for checks that run each function a few
-    times, and the compiled function computes the same thing.
-    """
-    original = torch.compile
-
-    def no_compile(model=None, **_kwargs):
-        return model if model is not None else (lambda fn: fn)
-
-    torch.compile = no_compile
-    try:
-        yield
-    finally:
-        torch.compile = original
 
 
 def _memory_limit_mb() -> int | None:
@@ -483,7 +466,7 @@ def run_checks(
 
     def load() -> dict:
         try:
-            state["cls"] = load_layer_class(source, class_name, filename=filename)
+            state["cls"] = load_layer_class(source, class_name, filename=filename, device="cpu")  # checks run on CPU
         except CandidateError as exc:
             cause = exc.__cause__
             if cause is None or isinstance(cause, SyntaxError):
@@ -511,7 +494,7 @@ def run_checks(
 
     args = (hidden_size, seq_len, torch_dtype, seed, describe, tol_dtype)
     try:
-        with _torch_compile_disabled(), _single_thread(), \
+        with torch_compile_disabled(), _single_thread(), \
                 torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             run("static", static, stop_on_failure=True)
             run("load", load, stop_on_failure=True)

@@ -152,7 +152,9 @@ def train(spec: dict, d: Dist, record: rf.ResultRecord, stop: dict) -> None:
     """Train in place of ``record``: fills its curve, metrics and throughput; raises on failure."""
     cfg = spec["train"]
     torch.manual_seed(cfg["seed"])  # same initialisation on every rank
-    layer_cls = load_layer_file(spec["layer_path"], spec.get("class_name", "DeltaNet"))
+    # The device picks fla or its compat stand-ins; off CUDA the layer's @torch.compile is a no-op
+    # (compiling on CPU costs minutes per new sequence length for little gain).
+    layer_cls = load_layer_file(spec["layer_path"], spec.get("class_name", "DeltaNet"), device=d.device)
     task = build_task(cfg)
     model = LanguageModel(layer_cls, vocab_size=task.vocab_size, hidden_size=cfg["hidden_size"],
                           num_layers=cfg["num_layers"], num_heads=cfg["num_heads"],

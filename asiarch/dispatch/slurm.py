@@ -1,0 +1,213 @@
+"""Slurm backend: one array job per round through submitit, one query per poll.
+
+A round of job requests goes out as a single ``sbatch`` (submitit's ``executor.batch()``
+makes an array ``--array=0-N%K``, K = ``max_in_flight``), so the head never calls sbatch
+once per candidate. Each array task runs :func:`asiarch.dispatch.payload.run_job_script`
+on its rendered ``job.sh`` (which execs torchrun).
+
+Live states come from the controller (``squeue``: one call for every id in flight, ~10 ms);
+jobs that have left the queue get their final state from accounting (``sacct``: one call
+for all of them). ``sacct`` lags the controller and can omit pending array tasks, so a job
+missing from both is ``UNKNOWN``, never done.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import submitit
+
+from asiarch.dispatch.base import JobRequest, JobState, secrets_hidden
+from asiarch.dispatch.payload import run_job_script
+
+
+class SchedulerError(RuntimeError):
+    """The scheduler refused a request; the message carries its own words."""
+
+
+# Slurm's job states (squeue %T, sacct State) -> what the loop acts on.
+_STATES = {
+    "PENDING": JobState.PENDING, "CONFIGURING": JobState.PENDING, "REQUEUED": JobState.PENDING,
+    "REQUEUE_HOLD": JobState.PENDING, "REQUEUE_FED": JobState.PENDING, "RESIZING": JobState.PENDING,
+    "SUSPENDED": JobState.PENDING, "STOPPED": JobState.PENDING,
+    "RUNNING": JobState.RUNNING, "COMPLETING": JobState.RUNNING, "SIGNALING": JobState.RUNNING,
+    "STAGE_OUT": JobState.RUNNING,
+    "COMPLETED": JobState.COMPLETED,
+    "FAILED": JobState.FAILED, "BOOT_FAIL": JobState.FAILED, "DEADLINE": JobState.TIMEOUT,
+    "TIMEOUT": JobState.TIMEOUT,
+    "OUT_OF_MEMORY": JobState.OUT_OF_MEMORY,
+    "NODE_FAIL": JobState.NODE_FAIL,
+    "PREEMPTED": JobState.PREEMPTED,
+    "CANCELLED": JobState.CANCELLED, "REVOKED": JobState.CANCELLED,
+}
+
+
+def parse_state(raw: str) -> JobState:
+    """``CANCELLED by 0`` -> CANCELLED; unknown words -> UNKNOWN."""
+    word = raw.strip().split(" ")[0].rstrip("+")
+    return _STATES.get(word, JobState.UNKNOWN)
+
+
+def expand_array_id(job_id: str) -> list[str]:
+    """``123_[0-2,5%2]`` (a pending array range in squeue) -> ``['123_0', '123_1', '123_2', '123_5']``."""
+    m = re.fullmatch(r"(\d+)_\[([0-9,\-]+)(?:%\d+)?\]", job_id)
+    if not m:
+        return [job_id]
+    base, out = m.group(1), []
+    for part in m.group(2).split(","):
+        lo, _, hi = part.partition("-")
+        out += [f"{base}_{i}" for i in range(int(lo), int(hi or lo) + 1)]
+    return out
+
+
+@dataclass(frozen=True)
+class SlurmSpec:
+    """What each job of an experiment asks of Slurm (from [cluster] and the site profile)."""
+
+    job_name: str
+    time_min: int = 30
+    partition: str = ""
+    account: str = ""
+    qos: str = ""
+    constraint: str = ""
+    nodes: int = 1
+    cpus_per_task: int = 2
+    gpus_per_node: int = 0
+    gres_name: str = "gpu"
+    mem_gb: float = 0.0
+    array_parallelism: int = 4
+    signal_delay_s: int = 120   # the trainer gets USR1/TERM this long before the limit
+    modules: tuple[str, ...] = ()
+    additional: tuple[tuple[str, str], ...] = ()   # any other sbatch option, passed through
+
+    def submitit_parameters(self) -> dict:
+        """The spec in submitit's SlurmExecutor vocabulary (it renders sorted #SBATCH lines,
+        --open-mode=append, %A_%a log names and --signal)."""
+        params: dict = {
+            "job_name": self.job_name,
+            "time": self.time_min,
+            "nodes": self.nodes,
+            "ntasks_per_node": 1,            # one torchrun per node; torchrun starts the ranks
+            "cpus_per_task": self.cpus_per_task,
+            "array_parallelism": self.array_parallelism,
+            "signal_delay_s": self.signal_delay_s,
+            "stderr_to_stdout": True,
+            "setup": ["set -euo pipefail"] + [f"module load {m}" for m in self.modules],
+            "additional_parameters": {"requeue": True, **dict(self.additional)},
+        }
+        for key, value in (("partition", self.partition), ("account", self.account), ("qos", self.qos),
+                           ("constraint", self.constraint)):
+            if value:
+                params[key] = value
+        if self.gpus_per_node:
+            params["gres"] = f"{self.gres_name}:{self.gpus_per_node}"
+        if self.mem_gb:
+            params["mem"] = f"{int(self.mem_gb * 1024)}MB"
+        return params
+
+
+def _run(argv: list[str], timeout: float = 30.0) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+@dataclass
+class SlurmScheduler:
+    """The Scheduler interface over a real Slurm (``sbatch``, ``squeue``, ``sacct``, ``scancel``)."""
+
+    folder: Path
+    spec: SlurmSpec
+    secret_env: tuple[str, ...] = ()
+    python: str | None = None
+    name: str = "slurm"
+    queries: int = 0                     # scheduler commands issued by states(): one per poll or two
+    _final: dict[str, JobState] = field(default_factory=dict)
+
+    def executor(self) -> submitit.SlurmExecutor:
+        ex = submitit.SlurmExecutor(folder=str(self.folder / "%j"), python=self.python)
+        ex.update_parameters(**self.spec.submitit_parameters())
+        return ex
+
+    def render_sbatch(self, n: int) -> str:
+        """The sbatch script a round of ``n`` would submit (``asiarch render --dry-run``)."""
+        ex = self.executor()
+        if n > 1:
+            ex.parameters["map_count"] = n
+        return ex._make_submission_file_text(ex._submitit_command_str, "dry-run")
+
+    def submit(self, requests: list[JobRequest]) -> list[str]:
+        if not requests:
+            return []
+        ex = self.executor()
+        try:
+            with secrets_hidden(self.secret_env), ex.batch():
+                jobs = [ex.submit(run_job_script, str(r.script), str(r.log), self.secret_env) for r in requests]
+        except (submitit.core.utils.FailedJobError, subprocess.CalledProcessError, OSError) as exc:
+            raise SchedulerError(f"sbatch refused the round: {_slurm_words(exc)}") from exc
+        return [job.job_id for job in jobs]
+
+    def states(self, job_ids: list[str]) -> dict[str, JobState]:
+        out = {j: self._final[j] for j in job_ids if j in self._final}
+        live = [j for j in job_ids if j not in out]
+        if not live:
+            return out
+        queue = self._squeue(live)
+        gone = []
+        for j in live:
+            if j in queue:
+                out[j] = queue[j]
+            else:
+                gone.append(j)
+        if gone:
+            acct = self._sacct(gone)
+            for j in gone:
+                state = acct.get(j, JobState.UNKNOWN)
+                out[j] = state
+                if state.finished:
+                    self._final[j] = state
+        return out
+
+    def cancel(self, job_ids: list[str]) -> None:
+        if job_ids:
+            _run(["scancel", *job_ids])
+
+    # ------------------------------------------------------------------ queries
+    def _squeue(self, job_ids: list[str]) -> dict[str, JobState]:
+        """Live states from the controller, one call for all ids (array tasks included)."""
+        self.queries += 1
+        parents = sorted({j.split("_")[0] for j in job_ids})
+        res = _run(["squeue", "-h", "-r", "-o", "%i|%T", "-j", ",".join(parents)])
+        if res.returncode != 0:
+            # squeue fails for ids the controller has purged: treat as "not in the queue"
+            return {}
+        states = {}
+        for line in res.stdout.splitlines():
+            jid, _, raw = line.partition("|")
+            for one in expand_array_id(jid.strip()):
+                states[one] = parse_state(raw)
+        return states
+
+    def _sacct(self, job_ids: list[str], retries: int = 3) -> dict[str, JobState]:
+        """Final states from accounting; a failing sacct is retried, then reported as unknown."""
+        parents = sorted({j.split("_")[0] for j in job_ids})
+        for attempt in range(retries):
+            self.queries += 1
+            res = _run(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(parents)])
+            if res.returncode == 0:
+                states = {}
+                for line in res.stdout.splitlines():
+                    jid, _, raw = line.partition("|")
+                    for one in expand_array_id(jid.strip()):
+                        states[one] = parse_state(raw)
+                return states
+            time.sleep(0.5 * (attempt + 1))
+        return {}
+
+
+def _slurm_words(exc: BaseException) -> str:
+    text = str(exc)
+    m = re.search(r"sbatch: error: (.*)", text)
+    return m.group(1).strip() if m else text.strip().splitlines()[-1] if text.strip() else repr(exc)

@@ -1,0 +1,1 @@
+"""``fla.layers``: only ``fla.layers.utils`` (padding helpers) is provided."""

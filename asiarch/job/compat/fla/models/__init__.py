@@ -1,0 +1,1 @@
+"""``fla.models``: only ``fla.models.utils`` (the Cache) is provided."""

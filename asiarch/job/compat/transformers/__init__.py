@@ -1,0 +1,1 @@
+"""``transformers``: only ``transformers.processing_utils.Unpack`` (a typing alias) is provided."""

@@ -1,0 +1,1 @@
+"""Helpers shared by tests: generators of synthetic experiment directories."""

@@ -1,0 +1,113 @@
+"""The Slurm backend against a real single-node Slurm (slurmctld, slurmd, slurmdbd + MariaDB)."""
+
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from asiarch.console import Console
+from asiarch.dispatch.base import JobRequest, JobState
+from asiarch.dispatch.slurm import SlurmScheduler, SlurmSpec, SchedulerError, expand_array_id, parse_state
+from asiarch.job import result as rf
+from asiarch.layout import ExperimentDir
+from asiarch.loop import Search, SearchError
+from tests.conftest import check_golden
+from tests.slurm_cluster import slurm_cluster  # noqa: F401  (fixture)
+from tests.test_loop import small_config
+
+
+def test_state_words_and_array_ids():
+    assert parse_state("CANCELLED by 0") is JobState.CANCELLED
+    assert parse_state("OUT_OF_MEMORY") is JobState.OUT_OF_MEMORY
+    assert parse_state("COMPLETING") is JobState.RUNNING
+    assert parse_state("WHATEVER") is JobState.UNKNOWN
+    assert expand_array_id("12_[0-2,5%2]") == ["12_0", "12_1", "12_2", "12_5"]
+    assert expand_array_id("12_3") == ["12_3"]
+
+
+def test_sbatch_golden():
+    spec = SlurmSpec(job_name="demo", time_min=30, partition="gpu", account="lab", qos="normal", cpus_per_task=8,
+                     gpus_per_node=4, array_parallelism=2, additional=(("mail-type", "END"),))
+    text = SlurmScheduler(Path("/scratch/exp/jobs"), spec, python="/opt/venv/bin/python").render_sbatch(4)
+    sbatch = [l for l in text.splitlines() if l.startswith("#SBATCH")]
+    assert sbatch == sorted(sbatch)
+    for needed in ("--array=0-3%2", "--requeue", "--open-mode=append", "--gres=gpu:4", "--signal=USR2@120",
+                   "--mail-type=END"):
+        assert any(l.startswith(f"#SBATCH {needed}") for l in sbatch), needed
+    assert "%A_%a" in text
+    check_golden("round.sbatch", text)
+
+
+def _job(tmp_path, name, body):
+    script = tmp_path / f"{name}.sh"
+    script.write_text("set -euo pipefail\n" + body + "\n")
+    return JobRequest(run_key=name, script=script, log=tmp_path / f"{name}.log")
+
+
+def _wait(sched, ids, timeout=90):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        states = sched.states(ids)
+        if all(s.finished for s in states.values()):
+            return states
+        time.sleep(0.5)
+    raise AssertionError(f"jobs did not finish: {sched.states(ids)}")
+
+
+@pytest.mark.slow
+def test_round_is_one_array_job_polled_with_one_query(slurm_cluster, tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-never-in-a-job")
+    sched = SlurmScheduler(tmp_path / "jobs", SlurmSpec(job_name="t", time_min=5, cpus_per_task=1,
+                                                       array_parallelism=4))
+    reqs = [_job(tmp_path, f"ok{i}", f"echo task-$SLURM_ARRAY_TASK_ID; env") for i in range(3)]
+    reqs.append(_job(tmp_path, "bad", "echo boom; exit 3"))
+    ids = sched.submit(reqs)
+    parents = {i.split("_")[0] for i in ids}
+    assert len(parents) == 1, ids          # one sbatch for the whole round
+    before = sched.queries
+    sched.states(ids)
+    assert sched.queries - before <= 2      # one squeue (+ at most one sacct), whatever the number of ids
+    states = _wait(sched, ids)
+    assert [states[i] for i in ids] == [JobState.COMPLETED] * 3 + [JobState.FAILED]
+    log = (tmp_path / "ok0.log").read_text()
+    assert "task-" in log and "sk-never-in-a-job" not in log
+
+
+@pytest.mark.slow
+def test_cancelled_job_is_cancelled(slurm_cluster, tmp_path):
+    sched = SlurmScheduler(tmp_path / "jobs", SlurmSpec(job_name="t", time_min=5, cpus_per_task=1))
+    ids = sched.submit([_job(tmp_path, "long", "sleep 300")])
+    deadline = time.time() + 30
+    while sched.states(ids)[ids[0]] is not JobState.RUNNING and time.time() < deadline:
+        time.sleep(0.3)
+    sched.cancel(ids)
+    assert _wait(sched, ids)[ids[0]] is JobState.CANCELLED
+
+
+@pytest.mark.slow
+def test_bad_partition_is_refused_with_slurms_words(slurm_cluster, tmp_path):
+    sched = SlurmScheduler(tmp_path / "jobs", SlurmSpec(job_name="t", partition="nosuchpart", cpus_per_task=1))
+    with pytest.raises(SchedulerError, match="(?i)invalid partition"):
+        sched.submit([_job(tmp_path, "x", "true")])
+
+
+@pytest.mark.slow
+def test_search_through_slurm_trains_a_round_as_one_array(slurm_cluster, tmp_path):
+    cfg = small_config(candidates=4)
+    cfg.cluster.scheduler = "slurm"
+    cfg.cluster.max_in_flight = 2
+    cfg.cluster.timeout_min = 10
+    cfg.search.round_size = 4
+    search = Search(ExperimentDir(tmp_path), cfg, console=Console(verbose=False))
+    search.run()
+    store = search.store
+    offline = [c for c in store.candidates() if c.origin == "offline"]
+    assert len(offline) == 4 and all(c.status == "done" for c in offline), [(c.name, c.reason) for c in offline]
+    jobs = [a.job_id for c in offline for a in store.attempts(c.id)]
+    assert len({j.split("_")[0] for j in jobs}) == 1 and all("_" in j for j in jobs)  # one array job
+    for c in offline:
+        a = store.attempts(c.id)[0]
+        rec = rf.read_result(tmp_path / a.dir / "result.h5")
+        assert rec.status == "ok" and rec.array_job_id == a.job_id.split("_")[0] and rec.env["world_size"] == 2
+    search.close()
