@@ -26,6 +26,8 @@ def write_attempt_files(paths: AttemptPaths, *, layer_path: Path, identity: dict
         "class_name": class_name,
         "result_path": str(paths.result.resolve()),
         "progress_path": str(paths.progress.resolve()),
+        # per candidate, not per attempt: a requeued job or a retry of the same code resumes from it
+        "checkpoint_path": str((paths.dir.parent / "checkpoint.pt").resolve()),
         "train": dataclasses.asdict(train),
     }
     paths.spec.write_text(json.dumps(spec, indent=2))

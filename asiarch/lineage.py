@@ -128,9 +128,14 @@ def render_lineage(lin: Lineage, *, top: int = 10, all_nodes: bool = False, max_
     new candidate marked ``*``, and the top-k new candidates and the baselines tagged with their
     leaderboard rank, ``[rank N]``.
 
-    By default only the branches to the ``top`` best are drawn and the other children of each
-    drawn node are folded into one ``...`` line; ``all_nodes`` draws every node. ``max_depth``
-    folds everything deeper (counted from the roots). ``root`` draws one subtree only.
+    By default only the branches to the ``top`` best new candidates are drawn; the other children
+    of a drawn node are summed up at the end of its line, ``(+N other children: M candidates;
+    best #id fitness)``. ``all_nodes`` draws every node. ``max_depth`` folds everything deeper
+    (generations counted from the roots drawn). ``root`` draws one subtree only.
+
+    Branch points indent their children (``├──``, ``└──``); an only drawn child is drawn under
+    its parent at the same indentation, marked ``↳`` (``\\_`` in ASCII), so a long chain of
+    generations stays readable instead of marching off to the right.
     """
     if root is not None and root not in lin.nodes:
         raise StoreError(f"no candidate with id {root}")
@@ -145,8 +150,12 @@ def render_lineage(lin: Lineage, *, top: int = 10, all_nodes: bool = False, max_
         shown = set(roots)
         for t in best_ids:
             shown.update(lin.path(t))
-    tee, last, bar, gap = ("|-- ", "`-- ", "|   ", "    ") if ascii_only else ("├── ", "└── ", "│   ", "    ")
+    if ascii_only:
+        tee, last, bar, gap, only = "|-- ", "`-- ", "|   ", "    ", "\\_ "
+    else:
+        tee, last, bar, gap, only = "├── ", "└── ", "│   ", "    ", "↳ "
     star = "*"
+    order = lambda c: (rank[stats[c][1]] if stats[c][1] is not None else math.inf, c)  # noqa: E731
 
     def label(cid: int) -> str:
         n = lin.nodes[cid]
@@ -159,55 +168,40 @@ def render_lineage(lin: Lineage, *, top: int = 10, all_nodes: bool = False, max_
             extra = " " + palette.status(n.status, n.status)
         elif n.origin == "baseline":
             extra = " " + palette.paint("(baseline)", "dim")
-        top_tag = f" [rank {rank[cid]}]" if cid in tagged else ""
-        return f"{mark} {text}  {_fit(n.fitness)}{extra}{palette.paint(top_tag, 'yellow')}"
+        tag = palette.paint(f" [rank {rank[cid]}]", "yellow") if cid in tagged else ""
+        return f"{mark} {text}  {_fit(n.fitness)}{extra}{tag}"
 
     def folded(ids: list[int], what: str) -> str:
         count = sum(1 + stats[c][0] for c in ids)
         bests = [stats[c][1] for c in ids if stats[c][1] is not None]
         best = min(bests, key=lambda b: rank[b]) if bests else None
         tail = f"; best #{best} {_fit(lin.nodes[best].fitness)}" if best is not None else ""
-        return palette.paint(f"  ... {what} ({count} candidates{tail})", "dim")
+        return "  " + palette.paint(f"(+{len(ids)} {what}: {count} candidates{tail})", "dim")
 
     total = len(lin.nodes)
-    depth_max = max(lin.depths().values(), default=0)
     scope = "every node" if all_nodes else f"the branches to the {len(best_ids)} best new candidates"
-    lines = [f"lineage: {total} candidates, {len(lin.roots)} roots"
-             + f", depth {depth_max}"
-             + f"; showing {scope}" + (f" up to depth {max_depth}" if max_depth is not None else "")
-             + ("" if all_nodes else " (--all for every node)") + f"; {star} marks the branch to the best"
-             + "; [rank N]: leaderboard rank"]
+    lines = [f"lineage: {total} candidates, {len(lin.roots)} roots, depth {max(lin.depths().values(), default=0)}"
+             f"; showing {scope}" + (f" up to depth {max_depth}" if max_depth is not None else "")
+             + ("" if all_nodes else " (--all for every node)")
+             + f"; {star} marks the branch to the best; [rank N]: leaderboard rank; {only.strip()}: only child shown"]
 
     # Depth-first with an explicit stack (a chain of thousands must not hit the recursion limit).
-    stack: list[tuple] = []
-    for r in reversed(roots):
-        stack += [("children", r, "", 0), ("root", r)]
+    # Each item: (node, text before its label, prefix of its children's lines, depth).
+    stack: list[tuple[int, str, str, int]] = [(r, "", "", 0) for r in reversed(roots)]
     while stack:
-        item = stack.pop()
-        if item[0] == "root":
-            lines.append(label(item[1]))
-        elif item[0] == "line":
-            lines.append(item[1])
-        elif item[0] == "node":
-            _, c, prefix, end, depth = item
-            lines.append(prefix + (last if end else tee) + label(c))
-            stack.append(("children", c, prefix + (gap if end else bar), depth + 1))
+        cid, lead, prefix, depth = stack.pop()
+        kids = sorted(lin.nodes[cid].children, key=order)
+        if max_depth is not None and depth >= max_depth:
+            drawn, hidden, what = [], kids, f"children below depth {max_depth}"
         else:
-            _, cid, prefix, depth = item
-            kids = sorted(lin.nodes[cid].children,
-                          key=lambda c: (rank[stats[c][1]] if stats[c][1] is not None else math.inf, c))
-            if not kids:
-                continue
-            if max_depth is not None and depth >= max_depth:
-                stack.append(("line", prefix + last + folded(kids, f"{len(kids)} children below depth "
-                                                                  f"{max_depth}").lstrip()))
-                continue
             drawn = kids if shown is None else [c for c in kids if c in shown]
             hidden = [] if shown is None else [c for c in kids if c not in shown]
-            todo: list[tuple] = [("node", c, prefix, i == len(drawn) - 1 and not hidden, depth)
-                                 for i, c in enumerate(drawn)]
-            if hidden:
-                more = "other children" if drawn else "children"
-                todo.append(("line", prefix + last + folded(hidden, f"{len(hidden)} {more}").lstrip()))
-            stack.extend(reversed(todo))
+            what = "other children" if drawn else "children"
+        lines.append(lead + label(cid) + (folded(hidden, what) if hidden else ""))
+        if len(drawn) == 1:
+            stack.append((drawn[0], prefix + only, prefix, depth + 1))
+        else:
+            for i, c in reversed(list(enumerate(drawn))):
+                end = i == len(drawn) - 1
+                stack.append((c, prefix + (last if end else tee), prefix + (gap if end else bar), depth + 1))
     return "\n".join(lines)

@@ -71,7 +71,8 @@ def plot_discovery(x: list[float], fitness: list[float | None], path: str | Path
     ax = fig.add_subplot()
     best = best_so_far(fitness)
     dots = [(a, f) for a, f in zip(x, fitness) if _finite(f)]
-    scatter = ax.scatter([a for a, _ in dots], [f for _, f in dots], s=6, color="#9ecae1", alpha=0.7,
+    scatter = ax.scatter([a for a, _ in dots], [f for _, f in dots], s=6 if len(dots) > 300 else 20,
+                         color="#9ecae1", alpha=0.8,
                          label="each candidate", zorder=1)
     line_pts = [(a, b) for a, b in zip(x, best) if b is not None]
     (line,) = ax.step([a for a, _ in line_pts], [b for _, b in line_pts], where="post", color="#08519c", lw=2,
@@ -85,7 +86,9 @@ def plot_discovery(x: list[float], fitness: list[float | None], path: str | Path
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     if dots or drawn_baselines:
-        ax.legend(loc="lower right", fontsize=8)
+        ax.legend(loc="best", fontsize=8)
+    if x and min(x) >= 0:
+        ax.set_xlim(left=0)
     fig.subplots_adjust(left=0.08, right=0.98, bottom=0.12, top=0.91)
     _save(fig, path)
     offsets = scatter.get_offsets()
@@ -119,13 +122,18 @@ def plot_curves(curves: dict[str, tuple[list[float], list[float]]], path: str | 
             ci += 1
         (line,) = ax.plot([a for a, _ in pts], [b for _, b in pts], label=label, **style)
         drawn[label] = (list(map(float, line.get_xdata())), list(map(float, line.get_ydata())))
+    from matplotlib.ticker import FuncFormatter
+
     ax.set_yscale("log")
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain)
     ax.set_xlabel("step")
     ax.set_ylabel("training loss (log scale)")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     if drawn:
-        ax.legend(fontsize=7, loc="upper right")
+        ax.legend(fontsize=7, loc="best")
     fig.subplots_adjust(left=0.09, right=0.98, bottom=0.11, top=0.92)
     _save(fig, path)
     return drawn
@@ -142,7 +150,7 @@ def plot_tasks(table: dict[str, dict[str, float]], path: str | Path, *, baseline
     """
     tasks = sorted({t for scores in table.values() for t in scores})
     labels = list(table)
-    fig = _figure(8.0, max(2.5, 0.9 + 0.22 * len(labels) * max(1, len(tasks))))
+    fig = _figure(9.0, max(2.6, 0.9 + 0.22 * len(labels) * max(1, len(tasks))))
     ax = fig.add_subplot()
     drawn: dict[str, dict[str, float]] = {}
     height = 0.8 / max(1, len(labels))
@@ -154,21 +162,24 @@ def plot_tasks(table: dict[str, dict[str, float]], path: str | Path, *, baseline
         else:
             color, hatch = _TAB10[ci % len(_TAB10)], None
             ci += 1
-        ys = [i + 0.4 - (j + 0.5) * height for i in range(len(tasks))]
+        ys = [i - 0.4 + (j + 0.5) * height for i in range(len(tasks))]  # first label on top (y axis inverted)
         vals = [table[label].get(t) for t in tasks]
         keep = [(y, v, t) for y, v, t in zip(ys, vals, tasks) if _finite(v)]
         bars = ax.barh([y for y, _, _ in keep], [v for _, v, _ in keep], height=height * 0.9, color=color,
                        hatch=hatch, edgecolor="white" if hatch is None else "#dddddd", label=label)
         drawn[label] = {t: float(b.get_width()) for (_, _, t), b in zip(keep, bars.patches)}
+        for y, v, _ in keep:
+            ax.annotate(f"{v:.3f}", (v, y), xytext=(2, 0), textcoords="offset points", va="center", fontsize=6)
     ax.set_yticks(range(len(tasks)))
     ax.set_yticklabels(tasks)
     ax.invert_yaxis()
     ax.set_xlabel("score")
+    ax.set_xlim(0, max([v for d in drawn.values() for v in d.values()] + [0.0]) * 1.12 or 1.0)
     ax.set_title(title)
     ax.grid(True, axis="x", alpha=0.3)
     if labels:
         ax.legend(fontsize=7, loc="lower left", bbox_to_anchor=(1.01, 0.0))
-    fig.subplots_adjust(left=min(0.4, 0.04 + 0.012 * max((len(t) for t in tasks), default=4)), right=0.66,
+    fig.subplots_adjust(left=min(0.4, 0.03 + 0.0105 * max((len(t) for t in tasks), default=4)), right=0.62,
                         bottom=max(0.08, 0.5 / fig.get_figheight()), top=1 - 0.45 / fig.get_figheight())
     _save(fig, path)
     return drawn
@@ -177,119 +188,142 @@ def plot_tasks(table: dict[str, dict[str, float]], path: str | Path, *, baseline
 # ---------------------------------------------------------------------------------- lineage
 
 
-def lineage_layout(lin: Lineage, ids: set[int]) -> dict[int, tuple[float, float]]:
-    """Tidy positions for the sub-forest ``ids`` (closed under parents): x = depth, y = leaf order,
-    a parent at the mean height of its children. Children best branch first, as in the text tree."""
-    rank = lin.rank_of()
-    stats = lin.subtree_stats()
-    pos: dict[int, tuple[float, float]] = {}
-    next_leaf = [0.0]
+def picture_tree(lin: Lineage, top: int) -> tuple[list[int], set[int], dict[int, int | None], dict[int, list[int]]]:
+    """The tree the lineage picture draws: the branches to the ``top`` best new candidates, with
+    pass-through nodes (one child on these branches, not among the top) folded into the edge
+    that crosses them.
 
-    def kids(cid):
-        ks = [c for c in lin.nodes[cid].children if c in ids]
-        return sorted(ks, key=lambda c: (rank[stats[c][1]] if stats[c][1] is not None else math.inf, c))
-
-    roots = [r for r in lin.roots if r in ids]
-    roots.sort(key=lambda r: (rank[stats[r][1]] if stats[r][1] is not None else math.inf, r))
-    # Post-order with an explicit stack: leaves take the next row, parents the mean of their children.
-    for r in roots:
-        stack = [(r, 0, False)]
-        while stack:
-            cid, depth, expanded = stack.pop()
-            ks = kids(cid)
-            if not ks:
-                pos[cid] = (float(depth), next_leaf[0])
-                next_leaf[0] += 1
-            elif expanded:
-                ys = [pos[c][1] for c in ks]
-                pos[cid] = (float(depth), sum(ys) / len(ys))
-            else:
-                stack.append((cid, depth, True))
-                stack.extend((c, depth + 1, False) for c in reversed(ks))
-    return pos
-
-
-def plot_lineage(lin: Lineage, path: str | Path, *, top: int = 10, title: str | None = None) -> dict:
-    """The branches that lead to the ``top`` best candidates, as a tree (roots left), nodes coloured
-    by fitness, the branch to the best drawn thick, the top-k starred and named, and a grey
-    ``+N`` beside each node for the children the picture leaves out.
-
-    Returns ``{"nodes": {id: (x, y)}, "edges": [(parent, child)], "best_branch": [ids], "top": [ids]}``.
+    Returns (best ids, every node on those branches, drawn parent of each drawn node (None for
+    roots), the nodes folded into the edge that ends at each drawn node, top to bottom).
     """
     best_ids = lin.top(top)
     ids: set[int] = set()
     for t in best_ids:
         ids.update(lin.path(t))
-    pos = lineage_layout(lin, ids)
+    kids = {c: [k for k in lin.nodes[c].children if k in ids] for c in ids}
+    keep = {c for c in ids if lin.nodes[c].parent is None or c in best_ids or len(kids[c]) != 1}
+    parent: dict[int, int | None] = {}
+    folded: dict[int, list[int]] = {}
+    for c in keep:
+        p, run = lin.nodes[c].parent, []
+        while p is not None and p not in keep:
+            run.append(p)
+            p = lin.nodes[p].parent
+        parent[c], folded[c] = p, run[::-1]
+    return best_ids, ids, parent, folded
+
+
+def lineage_layout(lin: Lineage, parent: dict[int, int | None]) -> dict[int, tuple[float, float]]:
+    """Tidy positions for a drawn tree (node -> drawn parent): x = level, y = leaf order, a parent at
+    the mean height of its children; children best branch first, as in the text tree."""
+    rank = lin.rank_of()
+    stats = lin.subtree_stats()
+    order = lambda c: (rank[stats[c][1]] if stats[c][1] is not None else math.inf, c)  # noqa: E731
+    kids: dict[int, list[int]] = {c: [] for c in parent}
+    for c, p in parent.items():
+        if p is not None:
+            kids[p].append(c)
+    pos: dict[int, tuple[float, float]] = {}
+    next_leaf = 0.0
+    # Post-order with an explicit stack: leaves take the next row, parents the mean of their children.
+    for r in sorted((c for c, p in parent.items() if p is None), key=order):
+        stack = [(r, 0, False)]
+        while stack:
+            cid, level, expanded = stack.pop()
+            ks = sorted(kids[cid], key=order)
+            if not ks:
+                pos[cid] = (float(level), next_leaf)
+                next_leaf += 1
+            elif expanded:
+                ys = [pos[c][1] for c in ks]
+                pos[cid] = (float(level), sum(ys) / len(ys))
+            else:
+                stack.append((cid, level, True))
+                stack.extend((c, level + 1, False) for c in reversed(ks))
+    return pos
+
+
+def plot_lineage(lin: Lineage, path: str | Path, *, top: int = 10, title: str | None = None) -> dict:
+    """The branches that lead to the ``top`` best new candidates, as a tree (roots left): nodes
+    coloured by fitness, the top-k starred and named, the branch to the best in red, a grey ``+N``
+    under each node for its children not drawn, and runs of single-child ancestors folded into
+    their edge (labelled ``k gen. +m``: k generations crossed, m of their other children).
+
+    Returns ``{"nodes": {id: (x, y)}, "edges": [(parent, child)], "folded": {child: [ids folded into
+    its edge, top down]}, "best_branch": [ids], "top": [ids]}``.
+    """
+    best_ids, ids, parent, folded = picture_tree(lin, top)
+    pos = lineage_layout(lin, parent)
     rank = lin.rank_of()
     best_branch = lin.path(best_ids[0]) if best_ids else []
-    depth = max((x for x, _ in pos.values()), default=0)
+    on_best = set(best_branch)
+    levels = max((x for x, _ in pos.values()), default=0)
     rows = max((y for _, y in pos.values()), default=0) + 1
-    col_in, label_in = 1.45, 4.2  # inches per generation; room for the leaves' labels on the right
-    width = min(20.0, 1.6 + col_in * (depth + 1) + label_in)
-    fig = _figure(width, min(16.0, 1.8 + 0.5 * rows))
+    col_in, label_in = 1.5, 3.8  # inches per level; room for the leaves' labels on the right
+    width = min(24.0, 1.2 + col_in * (levels + 1) + label_in)
+    fig = _figure(width, min(18.0, 1.9 + 0.55 * rows))
     ax = fig.add_subplot()
-    from matplotlib import colormaps
+    from matplotlib import colormaps  # after _figure, which explains a missing matplotlib
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.collections import LineCollection
     from matplotlib.colors import Normalize
 
-    fits = [lin.nodes[c].fitness for c in ids if _finite(lin.nodes[c].fitness)]
-    norm = Normalize(min(fits, default=0.0), max(fits, default=1.0) if fits and max(fits) > min(fits) else
-                     (min(fits, default=0.0) + 1.0))
+    fits = [lin.nodes[c].fitness for c in pos if _finite(lin.nodes[c].fitness)]
+    lo, hi = min(fits, default=0.0), max(fits, default=1.0)
+    norm = Normalize(lo, hi if hi > lo else lo + 1.0)
     cmap = colormaps["viridis"]
-    from matplotlib.collections import LineCollection
-
     edges = []
-    on_best = set(zip(best_branch, best_branch[1:]))
     elbows: dict[bool, list] = {False: [], True: []}  # elbow polylines, off / on the branch to the best
-    for cid in sorted(ids):
-        parent = lin.nodes[cid].parent
-        if parent is None or parent not in ids:
+    for cid in sorted(pos):
+        p = parent[cid]
+        if p is None:
             continue
-        (x0, y0), (x1, y1) = pos[parent], pos[cid]
+        (x0, y0), (x1, y1) = pos[p], pos[cid]
         xm = (x0 + x1) / 2
-        elbows[(parent, cid) in on_best].append([(x0, y0), (xm, y0), (xm, y1), (x1, y1)])
-        edges.append((parent, cid))
+        elbows[cid in on_best and p in on_best].append([(x0, y0), (xm, y0), (xm, y1), (x1, y1)])
+        edges.append((p, cid))
+        if folded[cid]:
+            # The children of the folded generations that are off these branches, counted on the edge.
+            off = sum(1 for f in folded[cid] for k in lin.nodes[f].children if k not in ids)
+            ax.annotate(f"{len(folded[cid])} gen." + (f" +{off}" if off else ""), ((xm + x1) / 2, y1),
+                        xytext=(0, -3), textcoords="offset points", ha="center", va="top", fontsize=6,
+                        color="#555555", style="italic", zorder=4)
     ax.add_collection(LineCollection(elbows[False], colors="#999999", linewidths=1.0, zorder=1))
     ax.add_collection(LineCollection(elbows[True], colors="#d62728", linewidths=2.6, zorder=2))
     for star in (False, True):
         pts = [c for c in pos if (c in best_ids) == star]
-        ax.scatter([pos[c][0] for c in pts], [pos[c][1] for c in pts], s=170 if star else 70,
+        ax.scatter([pos[c][0] for c in pts], [pos[c][1] for c in pts], s=180 if star else 70,
                    marker="*" if star else "o", edgecolors="black", linewidths=0.6, zorder=3,
                    c=[cmap(norm(lin.nodes[c].fitness)) if _finite(lin.nodes[c].fitness) else (0.8, 0.8, 0.8, 1.0)
                       for c in pts])
     for cid, (x, y) in pos.items():
         n = lin.nodes[cid]
-        is_top = cid in best_ids
-        hidden = len([c for c in n.children if c not in ids])
-        leaf = not any(c in ids for c in n.children)
         fit = f"{n.fitness:.3f}" if _finite(n.fitness) else n.status
-        if leaf:
-            text = f"#{n.id} {n.name[:40]}  {fit}" + (f"  [rank {rank[cid]}]" if cid in rank else "")
-            ax.annotate(text, (x, y), xytext=(9, 0), textcoords="offset points", va="center", fontsize=8,
-                        fontweight="bold" if cid in best_branch else "normal", zorder=4)
+        tag = f" [rank {rank[cid]}]" if cid in rank and (cid in best_ids or n.origin == "baseline") else ""
+        has_kids = any(parent.get(c) == cid for c in pos)
+        if not has_kids:
+            ax.annotate(f"#{n.id} {n.name[:40]}  {fit}{tag}", (x, y), xytext=(9, 0), textcoords="offset points",
+                        va="center", fontsize=8, fontweight="bold" if cid in on_best else "normal", zorder=4)
         else:
-            short = n.name if len(n.name) <= 18 else n.name[:17] + "…"
-            text = f"#{n.id} {short}\n{fit}" + (f" [rank {rank[cid]}]" if cid in rank and (is_top or n.origin ==
-                                                                                         "baseline") else "")
-            ax.annotate(text, (x, y), xytext=(0, 7), textcoords="offset points", ha="center", va="bottom",
-                        fontsize=7, linespacing=1.0, zorder=4, bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none",
-                                                    "alpha": 0.8})
+            name = (n.name if len(n.name) <= 18 else n.name[:17] + "…") if n.parent is None else ""
+            ax.annotate(f"#{n.id} {name}".rstrip() + f"\n{fit}{tag}", (x, y), xytext=(0, 7),
+                        textcoords="offset points", ha="center", va="bottom", fontsize=7, linespacing=1.0,
+                        zorder=4, bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.8})
+        hidden = sum(1 for c in n.children if c not in ids)
         if hidden:
-            ax.annotate(f"+{hidden}", (x, y), xytext=(0, -8), textcoords="offset points", ha="center", va="top",
+            ax.annotate(f"+{hidden}", (x, y), xytext=(0, -7), textcoords="offset points", ha="center", va="top",
                         fontsize=6, color="#777777", zorder=4)
-    from matplotlib.cm import ScalarMappable
-
-    sm = ScalarMappable(norm=norm, cmap=cmap)
-    fig.colorbar(sm, ax=ax, fraction=0.02, pad=0.01, label="fitness")
-    ax.set_xlim(-0.5, depth + (width - 1.6 - col_in * (depth + 1)) / col_in + 0.3)
-    ax.set_ylim(rows - 0.4, -0.8)
-    ax.set_xticks(range(int(depth) + 1))
-    ax.set_xlabel("generation (depth below the baselines)")
+    fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, fraction=0.02, pad=0.01, label="fitness")
+    ax.set_xlim(-0.5, levels + label_in / col_in)
+    ax.set_ylim(rows - 0.4, -0.9)
+    ax.set_xticks([])
     ax.set_yticks([])
-    for side in ("top", "right", "left"):
+    for side in ("top", "right", "left", "bottom"):
         ax.spines[side].set_visible(False)
-    ax.set_title(title or f"Branches to the {len(best_ids)} best new candidates (stars) of {len(lin.nodes)}\n"
-                          f"red: the branch to the best; +N: children not drawn", fontsize=10)
-    fig.subplots_adjust(left=0.02, right=0.97, bottom=0.7 / fig.get_figheight(), top=1 - 0.6 / fig.get_figheight())
+    ax.set_title(title or f"Branches to the {len(best_ids)} best new candidates (stars) of {len(lin.nodes)}; "
+                          f"red: to the best\n+N: children not drawn; 'k gen.': k generations folded into the edge", fontsize=9)
+    fig.subplots_adjust(left=0.02, right=0.94, bottom=0.25 / fig.get_figheight(),
+                        top=1 - 0.65 / fig.get_figheight())
     _save(fig, path)
-    return {"nodes": pos, "edges": edges, "best_branch": best_branch, "top": best_ids}
+    return {"nodes": pos, "edges": edges, "folded": {c: run for c, run in folded.items() if parent[c] is not None},
+            "best_branch": best_branch, "top": best_ids}

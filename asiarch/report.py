@@ -66,7 +66,7 @@ def baseline_fitness(store: Store) -> dict[str, float]:
 
 def label(c: Candidate) -> str:
     fit = f" ({c.fitness:.3f})" if c.fitness is not None else ""
-    return f"#{c.id} {c.name[:32]}{fit}"
+    return f"#{c.id} {c.name[:30]}{fit}"
 
 
 def training_curves(store: Store, exp: ExperimentDir, cands: list[Candidate]) -> dict[str, tuple[list, list]]:

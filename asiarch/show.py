@@ -138,8 +138,8 @@ def show_text(store: Store, exp: ExperimentDir, ref: str, palette: Palette = PLA
         if r:
             lines.append(f"      loss {_fmt(r['eval_loss'], '.4f')} (train {_fmt(r['final_loss'], '.4f')}), "
                          f"{_fmt(r['tokens_per_s'], ',.0f')} tok/s, peak "
-                         f"{_fmt((r['peak_memory_bytes'] or 0) / 2**30, '.2f')} GiB, {r['steps_done']} steps, "
-                         + ", ".join(f"{k} {_fmt(v, '.4f')}" for k, v in r["metrics"].items()))
+                         f"{_fmt((r['peak_memory_bytes'] or 0) / 2**30, '.2f')} GiB, {r['steps_done']} steps"
+                         + "".join(f", {k} {_fmt(v, '.4f')}" for k, v in r["metrics"].items()))
     lines += _failure_tracebacks(store, exp, cand, palette)
     lines += ["", *_curve_section(store, exp, cand, palette)]
     if code:

@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import math
+import re
 import time
 from pathlib import Path
 
@@ -165,18 +166,22 @@ def render_leaderboard(rows: list[dict], fmt: str = "table", limit: int | None =
 
 
 def reason_class(reason: str) -> str:
-    """What a failure reason is about, for grouping: ``causality``, ``failed: IndexError``, ...
+    """What a failure reason is about, for grouping: ``causality``, ``failed: IndexError``, ``diverged``.
 
     The first line, up to its first ``": "``; when that part only names an outcome (failed,
-    diverged, ...), the next part too (the exception type).
+    diverged, ...) and the next part starts with an exception type, that type too.
     """
     first = reason.strip().splitlines()[0] if reason.strip() else "(no reason given)"
     parts = first.split(": ")
-    if len(parts) > 1 and parts[0] in ("failed", "diverged", "timeout", "preempted", "cancelled", "lost"):
-        key = ": ".join(parts[:2])
-    else:
-        key = parts[0]
-    return key[:60]
+    key = parts[0]
+    if len(parts) > 1 and parts[0] in _OUTCOMES:
+        word = (parts[1].split() or [""])[0]
+        if re.fullmatch(r"[A-Za-z_.]*[A-Z]\w*(Error|Exception|Exit|Interrupt|Warning)", word):
+            key = f"{parts[0]}: {word.rsplit('.', 1)[-1]}"
+    return key[:40]
+
+
+_OUTCOMES = ("failed", "diverged", "timeout", "preempted", "cancelled", "lost")
 
 
 def failures_by_reason(store: Store) -> list[dict]:
@@ -285,12 +290,10 @@ def status_text(store: Store, budget=None, palette: Palette = PLAIN, exp: Experi
     first, last = c.execute("SELECT MIN(created_at), MAX(created_at) FROM candidates"
                             " WHERE origin != 'baseline'").fetchone()
     if first and total:
-        hours = max((last - first) / 3600, 1e-9)
-        recent = c.execute("SELECT COUNT(*) FROM candidates WHERE origin != 'baseline' AND created_at >= ?",
-                           (last - 3600,)).fetchone()[0]
-        rate = f"{total / hours:.1f} proposals/hour" if total > 1 else "1 proposal"
-        lines.append(f"{b('rate:')}       {rate}; {recent} in the hour before the last one, "
-                     f"which was {_ago(now - last)} ago")
+        span = last - first
+        rate = f"{total / (span / 3600):.1f} proposals/hour over {_ago(span)}" if total > 1 and span > 0 else \
+            f"{total} proposal(s)"
+        lines.append(f"{b('rate:')}       {rate}; the last one {_ago(now - last)} ago")
     best = store.ranked(1, include_baselines=False)
     if best:
         x = best[0]
@@ -300,7 +303,7 @@ def status_text(store: Store, budget=None, palette: Palette = PLAIN, exp: Experi
     if groups:
         lines.append(b("failures:") + " (by reason)")
         for g in groups[:8]:
-            lines.append(f"  {g['count']:5d} {palette.status(g['status'].ljust(8), g['status'])} {g['reason']:<28} "
+            lines.append(f"  {g['count']:5d} {palette.status(g['status'].ljust(8), g['status'])} {g['reason']:<22} "
                          f"e.g. #{g['example_id']}: {g['example'][:80]}")
         if len(groups) > 8:
             lines.append(f"  ... {len(groups) - 8} more reasons, {sum(g['count'] for g in groups[8:])} candidates")

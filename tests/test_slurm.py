@@ -111,3 +111,41 @@ def test_search_through_slurm_trains_a_round_as_one_array(slurm_cluster, tmp_pat
         rec = rf.read_result(tmp_path / a.dir / "result.h5")
         assert rec.status == "ok" and rec.array_job_id == a.job_id.split("_")[0] and rec.env["world_size"] == 2
     search.close()
+
+
+@pytest.mark.slow
+def test_requeued_training_job_finishes_from_its_checkpoint(slurm_cluster, tmp_path):
+    """`scontrol requeue` a running 2-rank training job: it checkpoints, is requeued, and resumes."""
+    from tests.test_train_job import CUMSUM, _attempt
+
+    paths, req = _attempt(tmp_path, CUMSUM.format(extra=""), steps=400)
+    sched = SlurmScheduler(tmp_path / "jobs", SlurmSpec(job_name="rq", time_min=10, cpus_per_task=2))
+    (job_id,) = sched.submit([req])
+    deadline = time.time() + 90
+    while time.time() < deadline and (rf.read_progress(paths.progress) or {}).get("step", 0) < 20:
+        time.sleep(0.3)
+    assert (rf.read_progress(paths.progress) or {}).get("step", 0) >= 20, paths.log.read_text()[-2000:]
+    out = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    states = _wait(sched, [job_id], timeout=240)
+    assert states[job_id] is JobState.COMPLETED
+    rec = rf.read_result(paths.result)
+    assert rec.status == "ok" and rec.steps_done == 400
+    assert rec.env["resumed_from_step"] >= 20
+    assert "resuming" in paths.log.read_text()
+
+
+@pytest.mark.slow
+def test_time_limit_warning_records_a_timeout_with_its_partial_curve(slurm_cluster, tmp_path):
+    from tests.test_train_job import CUMSUM, _attempt
+
+    paths, req = _attempt(tmp_path, CUMSUM.format(extra=""), steps=1_000_000)
+    # a 1-minute limit with the warning 45 s before it: the trainer hears it ~15 s in
+    sched = SlurmScheduler(tmp_path / "jobs", SlurmSpec(job_name="to", time_min=1, cpus_per_task=2,
+                                                       signal_delay_s=45))
+    (job_id,) = sched.submit([req])
+    _wait(sched, [job_id], timeout=150)
+    rec = rf.read_result(paths.result)
+    assert rec.status == "timeout", (rec.status, rec.error, paths.log.read_text()[-2000:])
+    assert rec.steps_done > 0 and len(rec.curve.loss) > 0
+    assert (paths.dir.parent / "checkpoint.pt").exists()  # a retry of this candidate resumes from it

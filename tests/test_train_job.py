@@ -88,19 +88,31 @@ def test_nan_ends_the_run_as_diverged_not_a_hang(tmp_path):
     assert rec.steps_done <= 1 and time.time() - t < 60
 
 
-def test_sigterm_leaves_a_preempted_result_with_its_curve(tmp_path):
-    paths, req = _attempt(tmp_path, CUMSUM.format(extra=""), steps=100000)
+def test_sigterm_checkpoints_and_a_rerun_resumes_from_it(tmp_path):
+    paths, req = _attempt(tmp_path, CUMSUM.format(extra=""), steps=400)
     log = open(paths.log, "ab")
     proc = subprocess.Popen(["bash", str(req.script)], stdout=log, stderr=subprocess.STDOUT)
     deadline = time.time() + 60
-    while time.time() < deadline and not (rf.read_progress(paths.progress) or {}).get("step"):
-        time.sleep(0.3)
+    while time.time() < deadline and (rf.read_progress(paths.progress) or {}).get("step", 0) < 10:
+        time.sleep(0.2)
     assert rf.read_progress(paths.progress), paths.log.read_text()[-2000:]
     proc.send_signal(signal.SIGTERM)  # bash exec'd torchrun: the signal reaches torchrun, which forwards it
     proc.wait(timeout=60)
     rec = rf.read_result(paths.result)
     assert rec.status == "preempted" and "SIGTERM" in rec.error
-    assert rec.steps_done >= 5 and len(rec.curve.loss) >= 1
+    stopped_at = rec.steps_done
+    assert stopped_at >= 5 and len(rec.curve.loss) >= 1
+    ckpt = paths.dir.parent / "checkpoint.pt"
+    assert ckpt.exists()
+    # the scheduler requeues the job: the same script runs again and goes on from the checkpoint
+    assert _run(req) == 0, paths.log.read_text()[-3000:]
+    rec = rf.read_result(paths.result)
+    assert rec.status == "ok" and rec.steps_done == 400
+    resumed = rec.env["resumed_from_step"]
+    assert stopped_at - 5 <= resumed <= stopped_at + 5
+    assert rec.curve.step[0] == 5 and rec.curve.step[-1] == 400  # one curve across both runs
+    assert f"resuming t-c00001-a1 from its checkpoint at step {resumed}" in paths.log.read_text()
+    assert not ckpt.exists()  # finished: nothing left to resume
 
 
 def test_lm_task_over_a_byte_token_file(tmp_path):

@@ -169,7 +169,9 @@ def train(spec: dict, d: Dist, record: rf.ResultRecord, stop: dict) -> None:
     def autocast():
         return torch.autocast(device_type=d.device.type, dtype=torch.bfloat16, enabled=use_bf16)
 
-    gen = torch.Generator().manual_seed(cfg["seed"] * 1000 + d.rank)  # distinct data per rank
+    start = resume(spec, model, opt, record, d)
+    # distinct data per rank; a resumed run draws a fresh, still deterministic, stream
+    gen = torch.Generator().manual_seed(cfg["seed"] * 1000 + d.rank + 7919 * start)
     per_rank = cfg["batch_size"] // d.world
     tokens_per_step = per_rank * cfg["seq_len"] * d.world
     progress_path = spec["progress_path"]
@@ -177,7 +179,7 @@ def train(spec: dict, d: Dist, record: rf.ResultRecord, stop: dict) -> None:
     t_measure, step_measure = None, 0  # throughput excludes the first step (allocation, warm-up)
     first_loss, last_progress = None, 0.0
     recent: list[float] = []
-    for step in range(cfg["steps"]):
+    for step in range(start, cfg["steps"]):
         lr = wsd_lr(step, peak=cfg["lr"], steps=cfg["steps"], warmup=cfg["warmup_steps"],
                     decay_fraction=cfg["decay_fraction"])
         for group in opt.param_groups:
@@ -197,11 +199,12 @@ def train(spec: dict, d: Dist, record: rf.ResultRecord, stop: dict) -> None:
         # waiting in a collective its peers abandoned).
         loss_value, stopping = all_reduce_sum([float(loss.item()) / d.world, 1.0 if stop["signal"] else 0.0], d)
         if stopping:
+            save_checkpoint(spec, model, opt, record, step + 1, d)
             raise Interrupted(f"received {stop['signal'] or 'a stop signal on a peer rank'} at step {step + 1}")
-        if step == 0:
+        if step == start:
             t_measure = time.time()
         else:
-            step_measure = step
+            step_measure = step - start  # steps timed since the first one of this run
         recent.append(loss_value)
         first_loss = loss_value if first_loss is None else first_loss
         elapsed = time.time() - t0
@@ -230,11 +233,43 @@ def train(spec: dict, d: Dist, record: rf.ResultRecord, stop: dict) -> None:
     record.eval_loss = record.metrics["eval/loss"]
 
 
+def save_checkpoint(spec: dict, model: torch.nn.Module, opt: torch.optim.Optimizer, record: rf.ResultRecord,
+                    steps_done: int, d: Dist) -> None:
+    """Rank 0 saves what a requeued job needs to go on from ``steps_done`` (atomic: temp + rename)."""
+    path = spec.get("checkpoint_path")
+    if path and d.main:
+        tmp = f"{path}.tmp-{os.getpid()}"
+        torch.save({"step": steps_done, "model": model.state_dict(), "opt": opt.state_dict(),
+                    "curve": vars(record.curve), "code_sha256": record.code_sha256}, tmp)
+        os.replace(tmp, path)
+    if d.world > 1:
+        dist.barrier()
+
+
+def resume(spec: dict, model: torch.nn.Module, opt: torch.optim.Optimizer, record: rf.ResultRecord,
+           d: Dist) -> int:
+    """Load the checkpoint a preempted or requeued run left, if any; returns the step to start from."""
+    path = spec.get("checkpoint_path")
+    if not path or not os.path.exists(path):
+        return 0
+    state = torch.load(path, map_location=d.device, weights_only=False)
+    if state.get("code_sha256") != record.code_sha256:
+        return 0  # a checkpoint of other code (the attempt was repaired): start over
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["opt"])
+    record.curve = rf.Curve(**state["curve"])
+    record.env["resumed_from_step"] = state["step"]
+    if d.main:
+        print(f"asiarch: resuming {record.run_key} from its checkpoint at step {state['step']}", flush=True)
+    return int(state["step"])
+
+
 def install_signal_handlers(stop: dict) -> None:
-    """torchrun forwards TERM/INT/HUP/QUIT to workers; Slurm's --signal warning arrives as USR1."""
+    """torchrun forwards TERM/INT/HUP/QUIT to workers. The job's payload turns the scheduler's
+    time-limit warning (--signal USR1/USR2) into HUP: HUP means timeout, TERM preemption."""
     def handler(signum, _frame):
         stop["signal"] = signal.Signals(signum).name
-    for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP):
+    for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP):
         signal.signal(sig, handler)
 
 
@@ -261,7 +296,8 @@ def run(spec_path: str) -> int:
     except Diverged as exc:
         record.status, record.error = "diverged", str(exc)
     except Interrupted as exc:
-        record.status, record.error = "preempted", str(exc)
+        timeout = stop["signal"] in ("SIGHUP", "SIGUSR1", "SIGUSR2")
+        record.status, record.error = ("timeout" if timeout else "preempted"), str(exc)
     except Exception as exc:  # the candidate's own failure: record it, do not hang the other ranks
         record.status, record.error = "failed", f"{type(exc).__name__}: {exc}"
         record.traceback = traceback.format_exc()
@@ -272,9 +308,13 @@ def run(spec_path: str) -> int:
             peak_memory_bytes(d.device)
     except Exception:
         record.peak_memory_bytes = peak_memory_bytes(d.device)
-    # rank 0 writes; a rank that failed alone writes too, so the reason is never lost
-    if d.main or code != 0:
+    # rank 0 writes; a rank that failed alone writes too, so the reason is never lost -- but a rank
+    # that only saw its peer die ("connection closed by peer") never overwrites the peer's reason
+    peer_died = code != 0 and "closed by peer" in record.error.lower()
+    if (d.main or code != 0) and not (peer_died and os.path.exists(spec["result_path"])):
         rf.write_result(spec["result_path"], record)
+    if d.main and record.status == "ok" and spec.get("checkpoint_path"):
+        Path(spec["checkpoint_path"]).unlink(missing_ok=True)  # done: nothing to resume any more
     if code != 0 and d.world > 1:
         sys.stderr.write(record.traceback)
         sys.stderr.flush()

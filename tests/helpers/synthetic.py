@@ -19,11 +19,13 @@ import math
 import multiprocessing
 import os
 import random
-
-import numpy as np
+import time
+import types
 from contextlib import contextmanager
 from pathlib import Path
 from unittest import mock
+
+import numpy as np
 
 from asiarch.config import demo_config, render_toml
 from asiarch.fitness import Reference, bench_score, compute_fitness
@@ -147,11 +149,15 @@ def make_experiment(root: str | Path, n: int = 2000, *, seed: int = 0, points: i
     store.conn.execute("PRAGMA journal_mode = MEMORY")
     store.conn.execute("PRAGMA locking_mode = EXCLUSIVE")
     store.set_meta("experiment", cfg.experiment.name)
-    t = 1.7e9
+    t = time.time() - 60.0 * (n + 1)  # the search started n minutes ago and is still running
+    # The store stamps rows with time.time(): give it a clock that moves a minute per proposal,
+    # so rates, events and the discovery curve look like a search that ran for days.
+    clock = types.SimpleNamespace(time=lambda: t)
     fitness_of: dict[int, float] = {}
     ref = None
     # Result files are written by two forked workers while this process writes the store.
-    with _no_fsync(), multiprocessing.get_context("fork").Pool(2) as workers:
+    with _no_fsync(), mock.patch("asiarch.store.time", clock), \
+            multiprocessing.get_context("fork").Pool(2) as workers:
         pending = []
 
         def write(path: Path, rec: rf.ResultRecord) -> None:
