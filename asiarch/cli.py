@@ -227,7 +227,7 @@ def cmd_lineage(args) -> int:
                         palette=Palette.for_stream(sys.stdout), ascii_only=not unicode_ok(sys.stdout)))
     if args.png:
         try:
-            plot_lineage(lin, args.png, top=args.top)
+            plot_lineage(lin, args.png, top=args.top, root=root)
         except PlotError as exc:
             return _die(str(exc))
         print(f"wrote {args.png}", file=sys.stderr)

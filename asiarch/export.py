@@ -24,9 +24,12 @@ import math
 from typing import Iterable, TextIO
 
 from asiarch.store import Store
-from asiarch.views import candidate_table, leaderboard_rows
+from asiarch.views import LEADERBOARD_COLUMNS, candidate_table, leaderboard_rows
 
 FORMATS = ("csv", "jsonl")
+# The header of an export with no candidates yet (task and fitness-term columns appear with data).
+EMPTY_COLUMNS = (*LEADERBOARD_COLUMNS, "compute_s", "peak_memory_bytes", "created_at", "updated_at", "code_sha256",
+                 "genome_key", "motivation", "analysis", "result_path")
 
 
 def export_rows(store: Store, *, stage: str | None = None, code: bool = False) -> list[dict]:
@@ -68,7 +71,7 @@ def write_rows(rows: Iterable[dict], fmt: str, stream: TextIO) -> int:
         for r in rows:
             stream.write(json.dumps(r) + "\n")
         return len(rows)
-    writer = csv.DictWriter(stream, fieldnames=list(rows[0]) if rows else ["id"], lineterminator="\n")
+    writer = csv.DictWriter(stream, fieldnames=list(rows[0]) if rows else list(EMPTY_COLUMNS), lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     return len(rows)

@@ -125,9 +125,10 @@ def plot_curves(curves: dict[str, tuple[list[float], list[float]]], path: str | 
     from matplotlib.ticker import FuncFormatter
 
     ax.set_yscale("log")
-    plain = FuncFormatter(lambda v, _: f"{v:g}")
-    ax.yaxis.set_major_formatter(plain)
-    ax.yaxis.set_minor_formatter(plain)
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    # Minor ticks: label 2, 3 and 5 times a power of ten only, so the labels never crowd.
+    ax.yaxis.set_minor_formatter(FuncFormatter(
+        lambda v, _: f"{v:g}" if v > 0 and round(v / 10 ** math.floor(math.log10(v))) in (2, 3, 5) else ""))
     ax.set_xlabel("step")
     ax.set_ylabel("training loss (log scale)")
     ax.set_title(title)
@@ -188,7 +189,8 @@ def plot_tasks(table: dict[str, dict[str, float]], path: str | Path, *, baseline
 # ---------------------------------------------------------------------------------- lineage
 
 
-def picture_tree(lin: Lineage, top: int) -> tuple[list[int], set[int], dict[int, int | None], dict[int, list[int]]]:
+def picture_tree(lin: Lineage, top: int, root: int | None = None
+                 ) -> tuple[list[int], set[int], dict[int, int | None], dict[int, list[int]]]:
     """The tree the lineage picture draws: the branches to the ``top`` best new candidates, with
     pass-through nodes (one child on these branches, not among the top) folded into the edge
     that crosses them.
@@ -196,16 +198,19 @@ def picture_tree(lin: Lineage, top: int) -> tuple[list[int], set[int], dict[int,
     Returns (best ids, every node on those branches, drawn parent of each drawn node (None for
     roots), the nodes folded into the edge that ends at each drawn node, top to bottom).
     """
-    best_ids = lin.top(top)
+    best_ids = lin.top(top, within=root)
     ids: set[int] = set()
     for t in best_ids:
-        ids.update(lin.path(t))
+        path = lin.path(t)
+        ids.update(path[path.index(root):] if root is not None else path)
+    if root is not None:
+        ids.add(root)
     kids = {c: [k for k in lin.nodes[c].children if k in ids] for c in ids}
-    keep = {c for c in ids if lin.nodes[c].parent is None or c in best_ids or len(kids[c]) != 1}
+    keep = {c for c in ids if lin.nodes[c].parent is None or c == root or c in best_ids or len(kids[c]) != 1}
     parent: dict[int, int | None] = {}
     folded: dict[int, list[int]] = {}
     for c in keep:
-        p, run = lin.nodes[c].parent, []
+        p, run = (None if c == root else lin.nodes[c].parent), []
         while p is not None and p not in keep:
             run.append(p)
             p = lin.nodes[p].parent
@@ -243,8 +248,10 @@ def lineage_layout(lin: Lineage, parent: dict[int, int | None]) -> dict[int, tup
     return pos
 
 
-def plot_lineage(lin: Lineage, path: str | Path, *, top: int = 10, title: str | None = None) -> dict:
-    """The branches that lead to the ``top`` best new candidates, as a tree (roots left): nodes
+def plot_lineage(lin: Lineage, path: str | Path, *, top: int = 10, root: int | None = None,
+                 title: str | None = None) -> dict:
+    """The branches that lead to the ``top`` best new candidates (in the subtree of ``root`` when
+    given), as a tree (roots left): nodes
     coloured by fitness, the top-k starred and named, the branch to the best in red, a grey ``+N``
     under each node for its children not drawn, and runs of single-child ancestors folded into
     their edge (labelled ``k gen. +m``: k generations crossed, m of their other children).
@@ -252,10 +259,10 @@ def plot_lineage(lin: Lineage, path: str | Path, *, top: int = 10, title: str | 
     Returns ``{"nodes": {id: (x, y)}, "edges": [(parent, child)], "folded": {child: [ids folded into
     its edge, top down]}, "best_branch": [ids], "top": [ids]}``.
     """
-    best_ids, ids, parent, folded = picture_tree(lin, top)
+    best_ids, ids, parent, folded = picture_tree(lin, top, root)
     pos = lineage_layout(lin, parent)
     rank = lin.rank_of()
-    best_branch = lin.path(best_ids[0]) if best_ids else []
+    best_branch = [c for c in lin.path(best_ids[0]) if c in ids] if best_ids else []
     on_best = set(best_branch)
     levels = max((x for x, _ in pos.values()), default=0)
     rows = max((y for _, y in pos.values()), default=0) + 1
@@ -267,6 +274,7 @@ def plot_lineage(lin: Lineage, path: str | Path, *, top: int = 10, title: str | 
     from matplotlib.cm import ScalarMappable
     from matplotlib.collections import LineCollection
     from matplotlib.colors import Normalize
+    from matplotlib.ticker import MaxNLocator
 
     fits = [lin.nodes[c].fitness for c in pos if _finite(lin.nodes[c].fitness)]
     lo, hi = min(fits, default=0.0), max(fits, default=1.0)
@@ -305,7 +313,7 @@ def plot_lineage(lin: Lineage, path: str | Path, *, top: int = 10, title: str | 
             ax.annotate(f"#{n.id} {n.name[:40]}  {fit}{tag}", (x, y), xytext=(9, 0), textcoords="offset points",
                         va="center", fontsize=8, fontweight="bold" if cid in on_best else "normal", zorder=4)
         else:
-            name = (n.name if len(n.name) <= 18 else n.name[:17] + "…") if n.parent is None else ""
+            name = (n.name if len(n.name) <= 18 else n.name[:17] + "…") if parent[cid] is None else ""
             ax.annotate(f"#{n.id} {name}".rstrip() + f"\n{fit}{tag}", (x, y), xytext=(0, 7),
                         textcoords="offset points", ha="center", va="bottom", fontsize=7, linespacing=1.0,
                         zorder=4, bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.8})
@@ -313,16 +321,18 @@ def plot_lineage(lin: Lineage, path: str | Path, *, top: int = 10, title: str | 
         if hidden:
             ax.annotate(f"+{hidden}", (x, y), xytext=(0, -7), textcoords="offset points", ha="center", va="top",
                         fontsize=6, color="#777777", zorder=4)
-    fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, fraction=0.02, pad=0.01, label="fitness")
+    bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, fraction=0.02, pad=0.01, label="fitness")
+    bar.ax.yaxis.set_major_locator(MaxNLocator(5))
     ax.set_xlim(-0.5, levels + label_in / col_in)
     ax.set_ylim(rows - 0.4, -0.9)
     ax.set_xticks([])
     ax.set_yticks([])
     for side in ("top", "right", "left", "bottom"):
         ax.spines[side].set_visible(False)
-    ax.set_title(title or f"Branches to the {len(best_ids)} best new candidates (stars) of {len(lin.nodes)}; "
+    where = f"in the subtree of #{root}" if root is not None else f"of {len(lin.nodes)}"
+    ax.set_title(title or f"Branches to the {len(best_ids)} best new candidates (stars) {where}; "
                           f"red: to the best\n+N: children not drawn; 'k gen.': k generations folded into the edge", fontsize=9)
-    fig.subplots_adjust(left=0.02, right=0.94, bottom=0.25 / fig.get_figheight(),
+    fig.subplots_adjust(left=0.02, right=1 - 0.75 / width, bottom=0.25 / fig.get_figheight(),
                         top=1 - 0.65 / fig.get_figheight())
     _save(fig, path)
     return {"nodes": pos, "edges": edges, "folded": {c: run for c, run in folded.items() if parent[c] is not None},

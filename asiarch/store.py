@@ -51,6 +51,9 @@ CREATE TABLE IF NOT EXISTS candidates (
 CREATE INDEX IF NOT EXISTS candidates_status ON candidates(status);
 CREATE INDEX IF NOT EXISTS candidates_fitness ON candidates(fitness);
 CREATE INDEX IF NOT EXISTS candidates_sha ON candidates(code_sha256);
+CREATE INDEX IF NOT EXISTS candidates_parent ON candidates(parent_id);
+CREATE INDEX IF NOT EXISTS candidates_origin ON candidates(origin);
+CREATE INDEX IF NOT EXISTS attempts_candidate ON attempts(candidate_id);
 CREATE TABLE IF NOT EXISTS candidate_refs (
     candidate_id  INTEGER NOT NULL REFERENCES candidates(id),
     ref_id        INTEGER NOT NULL REFERENCES candidates(id),

@@ -29,6 +29,7 @@ STAGES = (DEFAULT_STAGE,)
 # e.g. "mqar/accuracy") follow "score".
 _HEAD = ("rank", "id", "name", "origin", "parent", "round", "stage", "status", "fitness", "loss", "score")
 _TAIL = ("num_params", "mixer_params", "tokens_per_s", "attempts", "reason")
+LEADERBOARD_COLUMNS = _HEAD + _TAIL
 
 
 def open_readonly(exp: ExperimentDir) -> Store:
@@ -138,7 +139,7 @@ def render_leaderboard(rows: list[dict], fmt: str = "table", limit: int | None =
         return json.dumps(rows, indent=1)
     if fmt == "csv":
         buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else list(_HEAD + _TAIL))
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else list(LEADERBOARD_COLUMNS))
         writer.writeheader()
         writer.writerows(rows)
         return buf.getvalue()

@@ -16,7 +16,6 @@ import csv
 import hashlib
 import io
 import json
-import math
 import multiprocessing
 import os
 import re
@@ -199,7 +198,10 @@ def test_show_done_failed_and_running_candidates(big):
     assert "Training curve (attempt" in out and "|*" in out and "+" + "-" * 64 in out
     assert "rank 1 of" in out and "class DeltaNet" in out
     assert "class DeltaNet" not in run(["show", big, cand.name, "--no-code"])[1]  # by name too
-    code, out, _ = run(["show", big, "29", "--no-code"])  # the generator's first diverged candidate
+    store = Store.open_readonly(big / "asiarch.db")
+    diverged = next(c for c in store.candidates(status="failed") if c.reason.startswith("diverged"))
+    store.close()
+    code, out, _ = run(["show", big, diverged.id, "--no-code"])
     assert "diverged" in out and "Traceback (last lines, from the result file)" in out
     code, out, _ = run(["show", big, str(N_BIG + 2), "--no-code"])  # still running: its live record
     assert "running" in out and "live progress record, step 1000/2000" in out
@@ -269,6 +271,11 @@ def test_lineage_picture_draws_the_top_branches(big, tmp_path):
         assert path[path.index(parent) + 1:-1] == drawn["folded"][child]
     assert len(drawn["nodes"]) <= 10 * 3  # roots, branch points and the top-k only
     assert (tmp_path / "l.png").read_bytes().startswith(b"\x89PNG")
+    sub = lin.path(top[0])[len(lin.path(top[0])) // 2]  # a subtree: --root with --png
+    drawn = P.plot_lineage(lin, tmp_path / "s.png", top=4, root=sub)
+    inside = set(lin.subtree(sub))
+    assert sub in drawn["nodes"] and set(drawn["nodes"]) <= inside and drawn["top"][0] == top[0]
+    assert drawn["best_branch"][0] == sub and all(p in inside for p, _ in drawn["edges"])
 
 
 def test_report_renders_self_contained(big):
@@ -304,6 +311,7 @@ def test_export_rows_and_the_result_reader(big, tmp_path):
 def _head(db: str, seconds: float, conn) -> None:
     """A stand-in head: short write transactions for ``seconds``; sends back the slowest commit."""
     store = Store.open(db)
+    store.conn.execute("PRAGMA synchronous = OFF")  # measure waiting for locks, not the disk's fsync
     worst, end, i = 0.0, time.time() + seconds, 0
     while time.time() < end:
         t0 = time.perf_counter()
@@ -480,3 +488,15 @@ def test_text_chart_and_reason_classes():
     assert reason_class("diverged: loss nan at step 140") == "diverged"
     assert reason_class("causality: position 0 sees position 5") == "causality"
     assert reason_class("") == "(no reason given)"
+
+
+def test_a_new_experiment_with_no_candidates(tmp_path):
+    Store.open(tmp_path / "asiarch.db").close()
+    for argv in (["status"], ["leaderboard", "--json"], ["lineage"], ["export"], ["report", "--no-plots"]):
+        code, out, err = run([argv[0], tmp_path, *argv[1:]])
+        assert code == 0, (argv, err)
+    assert run(["leaderboard", tmp_path, "--json"])[1].strip() == "[]"
+    assert run(["export", tmp_path])[1].startswith("rank,id,name,")
+    assert "candidates: none yet" in run(["status", tmp_path])[1]
+    code, _, err = run(["show", tmp_path, "1"])
+    assert code == 2 and "no candidate with id 1" in err
