@@ -53,7 +53,6 @@ CREATE INDEX IF NOT EXISTS candidates_fitness ON candidates(fitness);
 CREATE INDEX IF NOT EXISTS candidates_sha ON candidates(code_sha256);
 CREATE INDEX IF NOT EXISTS candidates_parent ON candidates(parent_id);
 CREATE INDEX IF NOT EXISTS candidates_origin ON candidates(origin);
-CREATE INDEX IF NOT EXISTS attempts_candidate ON attempts(candidate_id);
 CREATE TABLE IF NOT EXISTS candidate_refs (
     candidate_id  INTEGER NOT NULL REFERENCES candidates(id),
     ref_id        INTEGER NOT NULL REFERENCES candidates(id),
@@ -75,6 +74,7 @@ CREATE TABLE IF NOT EXISTS attempts (
     UNIQUE (candidate_id, n)
 );
 CREATE INDEX IF NOT EXISTS attempts_status ON attempts(status);
+CREATE INDEX IF NOT EXISTS attempts_candidate ON attempts(candidate_id);
 CREATE TABLE IF NOT EXISTS results (
     attempt_id        INTEGER PRIMARY KEY REFERENCES attempts(id),
     candidate_id      INTEGER NOT NULL REFERENCES candidates(id),
