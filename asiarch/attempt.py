@@ -13,12 +13,29 @@ from pathlib import Path
 from asiarch.config import ClusterConfig, TrainConfig
 from asiarch.dispatch.base import JobRequest
 from asiarch.layout import AttemptPaths
-from asiarch.render import JobScriptSpec, render_job_script, torchrun_command
+from asiarch.render import JobScriptSpec, apptainer_command, render_job_script, torchrun_command
+
+
+def job_command(spec_path: Path, *, train: TrainConfig, cluster: ClusterConfig, python: str,
+                binds: list[str], env: tuple[tuple[str, str], ...]) -> tuple[str, ...]:
+    """torchrun for one attempt, inside ``apptainer exec`` when a container image is configured."""
+    if not cluster.container_image:
+        return torchrun_command(python, train.nproc, str(spec_path))
+    inner = torchrun_command(cluster.python or "python3", train.nproc, str(spec_path))
+    data = [str(Path(train.token_file).resolve().parent)] if train.token_file else []
+    return apptainer_command(inner, image=cluster.container_image, binds=binds + data + list(cluster.binds),
+                             env=env, nv=cluster.gpus_per_node > 0, cleanenv=cluster.container_cleanenv,
+                             containall=cluster.container_containall,
+                             network_none=cluster.container_network_none)
 
 
 def write_attempt_files(paths: AttemptPaths, *, layer_path: Path, identity: dict, train: TrainConfig,
-                        cluster: ClusterConfig, class_name: str, python: str) -> JobRequest:
-    """Write spec.json and job.sh for one attempt; return the request to submit."""
+                        cluster: ClusterConfig, class_name: str, python: str,
+                        bind_root: Path | None = None) -> JobRequest:
+    """Write spec.json and job.sh for one attempt; return the request to submit.
+
+    ``bind_root`` is the directory a container must see (the experiment directory); by
+    default the attempt's candidate directory and the layer's."""
     paths.dir.mkdir(parents=True, exist_ok=True)
     spec = {
         "identity": identity,
@@ -31,10 +48,12 @@ def write_attempt_files(paths: AttemptPaths, *, layer_path: Path, identity: dict
         "train": dataclasses.asdict(train),
     }
     paths.spec.write_text(json.dumps(spec, indent=2))
+    env = (("OMP_NUM_THREADS", str(train.threads_per_rank)), ("PYTHONUNBUFFERED", "1"))
+    roots = [bind_root] if bind_root else [paths.dir.parent, Path(layer_path).parent, paths.result.parent]
+    command = job_command(paths.spec.resolve(), train=train, cluster=cluster, python=python,
+                          binds=[str(Path(r).resolve()) for r in roots], env=env)
     script = render_job_script(JobScriptSpec(
-        run_key=identity["run_key"], attempt_dir=str(paths.dir.resolve()),
-        command=torchrun_command(python, train.nproc, str(paths.spec.resolve())),
-        env=(("OMP_NUM_THREADS", str(train.threads_per_rank)), ("PYTHONUNBUFFERED", "1")),
+        run_key=identity["run_key"], attempt_dir=str(paths.dir.resolve()), command=command, env=env,
         modules=tuple(cluster.modules)))
     paths.job_script.write_text(script)
     return JobRequest(run_key=identity["run_key"], script=paths.job_script.resolve(), log=paths.log.resolve(),

@@ -120,6 +120,9 @@ class ClusterConfig:
     qos: str = _f("", "Slurm QOS.")
     container_image: str = _f("", "Apptainer image (.sif) to run jobs in; empty runs torchrun directly.")
     binds: list[str] = _f([], "Extra Apptainer binds (src[:dst]) besides the experiment directory.")
+    container_cleanenv: bool = _f(True, "apptainer --cleanenv: the job sees only what asiarch passes with --env.")
+    container_containall: bool = _f(False, "apptainer --containall: no home, /tmp or /dev from the host.")
+    container_network_none: bool = _f(False, "apptainer --net --network none, where the site allows it.")
     modules: list[str] = _f([], "Environment modules loaded before the job runs.")
     python: str = _f("", "Python interpreter jobs use (default: the head's own).")
 

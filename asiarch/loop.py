@@ -246,7 +246,7 @@ class Search:
                     "run_key": key, "code_sha256": cand.code_sha256}
         request = write_attempt_files(paths, layer_path=layer, identity=identity, train=self.cfg.train,
                                       cluster=self.cfg.cluster, class_name=self.cfg.search.class_name,
-                                      python=self.python)
+                                      python=self.python, bind_root=self.exp.root)
         attempt_id = self.store.add_attempt(cand.id, n, key, self.exp.relative(paths.dir), cand.code_sha256)
         return attempt_id, request
 

@@ -109,3 +109,28 @@ def torchrun_command(python: str, nproc: int, spec_path: str, *, nnodes: int = 1
         cmd += [f"--nnodes={nnodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={rdzv_endpoint}"]
     cmd += [f"--nproc-per-node={nproc}", "-m", "asiarch.job.train", spec_path]
     return tuple(cmd)
+
+
+def apptainer_command(inner: tuple[str, ...], *, image: str, binds: list[str] | tuple[str, ...] = (),
+                      env: tuple[tuple[str, str], ...] = (), nv: bool = False, cleanenv: bool = True,
+                      containall: bool = False, network_none: bool = False) -> tuple[str, ...]:
+    """``apptainer exec [flags] IMAGE INNER...``: the job's command inside the container.
+
+    Binds keep host paths (``src`` alone binds src to the same path), so the spec's paths
+    resolve inside the container as outside; with ``cleanenv`` the variables the job needs are
+    passed explicitly with ``--env``.
+    """
+    cmd = ["apptainer", "exec"]
+    if nv:
+        cmd.append("--nv")
+    if containall:
+        cmd.append("--containall")
+    if cleanenv:
+        cmd.append("--cleanenv")
+    if network_none:
+        cmd += ["--net", "--network", "none"]
+    for bind in dict.fromkeys(binds):  # de-duplicated, in order
+        cmd += ["--bind", bind]
+    for name, value in env:
+        cmd += ["--env", f"{name}={value}"]
+    return tuple(cmd) + (image,) + tuple(inner)

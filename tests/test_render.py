@@ -56,3 +56,16 @@ def test_bad_env_name_and_directive_refused():
 def test_shell_quote_raw_and_lists():
     assert shell_quote(Raw("$SLURM_JOB_ID")) == "$SLURM_JOB_ID"
     assert shell_quote(["a b", "c"]) == "'a b' c"
+
+
+def test_apptainer_command_composition():
+    from asiarch.render import apptainer_command
+
+    inner = ("python3", "-m", "torch.distributed.run", "--standalone")
+    cmd = apptainer_command(inner, image="/img/job.sif", binds=["/exp", "/data", "/exp"],
+                            env=(("OMP_NUM_THREADS", "1"),), nv=True, cleanenv=True, containall=True,
+                            network_none=True)
+    assert cmd == ("apptainer", "exec", "--nv", "--containall", "--cleanenv", "--net", "--network", "none",
+                   "--bind", "/exp", "--bind", "/data", "--env", "OMP_NUM_THREADS=1", "/img/job.sif") + inner
+    plain = apptainer_command(inner, image="/img/job.sif", cleanenv=False)
+    assert plain == ("apptainer", "exec", "/img/job.sif") + inner

@@ -130,3 +130,34 @@ def test_wsd_schedule():
     lrs = [wsd_lr(s, peak=1.0, steps=100, warmup=10, decay_fraction=0.2) for s in range(100)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == 1.0 and lrs[50] == 1.0
     assert lrs[80] == 1.0 and lrs[90] == pytest.approx(0.5) and lrs[99] == pytest.approx(0.05)
+
+
+def test_training_inside_a_container_through_the_apptainer_stand_in(tmp_path, monkeypatch):
+    """Apptainer cannot be installed here: tests/bin/apptainer is a STAND-IN that validates the
+    flags asiarch composes and runs the inner command with --cleanenv semantics."""
+    from asiarch.config import ClusterConfig
+
+    bin_dir = Path(__file__).parent / "bin"
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("ASIARCH_APPTAINER_LOG", str(tmp_path / "apptainer.log"))
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-must-not-reach-the-container")
+    image = tmp_path / "job.sif"
+    image.write_bytes(b"stand-in image")
+    work = tmp_path / "attempt-1"
+    layer = tmp_path / "layer.py"
+    layer.write_text(CUMSUM.format(extra=""))
+    paths = AttemptPaths(dir=work, job_script=work / "job.sh", spec=work / "spec.json", result=work / "result.h5",
+                         progress=work / "progress.json", log=work / "job.log")
+    cluster = ClusterConfig(container_image=str(image), python=sys.executable, binds=[str(tmp_path)])
+    train = TrainConfig(steps=6, nproc=2, batch_size=8, log_every=3, warmup_steps=1)
+    ident = {"experiment": "t", "candidate_id": 1, "attempt": 1, "run_key": "t-c00001-a1", "code_sha256": "x"}
+    req = write_attempt_files(paths, layer_path=layer, identity=ident, train=train, cluster=cluster,
+                              class_name="DeltaNet", python="/host/python/not/used", bind_root=tmp_path)
+    script = req.script.read_text()
+    assert "exec apptainer exec --cleanenv --bind" in script and str(image) in script
+    assert _run(req) == 0, paths.log.read_text()[-3000:]
+    rec = rf.read_result(paths.result)
+    assert rec.status == "ok" and rec.env["container_image"] == str(image)
+    logged = (tmp_path / "apptainer.log").read_text()
+    assert "--env OMP_NUM_THREADS=1" in logged and f"--bind {tmp_path}" in logged
+    assert "sk-must-not" not in logged
