@@ -3,6 +3,7 @@
     asiarch demo [DIR]                 the whole loop on this machine (CPU, no cluster, no API key)
     asiarch init DIR                   write a commented config.toml to start an experiment from
     asiarch run DIR                    run (or resume) the experiment in DIR
+    asiarch render DIR --dry-run       print the sbatch and job scripts a round would submit
     asiarch add DIR LAYER.py           add a layer by hand (checked and trained by the next run)
     asiarch status DIR                 where a run stands (read-only; safe while the head runs)
     asiarch leaderboard DIR [--json|--csv] [--limit N] [--stage S]
@@ -109,6 +110,9 @@ def cmd_demo(args) -> int:
         cfg = demo_config(name="demo")
         if args.candidates is not None:
             cfg.budget.candidates = args.candidates
+        if args.scheduler == "slurm":
+            cfg.cluster.scheduler = "slurm"
+            cfg.cluster.max_in_flight = 2  # the array throttle %K
         root.mkdir(parents=True, exist_ok=True)
         (root / "config.toml").write_text(render_toml(cfg))
     code = _run_search(root, cfg, quiet=args.quiet)
@@ -149,6 +153,37 @@ def cmd_add(args) -> int:
     finally:
         store.close()
     print(f"added #{cid} {args.name or layer.stem}; `asiarch run {exp.root}` checks and trains it")
+    return 0
+
+
+def cmd_render(args) -> int:
+    """Print what a round would submit: the scheduler's wrapper and one attempt's job script."""
+    from asiarch.attempt import write_attempt_files
+    from asiarch.layout import AttemptPaths, ExperimentDir, run_key
+    from asiarch.loop import make_scheduler
+
+    root = Path(args.dir)
+    cfg = _load(root, args.config)
+    exp = ExperimentDir(root)
+    with tempfile.TemporaryDirectory(prefix="asiarch-render-") as tmp:
+        work = Path(tmp) / "candidates" / "00000-next" / "attempt-1"
+        paths = AttemptPaths(dir=work, job_script=work / "job.sh", spec=work / "spec.json",
+                             result=work / "result.h5", progress=work / "progress.json", log=work / "job.log")
+        layer = work.parent / "layer.py"
+        key = run_key(cfg.experiment.name, 0, 1)
+        req = write_attempt_files(paths, layer_path=layer, identity={"experiment": cfg.experiment.name,
+                                  "candidate_id": 0, "attempt": 1, "run_key": key, "code_sha256": "-"},
+                                  train=cfg.train, cluster=cfg.cluster, class_name=cfg.search.class_name,
+                                  python=cfg.cluster.python or sys.executable, bind_root=exp.root.resolve())
+        sched = make_scheduler(exp, cfg, check=False)
+        if hasattr(sched, "render_sbatch"):
+            print(f"# --- the sbatch script of a round of {cfg.search.round_size} (one array job) ---")
+            print(sched.render_sbatch(cfg.search.round_size))
+        else:
+            print(f"# --- scheduler {sched.name}: each attempt's job.sh runs in a submitit local job, "
+                  f"{cfg.cluster.max_in_flight} at a time ---")
+        print("# --- job.sh of one attempt (paths shown for a placeholder candidate 00000-next) ---")
+        print(req.script.read_text().replace(str(Path(tmp)), str(exp.root.resolve())))
     return 0
 
 
@@ -365,6 +400,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("dir", nargs="?", default="demo-run", help="experiment directory (default: demo-run)")
     s.add_argument("--candidates", type=int, default=None, help="new candidates to train (default 8)")
     s.add_argument("--fresh", action="store_true", help="delete DIR first instead of resuming it")
+    s.add_argument("--scheduler", choices=("local", "slurm"), default=None,
+                   help="local (default) or slurm: the cluster SLURM_CONF points at (on this machine: "
+                        "eval \"$(slurm/start-test-cluster.sh)\")")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_demo)
 
@@ -379,6 +417,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", action="store_true", help="(default behaviour) resume an existing experiment")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("render", help="print the scripts a round would submit")
+    s.add_argument("dir")
+    s.add_argument("--config", help="config file (default: DIR/config.toml)")
+    s.add_argument("--dry-run", action="store_true", help="(always) print, submit nothing")
+    s.set_defaults(func=cmd_render)
 
     s = sub.add_parser("add", help="add a layer file to an experiment by hand")
     s.add_argument("dir")

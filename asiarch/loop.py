@@ -46,13 +46,13 @@ class Summary:
     elapsed_s: float
 
 
-def make_scheduler(exp: ExperimentDir, cfg: Config) -> Scheduler:
+def make_scheduler(exp: ExperimentDir, cfg: Config, *, check: bool = True) -> Scheduler:
     if cfg.cluster.scheduler == "local":
         from asiarch.dispatch.local import LocalScheduler
 
         return LocalScheduler(exp.jobs, max_in_flight=cfg.cluster.max_in_flight, timeout_min=cfg.cluster.timeout_min,
                               secret_env=(cfg.llm.api_key_env,), python=cfg.cluster.python or None)
-    from asiarch.dispatch.slurm import SlurmScheduler, SlurmSpec
+    from asiarch.dispatch.slurm import SchedulerError, SlurmScheduler, SlurmSpec
 
     c, t = cfg.cluster, cfg.train
     spec = SlurmSpec(
@@ -60,7 +60,13 @@ def make_scheduler(exp: ExperimentDir, cfg: Config) -> Scheduler:
         account=c.account, qos=c.qos, nodes=c.nodes,
         cpus_per_task=t.nproc * t.threads_per_rank if not c.gpus_per_node else max(2, 4 * c.gpus_per_node),
         gpus_per_node=c.gpus_per_node, array_parallelism=c.max_in_flight)
-    return SlurmScheduler(exp.jobs, spec, secret_env=(cfg.llm.api_key_env,), python=c.python or None)
+    sched = SlurmScheduler(exp.jobs, spec, secret_env=(cfg.llm.api_key_env,), python=c.python or None)
+    if check:
+        try:
+            sched.check()
+        except SchedulerError as exc:
+            raise SearchError(str(exc)) from exc
+    return sched
 
 
 def make_proposer(cfg: Config) -> OfflineProposer:

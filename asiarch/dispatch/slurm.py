@@ -126,6 +126,21 @@ class SlurmScheduler:
     queries: int = 0                     # scheduler commands issued by states(): one per poll or two
     _final: dict[str, JobState] = field(default_factory=dict)
 
+    def check(self) -> None:
+        """Refuse early, in Slurm's words, when no controller answers or the partition is unknown."""
+        import shutil
+
+        if not shutil.which("sbatch"):
+            raise SchedulerError("sbatch is not on PATH: run on a Slurm login node (or, on this machine, "
+                                 "start the test cluster: eval \"$(slurm/start-test-cluster.sh)\")")
+        res = _run(["sinfo", "-h", "-o", "%P"])
+        if res.returncode != 0:
+            raise SchedulerError(f"no Slurm controller answers: {res.stderr.strip() or res.stdout.strip()}")
+        partitions = [p.rstrip("*") for p in res.stdout.split()]
+        if self.spec.partition and self.spec.partition not in partitions:
+            raise SchedulerError(f"partition {self.spec.partition!r} does not exist; "
+                                 f"this cluster has: {', '.join(partitions)}")
+
     def executor(self) -> submitit.SlurmExecutor:
         ex = submitit.SlurmExecutor(folder=str(self.folder / "%j"), python=self.python)
         ex.update_parameters(**self.spec.submitit_parameters())
