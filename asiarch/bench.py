@@ -141,3 +141,92 @@ def bench_overhead(candidates: int = 1000, rounds: int = 5, preflight: bool = Tr
         report = run_preflight(code, hidden_size=64, num_heads=2, seq_len=64)
         print(f"pre-flight check (child process, deltanet): {time.perf_counter() - t:.2f} s, ok={report.ok}")
     return 0
+
+
+# ----------------------------------------------------------------------------- Slurm
+
+
+# The controller RPCs a head causes (submitting, querying, cancelling); the others are the jobs' own
+# (step creation, completion) and slurmd's, whoever submitted them.
+HEAD_RPCS = ("REQUEST_SUBMIT_BATCH_JOB", "REQUEST_JOB_INFO", "REQUEST_JOB_INFO_SINGLE", "REQUEST_JOB_USER_INFO",
+             "REQUEST_FED_INFO", "REQUEST_PARTITION_INFO", "REQUEST_NODE_INFO", "REQUEST_KILL_JOB",
+             "REQUEST_CANCEL_JOB_STEP", "REQUEST_UPDATE_JOB")
+
+
+def controller_rpcs() -> tuple[int, int]:
+    """(RPCs a head causes, all RPCs) slurmctld has served so far, from sdiag's per-type counts."""
+    import re
+    import subprocess
+
+    out = subprocess.run(["sdiag"], capture_output=True, text=True, check=True).stdout
+    block = out.split("by message type", 1)[1].split("by user", 1)[0]
+    counts = {m.group(1): int(m.group(2)) for m in re.finditer(r"(\w+)\s+\(\s*\d+\)\s+count:(\d+)", block)}
+    return sum(counts.get(k, 0) for k in HEAD_RPCS), sum(counts.values())
+
+
+def _round_jobs(folder: Path, n: int) -> list:
+    from asiarch.dispatch.base import JobRequest
+
+    folder.mkdir(parents=True, exist_ok=True)
+    reqs = []
+    for i in range(n):
+        script = folder / f"job{i}.sh"
+        script.write_text("true\n")
+        reqs.append(JobRequest(run_key=f"b{i}", script=script, log=folder / f"job{i}.log"))
+    return reqs
+
+
+def bench_slurm(candidates: int = 64, poll_s: float = 1.0) -> int:
+    """Controller RPCs per candidate and submit-to-done time for one round on the Slurm at SLURM_CONF:
+    asiarch (one array sbatch, one squeue per poll, backing off) against one sbatch per candidate
+    with a squeue per job per poll, measured in the same run."""
+    import subprocess
+
+    import submitit
+
+    from asiarch.dispatch.payload import run_job_script
+    from asiarch.dispatch.slurm import SlurmScheduler, SlurmSpec
+
+    spec = SlurmSpec(job_name="bench", time_min=10, cpus_per_task=1, array_parallelism=candidates)
+    print(f"asiarch bench slurm: a round of {candidates} trivial jobs on the Slurm at SLURM_CONF "
+          f"(controller RPCs from sdiag; this machine)")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="asiarch-bench-slurm-") as tmp:
+        # asiarch: one array job, one squeue per poll for all ids, polls backing off while nothing changes
+        sched = SlurmScheduler(Path(tmp) / "a", spec, max_poll_s=10.0)
+        reqs = _round_jobs(Path(tmp) / "a-jobs", candidates)
+        (h0, a0), t0 = controller_rpcs(), time.time()
+        ids = sched.submit(reqs)
+        interval = poll_s
+        while True:  # as Search.wait polls
+            states = sched.states(ids)
+            if all(s.finished for s in states.values()):
+                break
+            time.sleep(interval)
+            interval = min(interval * 1.5, sched.max_poll_s)
+        wall = time.time() - t0
+        h1, a1 = controller_rpcs()
+        rows.append(("asiarch (array, one squeue per poll, backoff)", h1 - h0, a1 - a0 - 1, wall))
+        # reference: an sbatch per candidate and a squeue per job per poll, every poll_s
+        ex = submitit.SlurmExecutor(folder=str(Path(tmp) / "b" / "%j"))
+        ex.update_parameters(**spec.submitit_parameters())
+        reqs = _round_jobs(Path(tmp) / "b-jobs", candidates)
+        (h0, a0), t0 = controller_rpcs(), time.time()
+        jobs = [ex.submit(run_job_script, str(r.script), str(r.log)) for r in reqs]
+        pending = {j.job_id for j in jobs}
+        while pending:
+            for jid in list(pending):
+                out = subprocess.run(["squeue", "--local", "-h", "-o", "%T", "-j", jid], capture_output=True,
+                                     text=True).stdout.strip()
+                if not out:
+                    pending.discard(jid)
+            time.sleep(poll_s)
+        wall = time.time() - t0
+        h1, a1 = controller_rpcs()
+        rows.append(("reference (sbatch per job, squeue per job/s)", h1 - h0, a1 - a0 - 1, wall))
+    print(f"{'dispatch':<44} {'head RPCs':>9} {'per cand':>8} {'all RPCs':>8} {'wall s':>7}")
+    for name, head, every, wall in rows:
+        print(f"{name:<44} {head:9d} {head / candidates:8.2f} {every:8d} {wall:7.1f}")
+    print(f"head RPCs, reference / asiarch: {rows[1][1] / max(rows[0][1], 1):.1f}x "
+          "(all RPCs include the jobs' own: step create/complete, batch complete)")
+    return 0

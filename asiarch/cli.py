@@ -367,6 +367,10 @@ def cmd_bench(args) -> int:
 
     if args.what == "overhead":
         return bench_overhead(candidates=args.candidates, rounds=args.rounds)
+    if args.what == "slurm":
+        from asiarch.bench import bench_slurm
+
+        return bench_slurm(candidates=args.candidates if args.candidates != 1000 else 64)
     if args.what == "kernels":
         from asiarch.job.ops.bench import main as bench_kernels
 
@@ -519,7 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_import_asi_arch)
 
     s = sub.add_parser("bench", help="benchmarks that print figures")
-    s.add_argument("what", choices=("overhead", "kernels"))
+    s.add_argument("what", choices=("overhead", "kernels", "slurm"))
     s.add_argument("--candidates", type=int, default=1000, help="candidates in the store (overhead)")
     s.add_argument("--rounds", type=int, default=5, help="rounds of 4 candidates measured (overhead)")
     s.set_defaults(func=cmd_bench)

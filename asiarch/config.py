@@ -111,7 +111,9 @@ class ClusterConfig:
                         choices=("local", "slurm"))
     max_in_flight: int = _f(1, "Jobs running at once (local) or array throttle %K (Slurm).")
     timeout_min: float = _f(30.0, "Wall-clock limit of one training job in minutes.")
-    poll_interval_s: float = _f(1.0, "Seconds between state polls of jobs in flight.")
+    poll_interval_s: float = _f(1.0, "Seconds between state polls of jobs in flight, at first.")
+    poll_max_interval_s: float = _f(10.0, "Slurm: polls back off to this while no job changes state (each "
+                                          "poll is one squeue for all jobs, 2 controller RPCs).")
     gpus_per_node: int = _f(0, "GPUs per job (0 on CPU).")
     nodes: int = _f(1, "Nodes per job.")
     site_profile: str = _f("", "Site profile name or path from slurm/ (partition, gres, modules, scratch).")

@@ -60,7 +60,8 @@ def make_scheduler(exp: ExperimentDir, cfg: Config, *, check: bool = True) -> Sc
         account=c.account, qos=c.qos, nodes=c.nodes,
         cpus_per_task=t.nproc * t.threads_per_rank if not c.gpus_per_node else max(2, 4 * c.gpus_per_node),
         gpus_per_node=c.gpus_per_node, array_parallelism=c.max_in_flight)
-    sched = SlurmScheduler(exp.jobs, spec, secret_env=(cfg.llm.api_key_env,), python=c.python or None)
+    sched = SlurmScheduler(exp.jobs, spec, secret_env=(cfg.llm.api_key_env,), python=c.python or None,
+                           max_poll_s=max(c.poll_interval_s, c.poll_max_interval_s))
     if check:
         try:
             sched.check()
@@ -282,7 +283,13 @@ class Search:
 
     # ------------------------------------------------------------------ waiting and ingesting
     def wait(self) -> None:
-        """Poll every job in flight with one scheduler query per poll; ingest each as it ends."""
+        """Poll every job in flight with one scheduler query per poll; ingest each as it ends.
+
+        The interval starts at cluster.poll_interval_s and grows by half each poll up to the
+        scheduler's max_poll_s (Slurm: cluster.poll_max_interval_s), so a long round costs the
+        controller a few RPCs; a job's end is noticed at most that late."""
+        interval = self.cfg.cluster.poll_interval_s
+        cap = max(self.scheduler.max_poll_s, interval)
         while self.active:
             states = self.scheduler.states(list(self.active.values()))
             for attempt_id, job_id in list(self.active.items()):
@@ -296,7 +303,8 @@ class Search:
                 self.ingest(attempt, state)
             if self.active:
                 self.console.status(self.progress_text(states))
-                time.sleep(self.cfg.cluster.poll_interval_s)
+                time.sleep(interval)
+                interval = min(interval * 1.5, cap)
 
     def ingest(self, attempt: Attempt, state: JobState) -> None:
         """Record a finished attempt; retry it (infrastructure failure) or settle its candidate."""

@@ -48,6 +48,7 @@ class JobRequest:
 
 class Scheduler(Protocol):
     name: str
+    max_poll_s: float  # the loop's polls back off up to this many seconds while nothing changes
 
     def submit(self, requests: list[JobRequest]) -> list[str]:
         """Submit a round; returns one job id per request, in order."""

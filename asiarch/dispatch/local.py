@@ -23,6 +23,8 @@ from asiarch.dispatch.payload import run_job_script
 class LocalScheduler:
     name = "local"
 
+    max_poll_s = 0.0  # states are answered in-process: polls never back off
+
     def __init__(self, folder: Path, *, max_in_flight: int = 1, timeout_min: float = 30.0,
                  secret_env: tuple[str, ...] = (), python: str | None = None):
         self.folder = Path(folder)

@@ -123,6 +123,7 @@ class SlurmScheduler:
     secret_env: tuple[str, ...] = ()
     python: str | None = None
     name: str = "slurm"
+    max_poll_s: float = 10.0             # polls back off to this while nothing changes
     queries: int = 0                     # scheduler commands issued by states(): one per poll or two
     _final: dict[str, JobState] = field(default_factory=dict)
 
@@ -194,7 +195,8 @@ class SlurmScheduler:
         """Live states from the controller, one call for all ids (array tasks included)."""
         self.queries += 1
         parents = sorted({j.split("_")[0] for j in job_ids})
-        res = _run(["squeue", "-h", "-r", "-o", "%i|%T", "-j", ",".join(parents)])
+        # --local skips the federation lookup: 2 controller RPCs per call instead of 3
+        res = _run(["squeue", "--local", "-h", "-r", "-o", "%i|%T", "-j", ",".join(parents)])
         if res.returncode != 0:
             # squeue fails for ids the controller has purged: treat as "not in the queue"
             return {}
