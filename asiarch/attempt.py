@@ -13,15 +13,18 @@ from pathlib import Path
 from asiarch.config import ClusterConfig, TrainConfig
 from asiarch.dispatch.base import JobRequest
 from asiarch.layout import AttemptPaths
-from asiarch.render import JobScriptSpec, apptainer_command, render_job_script, torchrun_command
+from asiarch.render import JobScriptSpec, Raw, apptainer_command, render_job_script, torchrun_command
 
 
 def job_command(spec_path: Path, *, train: TrainConfig, cluster: ClusterConfig, python: str,
                 binds: list[str], env: tuple[tuple[str, str], ...]) -> tuple[str, ...]:
     """torchrun for one attempt, inside ``apptainer exec`` when a container image is configured."""
+    # several nodes: one torchrun per node (srun starts them), meeting at the allocation's first host
+    rdzv = Raw('"$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)":29500') if cluster.nodes > 1 else None
     if not cluster.container_image:
-        return torchrun_command(python, train.nproc, str(spec_path))
-    inner = torchrun_command(cluster.python or "python3", train.nproc, str(spec_path))
+        return torchrun_command(python, train.nproc, str(spec_path), nnodes=cluster.nodes, rdzv_endpoint=rdzv)
+    inner = torchrun_command(cluster.python or "python3", train.nproc, str(spec_path), nnodes=cluster.nodes,
+                             rdzv_endpoint=rdzv)
     data = [str(Path(train.token_file).resolve().parent)] if train.token_file else []
     return apptainer_command(inner, image=cluster.container_image, binds=binds + data + list(cluster.binds),
                              env=env, nv=cluster.gpus_per_node > 0, cleanenv=cluster.container_cleanenv,
@@ -49,6 +52,8 @@ def write_attempt_files(paths: AttemptPaths, *, layer_path: Path, identity: dict
     }
     paths.spec.write_text(json.dumps(spec, indent=2))
     env = (("OMP_NUM_THREADS", str(train.threads_per_rank)), ("PYTHONUNBUFFERED", "1"))
+    if cluster.scratch_var:  # node-local scratch as the job's TMPDIR, /tmp where the variable is unset
+        env += (("TMPDIR", Raw(f'"${{{cluster.scratch_var}:-/tmp}}"')),)
     roots = [bind_root] if bind_root else [paths.dir.parent, Path(layer_path).parent, paths.result.parent]
     command = job_command(paths.spec.resolve(), train=train, cluster=cluster, python=python,
                           binds=[str(Path(r).resolve()) for r in roots], env=env)

@@ -120,6 +120,12 @@ class ClusterConfig:
     partition: str = _f("", "Slurm partition (overrides the site profile).")
     account: str = _f("", "Slurm account.")
     qos: str = _f("", "Slurm QOS.")
+    constraint: str = _f("", "Slurm --constraint (node features).")
+    gres_name: str = _f("gpu", "Generic resource name GPUs are requested by (--gres=NAME:N).")
+    mem_gb: float = _f(0.0, "Memory per job in GB (0: the partition's default).")
+    scratch_var: str = _f("", "Environment variable holding node-local scratch (e.g. TMPDIR, SCRATCH); "
+                              "jobs use it as their TMPDIR.")
+    sbatch_extra: list[str] = _f([], "Any other sbatch option as 'key=value' (or 'key' for a flag), passed through.")
     container_image: str = _f("", "Apptainer image (.sif) to run jobs in; empty runs torchrun directly.")
     binds: list[str] = _f([], "Extra Apptainer binds (src[:dst]) besides the experiment directory.")
     container_cleanenv: bool = _f(True, "apptainer --cleanenv: the job sees only what asiarch passes with --env.")
@@ -282,6 +288,14 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(
             f"baselines.reference {cfg.baselines.reference!r} must be one of baselines.names {cfg.baselines.names}"
         )
+    c = cfg.cluster
+    for extra in c.sbatch_extra:
+        if not extra or extra.startswith("-") or "\n" in extra:
+            raise ConfigError(f"cluster.sbatch_extra: {extra!r} should look like 'mail-type=END' (no leading dashes)")
+    if c.scratch_var and not c.scratch_var.isidentifier():
+        raise ConfigError(f"cluster.scratch_var {c.scratch_var!r} must be an environment variable name")
+    if c.nodes > 1 and c.scheduler != "slurm":
+        raise ConfigError("cluster.nodes > 1 needs cluster.scheduler = 'slurm'")
     if cfg.budget.candidates < 0:
         raise ConfigError(f"budget.candidates must be >= 0, got {cfg.budget.candidates}")
     if not cfg.experiment.name or any(c in cfg.experiment.name for c in "/ \t\n"):
@@ -289,8 +303,52 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
-def from_dict(data: dict) -> Config:
-    return validate(_build(Config, data, ""))
+def _profile_dirs() -> list[Path]:
+    """slurm/profiles, installed with the package as asiarch.site_profiles."""
+    from importlib import resources
+
+    try:
+        return [Path(str(resources.files("asiarch.site_profiles")))]
+    except ModuleNotFoundError:
+        return []
+
+
+def find_profile(name: str, base: Path | None = None) -> Path:
+    """A site profile by path, or by name among the shipped ones (slurm/profiles/NAME.toml)."""
+    candidates = [Path(name)] if name.endswith(".toml") else []
+    if base is not None and name.endswith(".toml"):
+        candidates.insert(0, base / name)
+    candidates += [d / f"{name}.toml" for d in _profile_dirs()]
+    for c in candidates:
+        if c.is_file():
+            return c
+    shipped = sorted(p.stem for d in _profile_dirs() if d.is_dir() for p in d.glob("*.toml"))
+    raise ConfigError(f"cluster.site_profile {name!r}: no such profile; shipped profiles: "
+                      f"{', '.join(shipped) or 'none'} (or give a path to a .toml file)")
+
+
+def apply_profile(data: dict, base: Path | None = None) -> dict:
+    """Merge the site profile under the config's own [cluster] keys (the config wins)."""
+    cluster = data.get("cluster")
+    if not isinstance(cluster, dict) or not cluster.get("site_profile"):
+        return data
+    path = find_profile(cluster["site_profile"], base)
+    try:
+        profile = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"site profile {path}: not valid TOML: {exc}") from None
+    keys = profile.get("cluster", profile)
+    if not isinstance(keys, dict):
+        raise ConfigError(f"site profile {path}: expected [cluster] keys")
+    try:
+        _build(ClusterConfig, {k: v for k, v in keys.items() if k != "site_profile"}, "cluster")
+    except ConfigError as exc:
+        raise ConfigError(f"site profile {path}: {exc}") from None
+    return {**data, "cluster": {**keys, **cluster}}
+
+
+def from_dict(data: dict, base: Path | None = None) -> Config:
+    return validate(_build(Config, apply_profile(data, base), ""))
 
 
 def load_config(path: str | Path) -> Config:
@@ -304,7 +362,7 @@ def load_config(path: str | Path) -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     try:
-        return from_dict(data)
+        return from_dict(data, path.parent)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
 

@@ -55,11 +55,13 @@ def make_scheduler(exp: ExperimentDir, cfg: Config, *, check: bool = True) -> Sc
     from asiarch.dispatch.slurm import SchedulerError, SlurmScheduler, SlurmSpec
 
     c, t = cfg.cluster, cfg.train
+    extra = tuple((k, v or True) for k, _, v in (x.partition("=") for x in c.sbatch_extra))
     spec = SlurmSpec(
         job_name=cfg.experiment.name, time_min=max(1, math.ceil(c.timeout_min)), partition=c.partition,
-        account=c.account, qos=c.qos, nodes=c.nodes,
+        account=c.account, qos=c.qos, constraint=c.constraint, nodes=c.nodes,
         cpus_per_task=t.nproc * t.threads_per_rank if not c.gpus_per_node else max(2, 4 * c.gpus_per_node),
-        gpus_per_node=c.gpus_per_node, array_parallelism=c.max_in_flight)
+        gpus_per_node=c.gpus_per_node, gres_name=c.gres_name, mem_gb=c.mem_gb,
+        array_parallelism=c.max_in_flight, additional=extra)
     sched = SlurmScheduler(exp.jobs, spec, secret_env=(cfg.llm.api_key_env,), python=c.python or None,
                            max_poll_s=max(c.poll_interval_s, c.poll_max_interval_s))
     if check:

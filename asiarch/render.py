@@ -98,6 +98,7 @@ def render_job_script(spec: JobScriptSpec) -> str:
 
 def torchrun_command(python: str, nproc: int, spec_path: str, *, nnodes: int = 1,
                      rdzv_endpoint: str | None = None) -> tuple[str, ...]:
+    # (a Raw endpoint, e.g. the first host computed by the job itself, is rendered unquoted)
     """``python -m torch.distributed.run ... -m asiarch.job.train SPEC``: single node standalone,
     several nodes through a c10d rendezvous (the endpoint is the first host of the allocation)."""
     cmd = [python, "-m", "torch.distributed.run"]
@@ -106,7 +107,9 @@ def torchrun_command(python: str, nproc: int, spec_path: str, *, nnodes: int = 1
     else:
         if not rdzv_endpoint:
             raise ValueError("multi-node torchrun needs a rendezvous endpoint (host:port)")
-        cmd += [f"--nnodes={nnodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={rdzv_endpoint}"]
+        endpoint = f"--rdzv-endpoint={rdzv_endpoint}"
+        cmd += [f"--nnodes={nnodes}", "--rdzv-backend=c10d",
+                Raw(endpoint) if isinstance(rdzv_endpoint, Raw) else endpoint]
     cmd += [f"--nproc-per-node={nproc}", "-m", "asiarch.job.train", spec_path]
     return tuple(cmd)
 

@@ -78,3 +78,24 @@ def test_file_errors_name_the_file(tmp_path):
     wrong.write_text("[train]\nsteps = -5\n")
     with pytest.raises(ConfigError, match="wrong.toml: train.steps must be positive"):
         load_config(wrong)
+
+
+def test_site_profile_fills_cluster_keys_and_the_config_wins(tmp_path):
+    cfg = from_dict({"cluster": {"site_profile": "example-gpu", "partition": "mine"}})
+    assert cfg.cluster.partition == "mine"               # the experiment's own key wins
+    assert cfg.cluster.gpus_per_node == 4 and cfg.cluster.modules == ["cuda/12.4"]
+    own = tmp_path / "site.toml"
+    own.write_text('[cluster]\nscheduler = "slurm"\naccount = "lab7"\nqos = "long"\n')
+    (tmp_path / "config.toml").write_text('[cluster]\nsite_profile = "site.toml"\n')
+    assert load_config(tmp_path / "config.toml").cluster.account == "lab7"  # relative to the config
+
+
+def test_bad_site_profiles_are_refused(tmp_path):
+    with pytest.raises(ConfigError, match="no such profile; shipped profiles: .*example-gpu"):
+        from_dict({"cluster": {"site_profile": "nowhere"}})
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[cluster]\npartitoin = 'gpu'\n")
+    with pytest.raises(ConfigError, match="bad.toml: unknown key cluster.partitoin"):
+        from_dict({"cluster": {"site_profile": str(bad)}})
+    with pytest.raises(ConfigError, match="sbatch_extra"):
+        from_dict({"cluster": {"sbatch_extra": ["--mail-type=END"]}})

@@ -161,3 +161,19 @@ def test_training_inside_a_container_through_the_apptainer_stand_in(tmp_path, mo
     logged = (tmp_path / "apptainer.log").read_text()
     assert "--env OMP_NUM_THREADS=1" in logged and f"--bind {tmp_path}" in logged
     assert "sk-must-not" not in logged
+
+
+def test_multinode_and_scratch_job_script(tmp_path):
+    from asiarch.config import ClusterConfig
+
+    cluster = ClusterConfig(scheduler="slurm", nodes=2, scratch_var="SCRATCH")
+    paths, _ = _attempt(tmp_path, CUMSUM.format(extra=""))
+    req = write_attempt_files(paths, layer_path=tmp_path / "layer.py", identity={
+        "experiment": "t", "candidate_id": 1, "attempt": 1, "run_key": "k", "code_sha256": "x"},
+        train=TrainConfig(), cluster=cluster, class_name="DeltaNet", python="python3")
+    script = req.script.read_text()
+    assert '--rdzv-endpoint="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)":29500' in script
+    assert "--nnodes=2 --rdzv-backend=c10d" in script and "--standalone" not in script
+    assert 'export TMPDIR="${SCRATCH:-/tmp}"' in script
+    out = subprocess.run(["bash", "-n", str(req.script)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
