@@ -4,6 +4,7 @@
     asiarch init DIR                   write a commented config.toml to start an experiment from
     asiarch run DIR                    run (or resume) the experiment in DIR
     asiarch render DIR --dry-run       print the sbatch and job scripts a round would submit
+    asiarch head-script DIR            an sbatch script running the head as a self-requeueing job
     asiarch add DIR LAYER.py           add a layer by hand (checked and trained by the next run)
     asiarch status DIR                 where a run stands (read-only; safe while the head runs)
     asiarch leaderboard DIR [--json|--csv] [--limit N] [--stage S]
@@ -21,6 +22,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import tempfile
 import time
@@ -71,6 +73,11 @@ def _run_search(root: Path, cfg, *, quiet: bool = False) -> int:
                  f"({cfg.budget.candidates} candidates, scheduler {cfg.cluster.scheduler}, "
                  f"proposer {cfg.search.proposer})")
     search = Search(exp, cfg, console=console)
+
+    def stop(signum, _frame):  # sbatch's time-limit warning, scancel, or the head script's requeue
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, stop)
     try:
         summary = search.run()
     except SearchError as exc:
@@ -184,6 +191,20 @@ def cmd_render(args) -> int:
                   f"{cfg.cluster.max_in_flight} at a time ---")
         print("# --- job.sh of one attempt (paths shown for a placeholder candidate 00000-next) ---")
         print(req.script.read_text().replace(str(Path(tmp)), str(exp.root.resolve())))
+    return 0
+
+
+def cmd_head_script(args) -> int:
+    """Print the sbatch script that runs this experiment's head as a self-requeueing Slurm job."""
+    from asiarch.render import render_head_script
+
+    root = Path(args.dir).resolve()
+    cfg = _load(root, None)
+    c = cfg.cluster
+    print(render_head_script(name=cfg.experiment.name, experiment_dir=str(root),
+                             asiarch=(sys.executable, "-m", "asiarch"), time_min=args.time_min,
+                             partition=args.partition or c.partition, account=c.account, qos=c.qos,
+                             modules=tuple(c.modules)), end="")
     return 0
 
 
@@ -427,6 +448,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", help="config file (default: DIR/config.toml)")
     s.add_argument("--dry-run", action="store_true", help="(always) print, submit nothing")
     s.set_defaults(func=cmd_render)
+
+    s = sub.add_parser("head-script", help="print an sbatch script that runs the head as a self-requeueing job")
+    s.add_argument("dir")
+    s.add_argument("--time-min", type=int, default=24 * 60, help="the head job's time limit (minutes)")
+    s.add_argument("--partition", default="", help="partition for the head (default: the experiment's)")
+    s.set_defaults(func=cmd_head_script)
 
     s = sub.add_parser("add", help="add a layer file to an experiment by hand")
     s.add_argument("dir")

@@ -137,3 +137,19 @@ def apptainer_command(inner: tuple[str, ...], *, image: str, binds: list[str] | 
     for name, value in env:
         cmd += ["--env", f"{name}={value}"]
     return tuple(cmd) + (image,) + tuple(inner)
+
+
+def render_head_script(*, name: str, experiment_dir: str, asiarch: tuple[str, ...], time_min: int,
+                       partition: str = "", account: str = "", qos: str = "", warn_s: int = 300,
+                       modules: tuple[str, ...] = ()) -> str:
+    """The sbatch script that runs the head itself as a self-requeueing job (templates/head.sbatch.j2)."""
+    opts = {"job-name": f"asiarch-head-{name}", "time": str(time_min), "cpus-per-task": "2", "mem": "4G",
+            "requeue": None, "open-mode": "append", "signal": f"B:USR1@{warn_s}",
+            "output": f"{experiment_dir}/head-%j.log"}
+    for key, value in (("partition", partition), ("account", account), ("qos", qos)):
+        if value:
+            opts[key] = value
+    directives = [f"#SBATCH --{k}" if v is None else f"#SBATCH --{k}={shell_quote(v)}" for k, v in sorted(opts.items())]
+    command = tuple(asiarch) + ("run", experiment_dir, "--quiet")
+    return environment(True).get_template("head.sbatch.j2").render(
+        name=name, directives=directives, modules=modules, command=command)

@@ -69,3 +69,17 @@ def test_apptainer_command_composition():
                    "--bind", "/exp", "--bind", "/data", "--env", "OMP_NUM_THREADS=1", "/img/job.sif") + inner
     plain = apptainer_command(inner, image="/img/job.sif", cleanenv=False)
     assert plain == ("apptainer", "exec", "/img/job.sif") + inner
+
+
+def test_head_script_golden_and_valid_bash(tmp_path):
+    from asiarch.render import render_head_script
+
+    text = render_head_script(name="lab-search", experiment_dir="/scratch/me/exp one",
+                              asiarch=("/opt/venv/bin/python", "-m", "asiarch"), time_min=1440, partition="cpu",
+                              modules=("python/3.11",))
+    check_golden("head.sbatch", text)
+    assert "#SBATCH --signal=B:USR1@300" in text and "#SBATCH --requeue" in text
+    assert "run '/scratch/me/exp one' --quiet &" in text
+    script = tmp_path / "head.sbatch"
+    script.write_text(text)
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
