@@ -324,7 +324,8 @@ def import_layers(store: Store, layers: list[PublishedLayer], tree: dict[int, Tr
                     # an import interrupted between adding the candidate and recording its results
                     store.set_scores(existing.id, fitness=None, loss=None, score=None, scores={"asi_arch": record},
                                      num_params=None, status="proposed")
-            summary.skipped.append((layer, f"already in the experiment (same code as #{existing.id if existing else '?'})"))
+            same = f" as #{existing.id}" if existing is not None else ""
+            summary.skipped.append((layer, f"already in the experiment (same code{same})"))
             continue
         cid = store.add_candidate(name=layer.name, origin=ORIGIN, code=layer.code, code_sha256=sha,
                                   parent_id=parent_id, round=round, motivation=_motivation(layer, record, parent_id),

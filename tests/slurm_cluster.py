@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 from pathlib import Path
@@ -23,14 +24,30 @@ def slurm_unavailable() -> str | None:
     return None
 
 
+def free_ports(n: int) -> list[int]:
+    socks = []
+    try:
+        for _ in range(n):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            socks.append(sock)
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
 @pytest.fixture(scope="session")
 def slurm_cluster():
     why = slurm_unavailable()
     if why:
         pytest.skip(why)
     state = tempfile.mkdtemp(prefix="asiarch-slurm-")
+    # free ports, so that two test sessions on one machine never share a cluster's ports
+    env = dict(os.environ, **dict(zip(("ASIARCH_SLURM_DB_PORT", "ASIARCH_SLURM_DBD_PORT", "ASIARCH_SLURM_CTLD_PORT",
+                                       "ASIARCH_SLURM_D_PORT"), map(str, free_ports(4)))))
     res = subprocess.run(["bash", str(ROOT / "slurm" / "start-test-cluster.sh"), state], capture_output=True,
-                         text=True, timeout=180)
+                         text=True, timeout=180, env=env)
     if res.returncode != 0:
         pytest.fail(f"the test cluster did not start:\n{res.stderr[-3000:]}")
     old = os.environ.get("SLURM_CONF")

@@ -16,7 +16,7 @@ from asiarch.asi_arch import (ORIGIN, AsiArchError, import_layers, parse_paramet
 from asiarch.checks import run_preflight
 from asiarch.cli import main as cli_main
 from asiarch.job import result as rf
-from asiarch.job.candidate import build_layer, call_layer, load_layer_class
+from asiarch.job.candidate import build_layer, call_layer, code_sha256, load_layer_class
 from asiarch.job.preflight import run_checks
 from asiarch.store import Store
 
@@ -134,6 +134,17 @@ def test_imports_in_parts_link_children_to_parents_imported_before(tmp_path, lay
         assert len(first.added) == 1 and len(second.added) == 1 and len(second.skipped) == 1
         (child_id, _), = second.added
         assert store.candidate(child_id).parent_id == first.added[0][0] and second.linked == 1
+    finally:
+        store.close()
+
+
+def test_import_interrupted_before_recording_results_is_completed_by_the_next(tmp_path, by_name):
+    layer = by_name["delta_net_hhmr"]
+    store = _store(tmp_path)
+    try:  # what an import killed between adding the candidate and recording its results leaves
+        cid = store.add_candidate(name=layer.name, origin=ORIGIN, code=layer.code, code_sha256=code_sha256(layer.code))
+        summary = import_layers(store, [layer])
+        assert not summary.added and store.candidate(cid).scores["asi_arch"]["index"] == layer.index
     finally:
         store.close()
 

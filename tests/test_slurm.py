@@ -149,3 +149,50 @@ def test_time_limit_warning_records_a_timeout_with_its_partial_curve(slurm_clust
     assert rec.status == "timeout", (rec.status, rec.error, paths.log.read_text()[-2000:])
     assert rec.steps_done > 0 and len(rec.curve.loss) > 0
     assert (paths.dir.parent / "checkpoint.pt").exists()  # a retry of this candidate resumes from it
+
+
+@pytest.mark.slow
+def test_killed_head_reattaches_to_its_slurm_jobs_by_id(slurm_cluster, tmp_path):
+    """kill -9 the head while its array is in Slurm; the next head re-attaches, trains nothing twice."""
+    import os
+    import signal
+    import sys
+
+    from asiarch.cli import main as cli_main
+    from asiarch.config import render_toml
+    from asiarch.store import Store
+
+    cfg = small_config(candidates=2, steps=60)
+    cfg.cluster.scheduler = "slurm"
+    cfg.cluster.max_in_flight = 2
+    cfg.search.round_size = 2
+    root = tmp_path / "exp"
+    root.mkdir()
+    (root / "config.toml").write_text(render_toml(cfg))
+    head = subprocess.Popen([sys.executable, "-m", "asiarch", "run", str(root), "--quiet"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=dict(os.environ))
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        if (root / "asiarch.db").exists():
+            s = Store.open_readonly(root / "asiarch.db")
+            try:
+                n = s.conn.execute("SELECT COUNT(*) FROM attempts a JOIN candidates c ON c.id = a.candidate_id "
+                                   "WHERE c.origin = 'offline' AND a.status IN ('submitted','running')").fetchone()[0]
+            except Exception:
+                n = 0
+            s.close()
+            if n == 2:
+                break
+        time.sleep(0.3)
+    else:
+        head.kill()
+        pytest.fail("the head never submitted its round: " + head.stderr.read().decode()[-2000:])
+    head.send_signal(signal.SIGKILL)
+    head.wait()
+    assert cli_main(["run", str(root), "--quiet"]) == 0
+    store = Store.open_readonly(root / "asiarch.db")
+    offline = [c for c in store.candidates() if c.origin == "offline"]
+    assert len(offline) == 2 and all(c.status == "done" for c in offline), [(c.name, c.reason) for c in offline]
+    for c in offline:
+        attempts = store.attempts(c.id)
+        assert [a.n for a in attempts] == [1] and attempts[0].status == "ok"   # re-attached, not retried
