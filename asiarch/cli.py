@@ -5,6 +5,7 @@
     asiarch run DIR                    run (or resume) the experiment in DIR
     asiarch render DIR --dry-run       print the sbatch and job scripts a round would submit
     asiarch head-script DIR            an sbatch script running the head as a self-requeueing job
+    asiarch container build|check [IMAGE]   the Apptainer job image, through spython (fakeroot)
     asiarch add DIR LAYER.py           add a layer by hand (checked and trained by the next run)
     asiarch status DIR                 where a run stands (read-only; safe while the head runs)
     asiarch leaderboard DIR [--json|--csv] [--limit N] [--stage S]
@@ -206,6 +207,13 @@ def cmd_head_script(args) -> int:
                              partition=args.partition or c.partition, account=c.account, qos=c.qos,
                              modules=tuple(c.modules)), end="")
     return 0
+
+
+def cmd_container(args) -> int:
+    from asiarch.container import main as container_main
+
+    return container_main(args.action, args.image, definition=args.definition, force=args.force,
+                          python=args.python, nv=args.nv)
 
 
 def cmd_status(args) -> int:
@@ -454,6 +462,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--time-min", type=int, default=24 * 60, help="the head job's time limit (minutes)")
     s.add_argument("--partition", default="", help="partition for the head (default: the experiment's)")
     s.set_defaults(func=cmd_head_script)
+
+    s = sub.add_parser("container", help="build or check the Apptainer job image (through spython)")
+    s.add_argument("action", choices=("build", "check"))
+    s.add_argument("image", nargs="?", default=None, help="the .sif to build or check (default: asiarch.sif)")
+    s.add_argument("--definition", default=None, help="definition file (default: containers/asiarch.def)")
+    s.add_argument("--force", action="store_true", help="build: overwrite an existing image")
+    s.add_argument("--python", default="python3", help="check: the interpreter inside the image")
+    s.add_argument("--nv", action="store_true", help="check: with the host's GPUs (--nv)")
+    s.set_defaults(func=cmd_container)
 
     s = sub.add_parser("add", help="add a layer file to an experiment by hand")
     s.add_argument("dir")

@@ -83,3 +83,26 @@ def test_head_script_golden_and_valid_bash(tmp_path):
     script = tmp_path / "head.sbatch"
     script.write_text(text)
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+
+
+def test_container_build_and_check_through_spython_and_the_stand_in(tmp_path, monkeypatch, capsys):
+    """Apptainer cannot be installed here: tests/bin holds a STAND-IN (also named singularity, the
+    command spython calls) that checks build's arguments and runs exec's inner command."""
+    import os
+    import sys
+    from pathlib import Path
+
+    from asiarch.cli import main as cli_main
+
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    assert cli_main(["container", "build", str(tmp_path / "x.sif")]) == 1
+    assert "neither apptainer nor singularity is on PATH" in capsys.readouterr().err
+    monkeypatch.setenv("PATH", f"{Path(__file__).parent / 'bin'}:{os.environ['PATH']}")
+    monkeypatch.setenv("ASIARCH_APPTAINER_LOG", str(tmp_path / "calls.log"))
+    image = tmp_path / "job.sif"
+    assert cli_main(["container", "build", str(image)]) == 0
+    assert "stand-in image built from" in image.read_text() and "containers/asiarch.def" in image.read_text()
+    assert cli_main(["container", "check", str(image), "--python", sys.executable]) == 0
+    assert "asiarch job image ok: torch" in capsys.readouterr().out
+    assert cli_main(["container", "check", str(image), "--python", "/no/such/python"]) == 1
+    assert "cannot run asiarch jobs" in capsys.readouterr().err
