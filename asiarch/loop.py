@@ -294,6 +294,7 @@ class Search:
         cap = max(self.scheduler.max_poll_s, interval)
         while self.active:
             states = self.scheduler.states(list(self.active.values()))
+            self.record_usage({a: j for a, j in self.active.items() if states.get(j, JobState.UNKNOWN).finished})
             for attempt_id, job_id in list(self.active.items()):
                 state = states.get(job_id, JobState.UNKNOWN)
                 attempt = self.store.attempt(attempt_id)
@@ -307,6 +308,16 @@ class Search:
                 self.console.status(self.progress_text(states))
                 time.sleep(interval)
                 interval = min(interval * 1.5, cap)
+
+    def record_usage(self, finished: dict[int, str]) -> None:
+        """The scheduler's accounting (Slurm: sacct's elapsed x allocated CPUs/GPUs), one query per poll."""
+        accounting = getattr(self.scheduler, "accounting", None)
+        if not finished or accounting is None:
+            return
+        usage = accounting(list(finished.values()))
+        for attempt_id, job_id in finished.items():
+            if job_id in usage:
+                self.store.set_attempt_usage(attempt_id, **usage[job_id])
 
     def ingest(self, attempt: Attempt, state: JobState) -> None:
         """Record a finished attempt; retry it (infrastructure failure) or settle its candidate."""

@@ -71,6 +71,9 @@ CREATE TABLE IF NOT EXISTS attempts (
     error         TEXT NOT NULL DEFAULT '',
     submitted_at  REAL,
     finished_at   REAL,
+    elapsed_s     REAL,                       -- the scheduler's accounting, where it has one (sacct)
+    cpu_seconds   REAL,
+    gpu_seconds   REAL,
     UNIQUE (candidate_id, n)
 );
 CREATE INDEX IF NOT EXISTS attempts_status ON attempts(status);
@@ -166,6 +169,9 @@ class Attempt:
     error: str
     submitted_at: float | None
     finished_at: float | None
+    elapsed_s: float | None = None
+    cpu_seconds: float | None = None
+    gpu_seconds: float | None = None
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> "Attempt":
@@ -202,6 +208,10 @@ class Store:
             for stmt in _SCHEMA.split(";"):
                 if stmt.strip():
                     conn.execute(stmt)
+            have = {r[1] for r in conn.execute("PRAGMA table_info(attempts)")}
+            for column in ("elapsed_s", "cpu_seconds", "gpu_seconds"):  # stores made before accounting
+                if column not in have:
+                    conn.execute(f"ALTER TABLE attempts ADD COLUMN {column} REAL")
             row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
             if row is None:
                 conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
@@ -441,10 +451,36 @@ class Store:
         return [dict(r) for r in
                 self.conn.execute("SELECT * FROM analyses WHERE candidate_id = ? ORDER BY id", (cid,))]
 
+    def set_attempt_usage(self, attempt_id: int, *, elapsed_s: float, cpu_seconds: float,
+                          gpu_seconds: float) -> None:
+        with self.transaction() as c:
+            c.execute("UPDATE attempts SET elapsed_s = ?, cpu_seconds = ?, gpu_seconds = ? WHERE id = ?",
+                      (elapsed_s, cpu_seconds, gpu_seconds, attempt_id))
+
     def compute_seconds(self) -> float:
-        """Wall seconds x world size over every result: CPU- or GPU-seconds spent on training."""
-        row = self.conn.execute("SELECT SUM(wall_s * COALESCE(world_size, 1)) FROM results").fetchone()
+        """Device-seconds spent on training: the scheduler's GPU-seconds (or CPU-seconds on CPU jobs)
+        where it accounted the attempt, else the result's wall seconds x world size."""
+        row = self.conn.execute(
+            "SELECT SUM(CASE WHEN a.gpu_seconds > 0 THEN a.gpu_seconds"
+            " WHEN a.cpu_seconds > 0 THEN a.cpu_seconds"
+            " ELSE r.wall_s * COALESCE(r.world_size, 1) END)"
+            " FROM attempts a LEFT JOIN results r ON r.attempt_id = a.id").fetchone()
         return float(row[0] or 0.0)
+
+    # ----------------------------------------------------------------- LLM calls (asiarch.llm)
+    def add_llm_call(self, *, agent: str, model: str, prompt_tokens: int, completion_tokens: int,
+                     cost_usd: float, latency_s: float, outcome: str) -> None:
+        """One request to the LLM endpoint (every try, failed ones included)."""
+        with self.transaction() as c:
+            c.execute("INSERT INTO llm_calls (ts, agent, model, prompt_tokens, completion_tokens, cost_usd,"
+                      " latency_s, outcome) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                      (time.time(), agent, model, int(prompt_tokens), int(completion_tokens),
+                       float(cost_usd), float(latency_s), outcome))
+
+    def llm_dollars(self) -> float:
+        """Dollars spent on LLM calls so far (budget.llm_dollars is checked against it)."""
+        row = self.conn.execute("SELECT COALESCE(SUM(cost_usd), 0) FROM llm_calls").fetchone()
+        return float(row[0])
 
 
 def _json_default(obj: Any) -> Any:

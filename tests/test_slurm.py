@@ -17,6 +17,13 @@ from tests.slurm_cluster import slurm_cluster  # noqa: F401  (fixture)
 from tests.test_loop import small_config
 
 
+def test_tres_parsing():
+    from asiarch.dispatch.slurm import parse_tres
+
+    assert parse_tres("billing=8,cpu=8,gres/gpu=4,mem=64G,node=1") == {"billing": 8, "cpu": 8, "gres/gpu": 4,
+                                                                      "node": 1}
+
+
 def test_state_words_and_array_ids():
     assert parse_state("CANCELLED by 0") is JobState.CANCELLED
     assert parse_state("OUT_OF_MEMORY") is JobState.OUT_OF_MEMORY
@@ -110,6 +117,9 @@ def test_search_through_slurm_trains_a_round_as_one_array(slurm_cluster, tmp_pat
         a = store.attempts(c.id)[0]
         rec = rf.read_result(tmp_path / a.dir / "result.h5")
         assert rec.status == "ok" and rec.array_job_id == a.job_id.split("_")[0] and rec.env["world_size"] == 2
+        # the scheduler's own accounting: elapsed seconds x the 2 CPUs each task was given
+        assert a.elapsed_s is not None and a.cpu_seconds == pytest.approx(2 * a.elapsed_s)
+    assert store.compute_seconds() > 0
     search.close()
 
 

@@ -190,6 +190,22 @@ class SlurmScheduler:
         if job_ids:
             _run(["scancel", *job_ids])
 
+    def accounting(self, job_ids: list[str]) -> dict[str, dict[str, float]]:
+        """Elapsed, CPU- and GPU-seconds of finished jobs from sacct, one call for all of them."""
+        if not job_ids:
+            return {}
+        parents = sorted({j.split("_")[0] for j in job_ids})
+        res = _run(["sacct", "-X", "-n", "-P", "-o", "JobID,ElapsedRaw,AllocTRES", "-j", ",".join(parents)])
+        out = {}
+        for line in res.stdout.splitlines() if res.returncode == 0 else []:
+            jid, elapsed, tres = (line.split("|") + ["", ""])[:3]
+            if jid in job_ids and elapsed.isdigit():
+                t = parse_tres(tres)
+                secs = float(elapsed)
+                out[jid] = {"elapsed_s": secs, "cpu_seconds": secs * t.get("cpu", 0),
+                            "gpu_seconds": secs * t.get("gres/gpu", 0)}
+        return out
+
     # ------------------------------------------------------------------ queries
     def _squeue(self, job_ids: list[str]) -> dict[str, JobState]:
         """Live states from the controller, one call for all ids (array tasks included)."""
@@ -222,6 +238,16 @@ class SlurmScheduler:
                 return states
             time.sleep(0.5 * (attempt + 1))
         return {}
+
+
+def parse_tres(tres: str) -> dict[str, int]:
+    """``cpu=2,mem=2000M,node=1,gres/gpu=4`` -> {'cpu': 2, 'gres/gpu': 4, ...} (numbers only)."""
+    out = {}
+    for part in tres.split(","):
+        key, _, value = part.partition("=")
+        if value.isdigit():
+            out[key] = int(value)
+    return out
 
 
 def _slurm_words(exc: BaseException) -> str:
