@@ -93,10 +93,16 @@ def test_cancelled_job_is_cancelled(slurm_cluster, tmp_path):
 
 
 @pytest.mark.slow
-def test_bad_partition_is_refused_with_slurms_words(slurm_cluster, tmp_path):
+def test_bad_partition_and_gres_are_refused_before_anything_runs(slurm_cluster, tmp_path):
     sched = SlurmScheduler(tmp_path / "jobs", SlurmSpec(job_name="t", partition="nosuchpart", cpus_per_task=1))
-    with pytest.raises(SchedulerError, match="(?i)invalid partition"):
+    with pytest.raises(SchedulerError, match="partition 'nosuchpart' does not exist; this cluster has: debug"):
         sched.submit([_job(tmp_path, "x", "true")])
+    # what only sbatch can judge is refused in Slurm's own words
+    odd = SlurmScheduler(tmp_path / "jobs", SlurmSpec(job_name="t", cpus_per_task=1,
+                                                     additional=(("gres", "warpdrive:1"),)))
+    with pytest.raises(SchedulerError, match="(?i)sbatch refused the round: .*gres"):
+        odd.submit([_job(tmp_path, "y", "true")])
+    assert subprocess.run(["squeue", "-h"], capture_output=True, text=True).stdout.strip() == ""
 
 
 @pytest.mark.slow
@@ -206,3 +212,13 @@ def test_killed_head_reattaches_to_its_slurm_jobs_by_id(slurm_cluster, tmp_path)
     for c in offline:
         attempts = store.attempts(c.id)
         assert [a.n for a in attempts] == [1] and attempts[0].status == "ok"   # re-attached, not retried
+
+
+@pytest.mark.slow
+def test_a_request_no_node_can_hold_is_refused_not_left_pending(slurm_cluster, tmp_path):
+    sched = SlurmScheduler(tmp_path / "jobs", SlurmSpec(job_name="big", cpus_per_task=512))
+    with pytest.raises(SchedulerError, match="asks for 512 CPUs but the largest node .* has 8"):
+        sched.submit([_job(tmp_path, "x", "true")])
+    gpu = SlurmScheduler(tmp_path / "jobs", SlurmSpec(job_name="gpu", cpus_per_task=1, gpus_per_node=2))
+    with pytest.raises(SchedulerError, match="asks for 2 gpu per node but the largest node has 0"):
+        gpu.submit([_job(tmp_path, "y", "true")])

@@ -126,6 +126,7 @@ class SlurmScheduler:
     max_poll_s: float = 10.0             # polls back off to this while nothing changes
     queries: int = 0                     # scheduler commands issued by states(): one per poll or two
     _final: dict[str, JobState] = field(default_factory=dict)
+    _checked: bool = False
 
     def check(self) -> None:
         """Refuse early, in Slurm's words, when no controller answers or the partition is unknown."""
@@ -141,6 +142,20 @@ class SlurmScheduler:
         if self.spec.partition and self.spec.partition not in partitions:
             raise SchedulerError(f"partition {self.spec.partition!r} does not exist; "
                                  f"this cluster has: {', '.join(partitions)}")
+        # a request no node can hold would pend forever: refuse it now
+        argv = ["sinfo", "-h", "-N", "-o", "%c|%G"] + (["-p", self.spec.partition] if self.spec.partition else [])
+        nodes = _run(argv).stdout.split()
+        if nodes:
+            cpus = max(int(n.split("|")[0]) for n in nodes if n.split("|")[0].isdigit())
+            gpus = max(_gres_count(n.split("|", 1)[1], self.spec.gres_name) for n in nodes)
+            if self.spec.cpus_per_task > cpus:
+                raise SchedulerError(f"each job asks for {self.spec.cpus_per_task} CPUs but the largest node of "
+                                     f"{self.spec.partition or 'the default partition'} has {cpus}: lower "
+                                     "train.nproc / train.threads_per_rank or pick another partition")
+            if self.spec.gpus_per_node > gpus:
+                raise SchedulerError(f"each job asks for {self.spec.gpus_per_node} {self.spec.gres_name} per node "
+                                     f"but the largest node has {gpus}: lower cluster.gpus_per_node")
+        self._checked = True
 
     def executor(self) -> submitit.SlurmExecutor:
         ex = submitit.SlurmExecutor(folder=str(self.folder / "%j"), python=self.python)
@@ -157,6 +172,8 @@ class SlurmScheduler:
     def submit(self, requests: list[JobRequest]) -> list[str]:
         if not requests:
             return []
+        if not self._checked:
+            self.check()
         ex = self.executor()
         try:
             with secrets_hidden(self.secret_env), ex.batch():
@@ -238,6 +255,16 @@ class SlurmScheduler:
                 return states
             time.sleep(0.5 * (attempt + 1))
         return {}
+
+
+def _gres_count(gres: str, name: str) -> int:
+    """GPUs of one kind in sinfo's %G (``gpu:4``, ``gpu:a100:4(S:0-1)``, ``(null)``)."""
+    total = 0
+    for part in gres.split(","):
+        fields = part.split("(")[0].split(":")
+        if fields[0] == name and fields[-1].isdigit():
+            total += int(fields[-1])
+    return total
 
 
 def parse_tres(tres: str) -> dict[str, int]:
