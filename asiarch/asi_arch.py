@@ -296,11 +296,19 @@ def _candidate_with_code(store: Store, sha: str):
     return store.candidate(row[0]) if row else None
 
 
+# The head of an imported candidate's motivation; it names the ASI-Arch index even where the
+# scores JSON has been rewritten since (after training).
+_MOTIVATION_INDEX = re.compile(r"^\[Imported from ASI-Arch: #(\d+) ")
+
+
 def imported_indices(store: Store) -> dict[int, int]:
     """ASI-Arch index -> candidate id of the layers already imported into ``store``."""
     out = {}
     for c in store.candidates(origin=ORIGIN):
         index = (c.scores.get("asi_arch") or {}).get("index")
+        if index is None:
+            m = _MOTIVATION_INDEX.match(c.motivation)
+            index = m.group(1) if m else None
         if index is not None:
             out[int(index)] = c.id
     return out

@@ -150,6 +150,6 @@ def render_head_script(*, name: str, experiment_dir: str, asiarch: tuple[str, ..
         if value:
             opts[key] = value
     directives = [f"#SBATCH --{k}" if v is None else f"#SBATCH --{k}={shell_quote(v)}" for k, v in sorted(opts.items())]
-    command = tuple(asiarch) + ("run", experiment_dir, "--quiet")
+    command = tuple(asiarch) + ("run", experiment_dir)  # its progress lines are the head's log
     return environment(True).get_template("head.sbatch.j2").render(
         name=name, directives=directives, modules=modules, command=command)

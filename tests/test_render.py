@@ -79,7 +79,7 @@ def test_head_script_golden_and_valid_bash(tmp_path):
                               modules=("python/3.11",))
     check_golden("head.sbatch", text)
     assert "#SBATCH --signal=B:USR1@300" in text and "#SBATCH --requeue" in text
-    assert "run '/scratch/me/exp one' --quiet &" in text
+    assert "run '/scratch/me/exp one' &" in text
     script = tmp_path / "head.sbatch"
     script.write_text(text)
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0

@@ -222,3 +222,57 @@ def test_a_request_no_node_can_hold_is_refused_not_left_pending(slurm_cluster, t
     gpu = SlurmScheduler(tmp_path / "jobs", SlurmSpec(job_name="gpu", cpus_per_task=1, gpus_per_node=2))
     with pytest.raises(SchedulerError, match="asks for 2 gpu per node but the largest node has 0"):
         gpu.submit([_job(tmp_path, "y", "true")])
+
+
+@pytest.mark.slow
+def test_head_runs_as_a_slurm_job_and_requeues_itself(slurm_cluster, tmp_path):
+    """The head as a job (asiarch head-script): warned with USR1 it stops, requeues, and the requeued
+    head finishes the search."""
+    import re
+    import sys
+
+    from asiarch.config import render_toml
+    from asiarch.render import render_head_script
+    from asiarch.store import Store
+
+    cfg = small_config(candidates=2, steps=150)
+    cfg.cluster.scheduler = "slurm"
+    cfg.cluster.max_in_flight = 2
+    root = tmp_path / "exp"
+    root.mkdir()
+    (root / "config.toml").write_text(render_toml(cfg))
+    script = tmp_path / "head.sbatch"
+    script.write_text(render_head_script(name="t", experiment_dir=str(root), asiarch=(sys.executable, "-m", "asiarch"),
+                                         time_min=20))
+    out = subprocess.run(["sbatch", str(script)], capture_output=True, text=True, cwd=str(Path(__file__).parent.parent))
+    head_id = re.search(r"(\d+)", out.stdout).group(1)
+    db = root / "asiarch.db"
+    deadline = time.time() + 120
+    while time.time() < deadline:  # wait for the head's first training round to be in Slurm
+        if db.exists():
+            s = Store.open_readonly(db)
+            try:
+                n = s.conn.execute("SELECT COUNT(*) FROM attempts a JOIN candidates c ON c.id = a.candidate_id "
+                                   "WHERE c.origin = 'offline' AND a.status IN ('submitted', 'running')").fetchone()[0]
+            except Exception:
+                n = 0
+            s.close()
+            if n:
+                break
+        time.sleep(0.5)
+    # the time-limit warning of --signal=B:USR1@300, sent now
+    assert subprocess.run(["scancel", "--batch", "--signal=USR1", head_id]).returncode == 0
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        info = subprocess.run(["scontrol", "show", "job", head_id], capture_output=True, text=True).stdout
+        if "JobState=COMPLETED" in info:
+            break
+        time.sleep(1)
+    log = next(root.glob("head-*.log")).read_text()
+    assert "time limit near, stopping the loop and requeueing" in log, log[-3000:]
+    assert "JobState=COMPLETED" in info and "Restarts=1" in info, info   # completed after one restart
+    assert "resuming experiment" in log.split("requeueing")[1]           # the second head took over
+    store = Store.open_readonly(db)
+    offline = [c for c in store.candidates() if c.origin == "offline"]
+    assert len(offline) == 2 and all(c.status == "done" for c in offline), [(c.name, c.status, c.reason)
+                                                                             for c in offline]

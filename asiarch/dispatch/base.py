@@ -67,6 +67,16 @@ def job_environment(extra_secrets: tuple[str, ...] = (), base: dict[str, str] | 
 
 
 @contextmanager
+def environ_without(predicate) -> Iterator[None]:
+    """Remove the variables ``predicate(name)`` selects from ``os.environ`` for the duration."""
+    hidden = {k: os.environ.pop(k) for k in list(os.environ) if predicate(k)}
+    try:
+        yield
+    finally:
+        os.environ.update(hidden)
+
+
+@contextmanager
 def secrets_hidden(extra_secrets: tuple[str, ...] = ()) -> Iterator[None]:
     """Remove secrets from ``os.environ`` while child processes are started, then put them back.
 
@@ -74,8 +84,5 @@ def secrets_hidden(extra_secrets: tuple[str, ...] = ()) -> Iterator[None]:
     environment into the job; the head is single-threaded, so hiding the variables
     for the duration of a submission keeps them out of every job.
     """
-    hidden = {k: os.environ.pop(k) for k in list(os.environ) if is_secret(k, extra_secrets)}
-    try:
+    with environ_without(lambda name: is_secret(name, extra_secrets)):
         yield
-    finally:
-        os.environ.update(hidden)

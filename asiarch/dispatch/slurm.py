@@ -21,7 +21,7 @@ from pathlib import Path
 
 import submitit
 
-from asiarch.dispatch.base import JobRequest, JobState, secrets_hidden
+from asiarch.dispatch.base import JobRequest, JobState, environ_without, secrets_hidden
 from asiarch.dispatch.payload import run_job_script
 
 
@@ -176,7 +176,7 @@ class SlurmScheduler:
             self.check()
         ex = self.executor()
         try:
-            with secrets_hidden(self.secret_env), ex.batch():
+            with secrets_hidden(self.secret_env), environ_without(_inherited_from_a_job), ex.batch():
                 jobs = [ex.submit(run_job_script, str(r.script), str(r.log), self.secret_env) for r in requests]
         except (submitit.core.utils.FailedJobError, subprocess.CalledProcessError, OSError) as exc:
             raise SchedulerError(f"sbatch refused the round: {_slurm_words(exc)}") from exc
@@ -255,6 +255,12 @@ class SlurmScheduler:
                 return states
             time.sleep(0.5 * (attempt + 1))
         return {}
+
+
+def _inherited_from_a_job(name: str) -> bool:
+    """A head running as a Slurm job must not hand its own allocation's variables to the jobs it
+    submits (srun then fails on e.g. SLURM_MEM_PER_CPU with SLURM_MEM_PER_NODE)."""
+    return name != "SLURM_CONF" and name.startswith(("SLURM_", "SBATCH_", "SRUN_", "SALLOC_", "SUBMITIT_"))
 
 
 def _gres_count(gres: str, name: str) -> int:

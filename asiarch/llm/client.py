@@ -23,7 +23,7 @@ import random
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
 import openai
 
@@ -136,10 +136,15 @@ class LLMSettings:
             timeout_s=llm.timeout_s, max_retries=llm.max_retries,
             backoff_s=get("backoff_s", 1.0), backoff_max_s=get("backoff_max_s", 60.0),
             max_reasks=get("max_reasks", 2), structured=get("structured", "auto"),
-            temperature=get("temperature", None), max_tokens=get("max_tokens", 0) or None,
+            temperature=_temperature(get("temperature", None)), max_tokens=get("max_tokens", 0) or None,
             prices=parse_prices(get("prices", [])),
             dollar_cap=float(getattr(getattr(cfg, "budget", None), "llm_dollars", 0.0) or 0.0),
         )
+
+
+def _temperature(value: float | None) -> float | None:
+    """A negative llm.temperature means the server's default (TOML has no null)."""
+    return None if value is None or value < 0 else float(value)
 
 
 # ----------------------------------------------------------------------------- spend
@@ -190,7 +195,7 @@ def extract_json(text: str) -> dict:
             continue
         if isinstance(value, dict):
             return value
-    if first_error is None:
+    if first_error is None or "{" not in text:
         raise ValueError("the answer holds no JSON object")
     raise ValueError(f"the answer is not a valid JSON object ({first_error})")
 
@@ -424,11 +429,3 @@ def messages(system: str, user: str) -> list[dict]:
     """A system and a user message."""
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
-
-def redact(text: str, names: Mapping[str, str] | None = None) -> str:
-    """``text`` with the values of secret-looking environment variables replaced (for logs of answers)."""
-    env = names if names is not None else os.environ
-    for name, value in env.items():
-        if value and len(value) >= 8 and any(m in name.upper() for m in ("KEY", "TOKEN", "SECRET", "PASSWORD")):
-            text = text.replace(value, f"${name}")
-    return text
