@@ -107,8 +107,9 @@ def ingest_attempt(store: Store, exp: ExperimentDir, cfg: Config, attempt: Attem
                        retry, error)
 
     bench = bench_score(metrics)
-    scores = {"metrics": metrics, "tokens_per_s": rec.tokens_per_s, "peak_memory_bytes": rec.peak_memory_bytes,
-              "mixer_params": rec.env.get("mixer_params")}
+    # keep what the candidate brought (e.g. ASI-Arch's reported results under "asi_arch")
+    scores = {**cand.scores, "metrics": metrics, "tokens_per_s": rec.tokens_per_s,
+              "peak_memory_bytes": rec.peak_memory_bytes, "mixer_params": rec.env.get("mixer_params")}
     store.set_scores(cand.id, fitness=None, loss=rec.eval_loss, score=bench, scores=scores,
                      num_params=rec.num_params, status="done")
     ref = reference_for(store, cfg)

@@ -89,7 +89,8 @@ class TrainConfig:
     warmup_steps: int = _f(20, "Linear warmup steps of the warmup-stable-decay schedule.")
     decay_fraction: float = _f(0.2, "Final fraction of steps over which the learning rate decays linearly to 0.")
     grad_clip: float = _f(1.0, "Gradient norm clip (0 disables).")
-    precision: str = _f("fp32", "Training precision: fp32, or bf16 autocast (GPU; ASI-Arch trained in bf16).",
+    precision: str = _f("fp32", "Training precision: fp32, or bf16 autocast (GPU or CPU; ASI-Arch trained in bf16, "
+                                "and many of its published layers need it).",
                         choices=("fp32", "bf16"))
     seed: int = _f(0, "Training seed (data order and initialisation).")
     eval_batches: int = _f(8, "Evaluation batches after training.")
