@@ -3,8 +3,8 @@
 This is the LLM-free Analyst: it reads the HDF5 result through the project's reader,
 computes ASI-Arch's fitness against the reference baseline, compares the candidate with
 its parent, the baselines and its siblings, writes a short analysis to the store and
-returns one line for the console. An LLM Analyst (a later issue) adds prose on top of
-the same figures.
+returns one line for the console. The LLM Analyst (asiarch.llm, called by the loop)
+adds prose on top of the same figures, and its judge score when fitness.judge_weight > 0.
 """
 
 from __future__ import annotations
@@ -62,11 +62,13 @@ def _delta(a: float | None, b: float | None, spec: str = "+.4f") -> str:
 
 
 def score_candidate(store: Store, cfg: Config, cand: Candidate, ref: Reference | None) -> None:
-    """(Re)compute a done candidate's fitness from its stored loss and task score."""
+    """(Re)compute a done candidate's fitness from its stored loss, task score and LLM judge score
+    (``scores["judge"]``, 1-10, kept by the loop; counted when fitness.judge_weight > 0)."""
     if ref is None or cand.loss is None:
         return
     fit = compute_fitness(cand.loss, cand.score, ref, scale=cfg.fitness.scale, sharpness=cfg.fitness.sharpness,
-                          judge_weight=cfg.fitness.judge_weight, combine=cfg.fitness.combine)
+                          judge=cand.scores.get("judge"), judge_weight=cfg.fitness.judge_weight,
+                          combine=cfg.fitness.combine)
     scores = dict(cand.scores)
     scores["terms"] = fit.terms if fit else {}
     store.set_scores(cand.id, fitness=fit.value if fit else None, loss=cand.loss, score=cand.score, scores=scores,

@@ -1,6 +1,7 @@
 """The asiarch command line.
 
     asiarch demo [DIR]                 the whole loop on this machine (CPU, no cluster, no API key)
+    asiarch demo [DIR] --llm-url URL [--llm-model NAME]   the same with the LLM agents proposing
     asiarch init DIR                   write a commented config.toml to start an experiment from
     asiarch run DIR                    run (or resume) the experiment in DIR
     asiarch render DIR --dry-run       print the sbatch and job scripts a round would submit
@@ -18,6 +19,7 @@
     asiarch train LAYER.py --out RESULT.h5 [--task mqar] [--steps N] [--nproc 2]
     asiarch bench overhead             the head's own cost per candidate with 1,000 in the store
     asiarch import-asi-arch ARCHITECTURES.json --into DIR [--tree TREE.json] [--top K | --names A,B]
+    asiarch knowledge import COGNITION_DIR DIR   ASI-Arch's cognition/ papers into DIR's knowledge base
 """
 
 from __future__ import annotations
@@ -102,12 +104,12 @@ def cmd_run(args) -> int:
     return _run_search(root, cfg, quiet=args.quiet)
 
 
-def cmd_demo(args) -> int:
+def demo_setup(args):
+    """The demo's config: DIR/config.toml when it exists (a resumed demo), else the demo defaults;
+    --llm-url (and --llm-model) switch either to the LLM agents. Writes DIR/config.toml."""
     import shutil
 
-    from asiarch.config import demo_config, load_config, render_toml
-    from asiarch.views import leaderboard_rows, open_readonly, render_leaderboard
-    from asiarch.layout import ExperimentDir
+    from asiarch.config import demo_config, load_config, render_toml, validate
 
     root = Path(args.dir)
     if args.fresh and root.exists():
@@ -121,8 +123,29 @@ def cmd_demo(args) -> int:
         if args.scheduler == "slurm":
             cfg.cluster.scheduler = "slurm"
             cfg.cluster.max_in_flight = 2  # the array throttle %K
-        root.mkdir(parents=True, exist_ok=True)
-        (root / "config.toml").write_text(render_toml(cfg))
+    if args.llm_url:
+        cfg.llm.base_url = args.llm_url
+        cfg.search.proposer = "llm"
+        cfg.experiment.description = "asiarch demo: the whole loop on one machine, CPU, LLM agents."
+    if args.llm_model:
+        cfg.llm.model = args.llm_model
+    validate(cfg)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "config.toml").write_text(render_toml(cfg))
+    return root, cfg
+
+
+def cmd_demo(args) -> int:
+    import os
+
+    from asiarch.layout import ExperimentDir
+    from asiarch.views import leaderboard_rows, open_readonly, render_leaderboard
+
+    root, cfg = demo_setup(args)
+    if cfg.search.proposer != "offline":
+        env = cfg.llm.api_key_env
+        print(f"LLM agents: {cfg.llm.model} at {cfg.llm.base_url}; API key from ${env}"
+              + ("" if os.environ.get(env) else " (not set: a placeholder is sent, which local servers accept)"))
     code = _run_search(root, cfg, quiet=args.quiet)
     store = open_readonly(ExperimentDir(root))
     try:
@@ -407,6 +430,30 @@ def cmd_bench(args) -> int:
     return _die(f"unknown benchmark {args.what!r}")
 
 
+def cmd_knowledge_import(args) -> int:
+    """Import ASI-Arch's cognition files into an experiment's knowledge base (the Researcher reads it)."""
+    from asiarch.layout import ExperimentDir
+    from asiarch.llm.knowledge import cognition_entries, import_cognition
+    from asiarch.store import Store
+
+    exp = ExperimentDir(Path(args.dir))
+    if not (exp.config.exists() or exp.exists()):
+        return _die(f"{exp.root} is not an experiment directory; create one with `asiarch init {exp.root}`")
+    try:
+        cognition_entries(args.cognition)  # read and parse everything before writing anything
+    except ValueError as exc:
+        return _die(str(exc))
+    store = Store.open(exp.db)
+    try:
+        entries = import_cognition(args.cognition, store)
+    finally:
+        store.close()
+    papers = len({e.key.split("#")[0] for e in entries})
+    print(f"imported {len(entries)} insights from {papers} papers in {args.cognition} into {exp.root}'s knowledge "
+          "base; the Researcher retrieves from it with the shipped entries")
+    return 0
+
+
 def cmd_import_asi_arch(args) -> int:
     """Import ASI-Arch's published layers as proposed candidates (checked and trained by the next run)."""
     from asiarch.asi_arch import AsiArchError, import_command
@@ -436,6 +483,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--scheduler", choices=("local", "slurm"), default=None,
                    help="local (default) or slurm: the cluster SLURM_CONF points at (on this machine: "
                         "eval \"$(slurm/start-test-cluster.sh)\")")
+    s.add_argument("--llm-url", default=None, metavar="URL",
+                   help="an OpenAI-compatible endpoint (e.g. http://localhost:8000/v1): the LLM agents propose, "
+                        "repair and analyse; the key is read from $OPENAI_API_KEY (llm.api_key_env)")
+    s.add_argument("--llm-model", default=None, metavar="NAME", help="the model every agent uses (llm.model)")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_demo)
 
@@ -565,6 +616,13 @@ def build_parser() -> argparse.ArgumentParser:
                                                                    "names, comma-separated; repeatable)")
     s.add_argument("--cognition", metavar="DIR", help="ASI-Arch's cognition/ papers (knowledge base: not yet)")
     s.set_defaults(func=cmd_import_asi_arch)
+
+    s = sub.add_parser("knowledge", help="the knowledge base the Researcher reads")
+    ks = s.add_subparsers(dest="action", required=True, metavar="ACTION")
+    k = ks.add_parser("import", help="import ASI-Arch's cognition/ papers (JSON insights) into DIR's knowledge base")
+    k.add_argument("cognition", metavar="COGNITION_DIR", help="ASI-Arch's cognition/ folder (one JSON file per paper)")
+    k.add_argument("dir", metavar="DIR", help="experiment directory")
+    k.set_defaults(func=cmd_knowledge_import)
 
     s = sub.add_parser("bench", help="benchmarks that print figures")
     s.add_argument("what", choices=("overhead", "kernels", "slurm"))

@@ -57,6 +57,8 @@ class SearchConfig:
     class_name: str = _f("DeltaNet", "Name of the layer class in candidate code (ASI-Arch's convention: DeltaNet).")
     max_attempts: int = _f(3, "Training attempts per candidate, repairs included (ASI-Arch: 3).")
     novelty_retries: int = _f(10, "Proposals rejected as duplicates before the proposer gives up for this slot.")
+    novelty_threshold: float = _f(0.85, "LLM proposals: similarity (0-1, TF-IDF of code and motivation) to an earlier "
+                                        "candidate above which the novelty agent judges whether it is new.")
     allow_quadratic: bool = _f(False, "Accept candidates whose cost grows quadratically with length (softmax "
                                       "attention); the pre-flight complexity check refuses them otherwise.")
 
@@ -143,6 +145,31 @@ class LLMConfig:
     model: str = _f("gpt-4o-mini", "Default model for every agent.")
     timeout_s: float = _f(120.0, "Per-request timeout.")
     max_retries: int = _f(5, "Retries on rate limits, server errors and timeouts (exponential backoff, jitter).")
+    researcher_model: str = _f("", "Model of the Researcher, which proposes layers (empty: llm.model).")
+    novelty_model: str = _f("", "Model of the novelty judge, asked when a proposal is close to an earlier "
+                                "candidate (empty: llm.model).")
+    engineer_model: str = _f("", "Model of the Engineer, which repairs layers that fail pre-flight or training "
+                                 "(empty: llm.model).")
+    analyst_model: str = _f("", "Model of the Analyst, which explains each trained candidate (empty: llm.model).")
+    agent_base_urls: list[str] = _f([], "Per-agent endpoint as 'AGENT=URL' (AGENT: researcher, novelty, engineer, "
+                                        "analyst); the others use llm.base_url. The same key is sent to each.")
+    backoff_s: float = _f(1.0, "Seconds before the first retry; doubled each retry, with jitter.")
+    backoff_max_s: float = _f(60.0, "Longest wait between retries in seconds (a server's Retry-After is honoured "
+                                    "up to it).")
+    max_reasks: int = _f(2, "Re-asks after a malformed answer (no JSON, no code, code that breaks the rules), with "
+                            "the problem shown to the model.")
+    structured: str = _f("auto", "How structured answers are asked for: 'auto' (response_format json_schema, "
+                                 "falling back to fenced JSON where the server refuses it), 'json_schema', 'text'.",
+                         choices=("auto", "json_schema", "text"))
+    temperature: float = _f(-1.0, "Sampling temperature (negative: the server's default).")
+    max_tokens: int = _f(0, "Most tokens per answer (0: the server's default).")
+    prices: list[str] = _f([], "Dollars per million tokens as 'MODEL=PROMPT/COMPLETION' (e.g. 'gpt-4o=2.50/10.00'); "
+                               "overrides the built-in table, and a model in neither costs 0 (local servers).")
+    repair_attempts: int = _f(3, "LLM repairs the Engineer tries per failure, each checked by the pre-flight "
+                                 "(0: no repairs).")
+    knowledge_k: int = _f(4, "Knowledge-base entries shown to the Researcher with each request.")
+    novelty_reasks: int = _f(3, "Times a proposal too close to earlier candidates is sent back to the Researcher "
+                                "(at most search.novelty_retries).")
 
 
 @dataclass
@@ -158,7 +185,8 @@ class FitnessConfig:
 class BudgetConfig:
     candidates: int = _f(8, "New candidates to train (baselines not counted); the search stops after them.")
     gpu_hours: float = _f(0.0, "Stop submitting when this many GPU-hours (CPU-hours locally) are spent (0: no limit).")
-    llm_dollars: float = _f(0.0, "Stop LLM proposals when this many dollars are spent (0: no limit).")
+    llm_dollars: float = _f(0.0, "Stop LLM calls when this many dollars are spent (llm.prices); with proposer "
+                                 "'llm' the search stops, with 'mixed' it goes on offline (0: no limit).")
 
 
 @dataclass
@@ -186,7 +214,8 @@ SECTION_HELP = {
     "baselines": "Reference layers trained first; fitness is relative to `reference`.",
     "train": "Training of one candidate (one job): model shell, task, optimiser.",
     "cluster": "Where and how jobs run.",
-    "llm": "The LLM endpoint for the agents (the key is read from the environment, never stored).",
+    "llm": "The LLM endpoint and agents (Researcher, novelty judge, Engineer, Analyst); the key is read from the "
+           "environment, never stored.",
     "fitness": "ASI-Arch's fitness: sigmoid-scaled improvements over the baseline in loss and task score.",
     "budget": "When the search stops.",
 }
@@ -283,6 +312,7 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"search.llm_fraction must be in [0, 1], got {s.llm_fraction}")
     if s.proposer in ("llm", "mixed") and not cfg.llm.base_url:
         raise ConfigError(f"search.proposer = {s.proposer!r} needs llm.base_url (an OpenAI-compatible endpoint)")
+    _validate_llm(cfg)
     if not cfg.baselines.names:
         raise ConfigError("baselines.names must name at least one baseline (fitness is relative to one)")
     if cfg.baselines.reference not in cfg.baselines.names:
@@ -302,6 +332,29 @@ def validate(cfg: Config) -> Config:
     if not cfg.experiment.name or any(c in cfg.experiment.name for c in "/ \t\n"):
         raise ConfigError(f"experiment.name {cfg.experiment.name!r} must be non-empty with no spaces or '/'")
     return cfg
+
+
+def _validate_llm(cfg: Config) -> None:
+    llm = cfg.llm
+    if not 0 < cfg.search.novelty_threshold <= 1:
+        raise ConfigError(f"search.novelty_threshold must be in (0, 1], got {cfg.search.novelty_threshold}")
+    if llm.timeout_s <= 0:
+        raise ConfigError(f"llm.timeout_s must be positive, got {llm.timeout_s}")
+    for key in ("max_retries", "backoff_s", "backoff_max_s", "max_reasks", "max_tokens", "repair_attempts",
+                "knowledge_k", "novelty_reasks"):
+        if getattr(llm, key) < 0:
+            raise ConfigError(f"llm.{key} must be >= 0, got {getattr(llm, key)}")
+    if cfg.budget.llm_dollars < 0:
+        raise ConfigError(f"budget.llm_dollars must be >= 0, got {cfg.budget.llm_dollars}")
+    if llm.prices or llm.agent_base_urls:
+        # the parsers live with the client, which imports openai: only when there is something to parse
+        from asiarch.llm.client import parse_agent_map, parse_prices
+
+        try:
+            parse_prices(llm.prices)
+            parse_agent_map(llm.agent_base_urls, "llm.agent_base_urls")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
 
 
 def _profile_dirs() -> list[Path]:

@@ -1,5 +1,12 @@
 """The discovery loop: baselines, then rounds of propose -> check -> train -> analyse.
 
+With ``search.proposer = 'llm'`` (or 'mixed') the LLM agents take part (asiarch.llm):
+the Researcher proposes, the Engineer repairs a layer that fails pre-flight or training
+(each repair checked by the pre-flight, bounded by llm.repair_attempts and
+search.max_attempts), and the Analyst explains each trained candidate beside the
+offline analysis. An LLM failure costs a proposal, a repair or an analysis, never the
+search; the dollar cap (budget.llm_dollars) ends LLM proposals.
+
 Every step is written to the store before the next begins, so a restarted head
 (``asiarch run DIR`` again) picks up where the last one stopped: candidates already
 scored stay scored, checked candidates are submitted, and attempts whose jobs the
@@ -17,7 +24,7 @@ from pathlib import Path
 
 from asiarch import analyst
 from asiarch.attempt import write_attempt_files
-from asiarch.checks import run_preflight
+from asiarch.checks import PreflightReport, run_preflight
 from asiarch.config import Config, render_toml
 from asiarch.console import Console
 from asiarch.dispatch.base import JobRequest, JobState, Scheduler
@@ -73,11 +80,25 @@ def make_scheduler(exp: ExperimentDir, cfg: Config, *, check: bool = True) -> Sc
 
 
 def make_proposer(cfg: Config) -> OfflineProposer:
-    if cfg.search.proposer != "offline":
-        raise SearchError(f"search.proposer = {cfg.search.proposer!r} needs the LLM agents, which this version does "
-                          "not have yet; use 'offline'")
+    """The LLM-free proposer: the whole search with 'offline', the other share with 'mixed', and the
+    fallback of 'mixed' once the LLM budget is spent."""
     return OfflineProposer(seed=cfg.experiment.seed, class_name=cfg.search.class_name,
                            allow_quadratic=cfg.search.allow_quadratic)
+
+
+def _tries(fix) -> str:
+    n = len(fix.attempts)
+    return f"{n} {'try' if n == 1 else 'tries'}"
+
+
+def make_agents(cfg: Config, store: Store):
+    """The LLM agents over ``store`` (asiarch.llm.LLMAgents), or None with proposer 'offline'.
+    Imported here only when used: the openai client costs half a second to import."""
+    if cfg.search.proposer == "offline":
+        return None
+    from asiarch.llm.team import LLMAgents
+
+    return LLMAgents.from_config(cfg, store)
 
 
 class Search:
@@ -93,6 +114,8 @@ class Search:
         self.store = Store.open(exp.db)
         self.scheduler = scheduler or make_scheduler(exp, cfg)
         self.proposer = make_proposer(cfg)
+        self.agents = make_agents(cfg, self.store)
+        self.llm_budget_noted = False
         self.rng = random.Random(cfg.experiment.seed)
         self.active: dict[int, str] = {}  # attempt id -> job id
         exp.config.write_text(render_toml(cfg))
@@ -119,7 +142,10 @@ class Search:
             n_new = max(0, min(self.cfg.search.round_size, remaining) - len(waiting))
             proposed = self.propose_round(round_no, n_new) if n_new else []
             if n_new and not proposed and not waiting:
-                c.line("the proposer has nothing new to offer; stopping")
+                if not self.out_of_budget():  # which says so itself when the LLM budget ran out
+                    who = {"offline": "the proposer has", "llm": "the Researcher has"}.get(self.cfg.search.proposer,
+                                                                                          "the proposers have")
+                    c.line(f"{who} nothing new to offer; stopping (`asiarch status DIR` shows the last events)")
                 break
             ready = waiting + self.check(proposed)
             if ready:
@@ -197,46 +223,131 @@ class Search:
                                     num_references=s.num_references, rebuild_every=s.pool_rebuild_every)
             if sample is None:
                 break
+            use_llm = self.agents is not None and (
+                s.proposer == "llm" or (s.proposer == "mixed" and self.rng.random() < s.llm_fraction))
+            prop = None
             try:
-                prop = self.proposer.propose(sample.parent, sample.references, seen_keys=keys,
-                                             rng_key=f"{round_no}:{i}")
+                if use_llm and not self.agents.budget_spent():
+                    prop = self.propose_llm(sample)  # None: the budget ran out during this proposal
+                if use_llm and prop is None:  # the LLM budget is spent
+                    if s.proposer == "llm":
+                        self.console.line(f"budget: {self.llm_spend_text()}; no more LLM proposals")
+                        break
+                    if not self.llm_budget_noted:
+                        self.console.line(f"budget: {self.llm_spend_text()}; the offline proposer takes the "
+                                          "LLM's share")
+                        self.llm_budget_noted = True
+                    use_llm = False
+                if prop is None:
+                    prop = self.proposer.propose(sample.parent, sample.references, seen_keys=keys,
+                                                 rng_key=f"{round_no}:{i}")
             except ProposalError as exc:
-                self.console.line(f"round {round_no}: no new proposal from #{sample.parent.id}: {exc}")
+                who = "the Researcher" if use_llm else "the offline proposer"
+                self.console.line(f"round {round_no}: no new proposal from {who} for #{sample.parent.id}: "
+                                  f"{exc}"[:300])
+                if use_llm:
+                    self.store.log_event("llm", f"no proposal from the Researcher for #{sample.parent.id}: "
+                                                f"{exc}"[:1000], sample.parent.id)
                 continue
             sha = code_sha256(prop.code)
             if sha in shas:
                 continue
             shas.add(sha)
-            keys.add(prop.genome.key())
-            cid = self.store.add_candidate(name=prop.name, origin="offline", code=prop.code, code_sha256=sha,
-                                           parent_id=sample.parent.id, round=round_no, motivation=prop.motivation,
-                                           genome_key=prop.genome.key(),
+            genome_key = prop.genome.key() if prop.genome is not None else ""
+            if genome_key:
+                keys.add(genome_key)
+            cid = self.store.add_candidate(name=prop.name, origin="llm" if use_llm else "offline", code=prop.code,
+                                           code_sha256=sha, parent_id=sample.parent.id, round=round_no,
+                                           motivation=prop.motivation, genome_key=genome_key,
                                            reference_ids=list(prop.reference_ids))
             out.append(self.store.candidate(cid))
             self.console.line(f"#{cid:<4d} {prop.name[:34]:<34s} proposed ({prop.operator} of #{sample.parent.id} "
                               f"{sample.parent.name})")
         return out
 
-    def check(self, cands: list[Candidate]) -> list[Candidate]:
-        """Pre-flight each candidate in a sandboxed child process; returns those that pass."""
+    def propose_llm(self, sample):
+        """The Researcher's proposal for one slot; None when the LLM budget ran out (ProposalError
+        when it gave nothing usable)."""
+        from asiarch.llm.client import BudgetExceeded, LLMError
+
+        self.console.status(f"the Researcher proposes from #{sample.parent.id} {sample.parent.name}")
+        try:
+            return self.agents.propose(sample.parent, sample.references)
+        except BudgetExceeded:
+            return None
+        except LLMError as exc:  # the agents turn these into ProposalError; kept as a safety net
+            raise ProposalError(str(exc)) from exc
+
+    def llm_spend_text(self) -> str:
+        from asiarch.llm.client import spent_dollars
+
+        return f"${spent_dollars(self.store):.4f} of LLM spent (budget.llm_dollars = {self.cfg.budget.llm_dollars:g})"
+
+    def preflight(self, code: str) -> PreflightReport:
+        """The pre-flight battery on ``code`` in a sandboxed child process."""
         t = self.cfg.train
+        # 128 tokens: at least two chunks of the chunked kernels ASI-Arch-style layers use (chunk 32-64),
+        # so state passed across chunks is checked too; bf16 autocast when training runs in bf16, since
+        # many published layers hard-code bf16 inside their kernels.
+        return run_preflight(code, class_name=self.cfg.search.class_name, hidden_size=t.hidden_size,
+                             num_heads=t.num_heads, seq_len=128, max_params=t.max_params or None,
+                             autocast=t.precision == "bf16", allow_quadratic=self.cfg.search.allow_quadratic,
+                             secret_env_names=(self.cfg.llm.api_key_env,))
+
+    def check(self, cands: list[Candidate]) -> list[Candidate]:
+        """Pre-flight each candidate in a sandboxed child process; returns those that pass. With the LLM
+        agents, the Engineer repairs one that fails (each repair pre-flighted in turn)."""
         ok = []
         for cand in cands:
             self.console.status(f"checking #{cand.id} {cand.name}")
-            # 128 tokens: at least two chunks of the chunked kernels ASI-Arch-style layers use (chunk 32-64),
-            # so state passed across chunks is checked too; bf16 autocast when training runs in bf16, since
-            # many published layers hard-code bf16 inside their kernels.
-            report = run_preflight(cand.code, class_name=self.cfg.search.class_name, hidden_size=t.hidden_size,
-                                   num_heads=t.num_heads, seq_len=128, max_params=t.max_params or None,
-                                   autocast=t.precision == "bf16", allow_quadratic=self.cfg.search.allow_quadratic,
-                                   secret_env_names=(self.cfg.llm.api_key_env,))
+            report = self.preflight(cand.code)
             if report.ok:
                 self.store.set_candidate_status(cand.id, "checked", event=f"pre-flight ok ({report.elapsed_s:.1f} s)")
+                ok.append(self.store.candidate(cand.id))
+                continue
+            fix = self.repair(cand, report.reason, stage="preflight", context=report.format_table())
+            if fix is not None:
+                self.store.set_candidate_status(
+                    cand.id, "checked", event=f"pre-flight: {report.reason}; repaired by the Engineer "
+                                              f"({_tries(fix)}), pre-flight ok"[:1000])
+                self.console.line(f"#{cand.id:<4d} {cand.name[:34]:<34s} REPAIRED  {report.reason}"[:200])
                 ok.append(self.store.candidate(cand.id))
             else:
                 self.store.set_candidate_status(cand.id, "rejected", report.reason, event=f"pre-flight: {report.reason}")
                 self.console.line(f"#{cand.id:<4d} {cand.name[:34]:<34s} REJECTED  {report.reason}"[:200])
         return ok
+
+    def repair(self, cand: Candidate, error: str, *, stage: str, context: str):
+        """The Engineer's repair of ``cand`` for ``error`` (stage 'preflight' or 'job'), stored as the
+        candidate's code; None without agents or when no repair passed the pre-flight. Every try is in
+        the store's repairs table."""
+        if self.agents is None:
+            return None
+        from asiarch.llm.client import LLMError
+
+        def check(code: str) -> str:  # '' when the repair may be trained, else why not
+            sha = code_sha256(code)
+            twin = self.store.conn.execute("SELECT id, name FROM candidates WHERE code_sha256 = ? AND id != ?",
+                                           (sha, cand.id)).fetchone()
+            if twin is not None:
+                return (f"duplicate: this code is identical to candidate #{twin[0]} {twin[1]}; repair this layer "
+                        "and keep its own idea")
+            return self.preflight(code).reason
+
+        self.console.status(f"the Engineer repairs #{cand.id} {cand.name} ({stage})")
+        try:
+            fix = self.agents.repair(cand, error, stage=stage, context=context, check=check)
+        except LLMError as exc:
+            fix = None
+            self.store.log_event("llm", f"the Engineer failed on #{cand.id}: {exc}"[:1000], cand.id)
+        if fix is None:
+            first = error.splitlines()[0] if error else ""
+            self.store.log_event("llm", f"the Engineer found no repair ({stage}): {first}"[:1000], cand.id)
+            return None
+        self.store.update_code(cand.id, fix.code, code_sha256(fix.code))
+        self.store.log_event("repaired", f"repaired by the Engineer ({stage}, {_tries(fix)}): {fix.explanation}"[:1000],
+                             cand.id)
+        return fix
 
     def checked_waiting(self) -> list[Candidate]:
         """Checked candidates with no attempt yet in flight (added by hand, or left by a previous head)."""
@@ -320,16 +431,68 @@ class Search:
                 self.store.set_attempt_usage(attempt_id, **usage[job_id])
 
     def ingest(self, attempt: Attempt, state: JobState) -> None:
-        """Record a finished attempt; retry it (infrastructure failure) or settle its candidate."""
+        """Record a finished attempt; retry it (infrastructure failure), have the Engineer repair it
+        (a failure of the candidate, with attempts left) or settle its candidate."""
         out = analyst.ingest_attempt(self.store, self.exp, self.cfg, attempt, state)
         self.store.set_attempt_status(attempt.id, out.attempt_status, out.error)
         self.console.line(out.line)
+        cid = attempt.candidate_id
         first = out.error.splitlines()[0] if out.error else out.attempt_status
         if out.retry:
-            self.retry_or_fail(attempt.candidate_id, attempt.n, first)
+            self.retry_or_fail(cid, attempt.n, first)
         elif out.candidate_status == "failed":
-            self.store.set_candidate_status(attempt.candidate_id, "failed", first[:500],
-                                            event=f"attempt {attempt.n}: {out.attempt_status}")
+            if self.repair_job(attempt, state, out):
+                self.submit([self.store.candidate(cid)], {cid: attempt.n + 1})
+            else:
+                self.store.set_candidate_status(cid, "failed", first[:500],
+                                                event=f"attempt {attempt.n}: {out.attempt_status}")
+        elif out.candidate_status == "done":
+            self.analyse_llm(cid)
+
+    def repair_job(self, attempt: Attempt, state: JobState, out: analyst.Outcome) -> bool:
+        """Whether the Engineer repaired a candidate whose job failed (the next attempt trains the repair).
+        Not for jobs cancelled by hand, nor once search.max_attempts are used."""
+        if self.agents is None or attempt.n >= self.cfg.search.max_attempts or out.attempt_status == "cancelled":
+            return False
+        cand = self.store.candidate(attempt.candidate_id)
+        log = self.exp.attempt(cand.id, cand.name, attempt.n).log
+        context = (f"job state {state.value}, attempt {attempt.n} of {self.cfg.search.max_attempts}, "
+                   f"{self.cfg.train.nproc} ranks, batch {self.cfg.train.batch_size}, sequence length "
+                   f"{self.cfg.train.seq_len}\nlog tail:\n{analyst.log_tail(log, 40)}")
+        if self.repair(cand, out.error, stage="job", context=context) is None:
+            return False
+        self.console.line(f"#{cand.id:<4d} {cand.name[:34]:<34s} REPAIRED  by the Engineer; attempt "
+                          f"{attempt.n + 1} trains the repair")
+        return True
+
+    def analyse_llm(self, cid: int) -> None:
+        """The Analyst's report on a trained candidate (baselines excluded), beside the offline one; with
+        fitness.judge_weight > 0 its judge score enters the fitness. Never stops the search."""
+        if self.agents is None:
+            return
+        cand = self.store.candidate(cid)
+        if cand.origin == "baseline":
+            return
+        self.console.status(f"the Analyst reads #{cid} {cand.name}")
+        try:
+            analysis = self.agents.analyse(cand)
+        except Exception as exc:  # noqa: BLE001 -- an LLM failure costs the analysis, not the search
+            self.store.log_event("llm", f"the Analyst failed: {type(exc).__name__}: {exc}"[:1000], cid)
+            return
+        if analysis is None:
+            self.store.log_event("llm", "the Analyst gave no analysis (the offline one stands)", cid)
+            return
+        line = f"#{cid:<4d} {cand.name[:34]:<34s} ANALYSED  {analysis.summary}"
+        if analysis.judge_score is not None:
+            cand = self.store.candidate(cid)
+            self.store.set_scores(cid, fitness=cand.fitness, loss=cand.loss, score=cand.score,
+                                  scores={**cand.scores, "judge": analysis.judge_score}, num_params=cand.num_params,
+                                  status=cand.status, reason=cand.reason)
+            analyst.score_candidate(self.store, self.cfg, self.store.candidate(cid),
+                                    analyst.reference_for(self.store, self.cfg))
+            fitness = self.store.candidate(cid).fitness
+            line += f" (judge {analysis.judge_score:g}/10, fitness {fitness:.3f})" if fitness is not None else ""
+        self.console.line(line[:200])
 
     def progress_text(self, states: dict[str, JobState]) -> str:
         running = [a for a, j in self.active.items() if states.get(j) is JobState.RUNNING]
@@ -354,6 +517,9 @@ class Search:
         hours = self.cfg.budget.gpu_hours
         if hours and self.store.compute_seconds() / 3600 >= hours:
             self.console.line(f"budget: {hours} compute-hours spent; stopping")
+            return True
+        if self.cfg.search.proposer == "llm" and self.agents is not None and self.agents.budget_spent():
+            self.console.line(f"budget: {self.llm_spend_text()}; stopping")
             return True
         return False
 

@@ -34,6 +34,12 @@ def test_unknown_section():
     ({"baselines": {"reference": "mamba"}}, "must be one of baselines.names"),
     ({"search": {"proposer": "llm"}}, "needs llm.base_url"),
     ({"train": "x"}, "expected a table [train]"),
+    ({"llm": {"prices": ["gpt-4o=2.5"]}}, "llm.prices: 'gpt-4o=2.5' should look like 'MODEL=PROMPT/COMPLETION'"),
+    ({"llm": {"agent_base_urls": ["planner=http://h/v1"]}}, "llm.agent_base_urls: 'planner=http://h/v1' should look"),
+    ({"llm": {"structured": "xml"}}, "llm.structured: 'xml' is not one of 'auto', 'json_schema', 'text'"),
+    ({"llm": {"max_reasks": -1}}, "llm.max_reasks must be >= 0"),
+    ({"search": {"novelty_threshold": 1.5}}, "search.novelty_threshold must be in (0, 1]"),
+    ({"budget": {"llm_dollars": -1}}, "budget.llm_dollars must be >= 0"),
 ])
 def test_bad_values_are_named(data, needle):
     with pytest.raises(ConfigError) as e:
@@ -65,6 +71,22 @@ def test_api_key_is_never_written(monkeypatch, tmp_path):
     assert cfg.api_key() == "sk-very-secret"
     assert "sk-very-secret" not in render_toml(cfg)
     assert "sk-very-secret" not in repr(cfg)
+
+
+def test_llm_keys_reach_the_client_settings():
+    from asiarch.llm.client import LLMSettings
+
+    cfg = from_dict({"search": {"proposer": "mixed", "llm_fraction": 0.25},
+                     "llm": {"base_url": "http://h:8000/v1", "model": "m", "analyst_model": "big",
+                             "agent_base_urls": ["analyst=http://other/v1"], "prices": ["big=1/2"],
+                             "temperature": 0.7, "max_tokens": 0, "backoff_s": 0.5, "structured": "text"},
+                     "budget": {"llm_dollars": 3}})
+    s = LLMSettings.from_config(cfg)
+    assert (s.model_for("analyst"), s.model_for("researcher")) == ("big", "m")
+    assert (s.url_for("analyst"), s.url_for("engineer")) == ("http://other/v1", "http://h:8000/v1")
+    assert s.price_for("big") == (1.0, 2.0) and s.dollar_cap == 3.0 and s.structured == "text"
+    assert s.temperature == 0.7 and s.max_tokens is None and s.backoff_s == 0.5
+    assert LLMSettings.from_config(from_dict({"llm": {"base_url": "u"}})).temperature is None  # -1: the server's
 
 
 def test_file_errors_name_the_file(tmp_path):
