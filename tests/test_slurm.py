@@ -31,6 +31,9 @@ def test_state_words_and_array_ids():
     assert parse_state("WHATEVER") is JobState.UNKNOWN
     assert expand_array_id("12_[0-2,5%2]") == ["12_0", "12_1", "12_2", "12_5"]
     assert expand_array_id("12_3") == ["12_3"]
+    from asiarch.dispatch.slurm import _parse_states
+    assert _parse_states("12_[0-1%2]|PENDING\n12_3|RUNNING\n13|CANCELLED by 0\n") == {
+        "12_0": JobState.PENDING, "12_1": JobState.PENDING, "12_3": JobState.RUNNING, "13": JobState.CANCELLED}
 
 
 def test_sbatch_golden():

@@ -233,12 +233,7 @@ class SlurmScheduler:
         if res.returncode != 0:
             # squeue fails for ids the controller has purged: treat as "not in the queue"
             return {}
-        states = {}
-        for line in res.stdout.splitlines():
-            jid, _, raw = line.partition("|")
-            for one in expand_array_id(jid.strip()):
-                states[one] = parse_state(raw)
-        return states
+        return _parse_states(res.stdout)
 
     def _sacct(self, job_ids: list[str], retries: int = 3) -> dict[str, JobState]:
         """Final states from accounting; a failing sacct is retried, then reported as unknown."""
@@ -247,14 +242,19 @@ class SlurmScheduler:
             self.queries += 1
             res = _run(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(parents)])
             if res.returncode == 0:
-                states = {}
-                for line in res.stdout.splitlines():
-                    jid, _, raw = line.partition("|")
-                    for one in expand_array_id(jid.strip()):
-                        states[one] = parse_state(raw)
-                return states
+                return _parse_states(res.stdout)
             time.sleep(0.5 * (attempt + 1))
         return {}
+
+
+def _parse_states(text: str) -> dict[str, JobState]:
+    """``ID|STATE`` lines (squeue -o '%i|%T', sacct -P -o JobID,State), array ranges expanded."""
+    states = {}
+    for line in text.splitlines():
+        jid, _, raw = line.partition("|")
+        for one in expand_array_id(jid.strip()):
+            states[one] = parse_state(raw)
+    return states
 
 
 def _inherited_from_a_job(name: str) -> bool:
