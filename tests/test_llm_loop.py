@@ -240,6 +240,9 @@ def test_the_dollar_cap_stops_llm_proposals_and_the_search(finished, tmp_path):
     assert set(cands) == {"delta_flip", "elu_features", "short_conv2", "relu_features"}
     assert cands["relu_features"].status == "done" and summary.trained == 4  # of 6: the cap stopped the search
     assert [len(srv.requests_for(MODELS[a])) for a in ("researcher", "novelty", "analyst")] == [1, 1, 0]
+    # what the Analyst learned in the first run is knowledge the next proposal's prompt reads
+    asked = json.dumps(srv.requests_for(MODELS["researcher"])[0]["body"])
+    assert "neutral on short MQAR" in asked and "the edit kept recall close to deltanet" in asked
     assert "no more LLM proposals" in log and "of LLM spent (budget.llm_dollars" in log and "; stopping" in log
     assert spent_dollars(store) == pytest.approx(spent + 2 * PRICE)
     rid = cands["relu_features"].id
