@@ -210,10 +210,10 @@ def test_complexity_reports_exponent_and_refuses_quadratic_unless_allowed():
     assert good["ok"]
     assert "exponent" in good["checks"][-1]["figures"]
     source = layer("quadratic_loop")
-    refused = run_checks(source, complexity_lengths=(128, 1024))
+    refused = run_checks(source, complexity_lengths=(256, 1024))
     failed = first_failure(refused)
     assert failed["name"] == "complexity" and failed["figures"]["exponent"] > 1.6, failed
-    assert run_checks(source, complexity_lengths=(128, 1024), allow_quadratic=True)["ok"]
+    assert run_checks(source, complexity_lengths=(256, 1024), allow_quadratic=True)["ok"]
 
 
 # ----------------------------------------------------------------------------------
