@@ -369,12 +369,11 @@ def _check_complexity(layer, hidden_size, dtype, seed, lengths, allow_quadratic,
                 if i == 0:
                     _forward(layer, x, seed)  # warm-up: first-call allocations and caches
                 best = math.inf
-                for _ in range(2):  # best of two, unless one run is already long enough to trust
-                    # CPU time of this (single-threaded) process: what the layer costs, not how busy the
-                    # machine is -- a loaded login node must not make a linear layer look quadratic
-                    start = time.process_time()
+                for _ in range(3):  # best of three (less noise on a busy node), unless already long
+                    # wall clock: process CPU time was seen to tick in 4 ms steps in these VMs
+                    start = time.perf_counter()
                     _forward(layer, x, seed)
-                    best = min(best, time.process_time() - start)
+                    best = min(best, time.perf_counter() - start)
                     if best > 0.25:
                         break
                 times.append((length, best))
