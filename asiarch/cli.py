@@ -147,12 +147,9 @@ def cmd_demo(args) -> int:
         print(f"LLM agents: {cfg.llm.model} at {cfg.llm.base_url}; API key from ${env}"
               + ("" if os.environ.get(env) else " (not set: a placeholder is sent, which local servers accept)"))
     code = _run_search(root, cfg, quiet=args.quiet)
-    store = open_readonly(ExperimentDir(root))
-    try:
+    with open_readonly(ExperimentDir(root)) as store:
         print()
         print(render_leaderboard(leaderboard_rows(store)))
-    finally:
-        store.close()
     print(f"\nNext: `asiarch status {root}`, `asiarch leaderboard {root} --json`")
     return code
 
@@ -172,8 +169,7 @@ def cmd_add(args) -> int:
         code = layer.read_text()
     except OSError as exc:
         return _die(f"{layer}: {exc.strerror}")
-    store = Store.open(exp.db)
-    try:
+    with Store.open(exp.db) as store:
         sha = code_sha256(code)
         shas, _ = store.known_keys()
         if sha in shas:
@@ -181,8 +177,6 @@ def cmd_add(args) -> int:
         genome = genome_from_code(code)
         cid = store.add_candidate(name=args.name or layer.stem, origin="manual", code=code, code_sha256=sha,
                                   motivation=args.motivation, genome_key=genome.key() if genome else "")
-    finally:
-        store.close()
     print(f"added #{cid} {args.name or layer.stem}; `asiarch run {exp.root}` checks and trains it")
     return 0
 
@@ -245,11 +239,8 @@ def cmd_status(args) -> int:
     from asiarch.views import load_budget, open_readonly, status_text
 
     exp = ExperimentDir(Path(args.dir))
-    store = open_readonly(exp)
-    try:
+    with open_readonly(exp) as store:
         emit(status_text(store, load_budget(exp), Palette.for_stream(sys.stdout), exp))
-    finally:
-        store.close()
     return 0
 
 
@@ -258,13 +249,10 @@ def cmd_leaderboard(args) -> int:
     from asiarch.layout import ExperimentDir
     from asiarch.views import leaderboard_rows, open_readonly, render_leaderboard
 
-    store = open_readonly(ExperimentDir(Path(args.dir)))
-    try:
+    with open_readonly(ExperimentDir(Path(args.dir))) as store:
         fmt = "json" if args.json else "csv" if args.csv else "table"
         emit(render_leaderboard(leaderboard_rows(store, stage=args.stage), fmt, args.limit,
                                 Palette.for_stream(sys.stdout)))
-    finally:
-        store.close()
     return 0
 
 
@@ -275,11 +263,8 @@ def cmd_show(args) -> int:
     from asiarch.views import open_readonly
 
     exp = ExperimentDir(Path(args.dir))
-    store = open_readonly(exp)
-    try:
+    with open_readonly(exp) as store:
         emit(show_text(store, exp, args.candidate, Palette.for_stream(sys.stdout), code=not args.no_code))
-    finally:
-        store.close()
     return 0
 
 
@@ -289,11 +274,8 @@ def cmd_diff(args) -> int:
     from asiarch.show import diff_text
     from asiarch.views import open_readonly
 
-    store = open_readonly(ExperimentDir(Path(args.dir)))
-    try:
+    with open_readonly(ExperimentDir(Path(args.dir))) as store:
         emit(diff_text(store, args.a, args.b, Palette.for_stream(sys.stdout), context=args.context))
-    finally:
-        store.close()
     return 0
 
 
@@ -304,12 +286,9 @@ def cmd_lineage(args) -> int:
     from asiarch.plots import PlotError, plot_lineage
     from asiarch.views import open_readonly
 
-    store = open_readonly(ExperimentDir(Path(args.dir)))
-    try:
+    with open_readonly(ExperimentDir(Path(args.dir))) as store:
         lin = load_lineage(store)
         root = store.find_candidate(args.root).id if args.root else None
-    finally:
-        store.close()
     emit(render_lineage(lin, top=args.top, all_nodes=args.all, max_depth=args.depth, root=root,
                         palette=Palette.for_stream(sys.stdout), ascii_only=not unicode_ok(sys.stdout)))
     if args.png:
@@ -342,11 +321,8 @@ def cmd_export(args) -> int:
     from asiarch.layout import ExperimentDir
     from asiarch.views import open_readonly
 
-    store = open_readonly(ExperimentDir(Path(args.dir)))
-    try:
+    with open_readonly(ExperimentDir(Path(args.dir))) as store:
         rows = export_rows(store, stage=args.stage, code=args.code)
-    finally:
-        store.close()
     if not args.out or args.out == "-":
         write_rows(rows, args.format, sys.stdout)
         return 0
@@ -443,11 +419,8 @@ def cmd_knowledge_import(args) -> int:
         cognition_entries(args.cognition)  # read and parse everything before writing anything
     except ValueError as exc:
         return _die(str(exc))
-    store = Store.open(exp.db)
-    try:
+    with Store.open(exp.db) as store:
         entries = import_cognition(args.cognition, store)
-    finally:
-        store.close()
     papers = len({e.key.split("#")[0] for e in entries})
     print(f"imported {len(entries)} insights from {papers} papers in {args.cognition} into {exp.root}'s knowledge "
           "base; the Researcher retrieves from it with the shipped entries")

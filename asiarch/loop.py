@@ -20,7 +20,6 @@ import random
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from asiarch import analyst
 from asiarch.attempt import write_attempt_files

@@ -235,6 +235,12 @@ class Store:
     def close(self) -> None:
         self.conn.close()
 
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """A short write transaction; BEGIN IMMEDIATE takes the write lock up front (no deadlock on upgrade)."""

@@ -2,7 +2,6 @@
 
 import time
 
-import pytest
 
 from asiarch.dispatch.base import JobRequest, JobState
 from asiarch.dispatch.local import LocalScheduler

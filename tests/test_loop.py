@@ -14,7 +14,6 @@ import pytest
 from asiarch.cli import main as cli_main
 from asiarch.config import demo_config, render_toml
 from asiarch.console import Console
-from asiarch.dispatch.base import JobState
 from asiarch.dispatch.local import LocalScheduler
 from asiarch.job import result as rf
 from asiarch.layout import ExperimentDir

@@ -11,7 +11,7 @@ from asiarch.dispatch.base import JobRequest, JobState
 from asiarch.dispatch.slurm import SlurmScheduler, SlurmSpec, SchedulerError, expand_array_id, parse_state
 from asiarch.job import result as rf
 from asiarch.layout import ExperimentDir
-from asiarch.loop import Search, SearchError
+from asiarch.loop import Search
 from tests.conftest import check_golden
 from tests.slurm_cluster import slurm_cluster  # noqa: F401  (fixture)
 from tests.test_loop import small_config
@@ -70,7 +70,7 @@ def test_round_is_one_array_job_polled_with_one_query(slurm_cluster, tmp_path, m
     monkeypatch.setenv("OPENAI_API_KEY", "sk-never-in-a-job")
     sched = SlurmScheduler(tmp_path / "jobs", SlurmSpec(job_name="t", time_min=5, cpus_per_task=1,
                                                        array_parallelism=4))
-    reqs = [_job(tmp_path, f"ok{i}", f"echo task-$SLURM_ARRAY_TASK_ID; env") for i in range(3)]
+    reqs = [_job(tmp_path, f"ok{i}", "echo task-$SLURM_ARRAY_TASK_ID; env") for i in range(3)]
     reqs.append(_job(tmp_path, "bad", "echo boom; exit 3"))
     ids = sched.submit(reqs)
     parents = {i.split("_")[0] for i in ids}

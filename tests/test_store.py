@@ -1,7 +1,6 @@
 import math
 import sqlite3
 import threading
-import time
 
 import pytest
 

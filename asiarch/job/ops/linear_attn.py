@@ -142,7 +142,6 @@ def chunk_linear_attn(q, k, v, g=None, *, scale=None, chunk_size=64):
     q = to_chunks(q.to(dt) * scale, C)                               # (B, H, N, C, Dk)
     k = to_chunks(k.to(dt), C)                                       # (B, H, N, C, Dk)
     v = to_chunks(v.to(dt), C)                                       # (B, H, N, C, Dv)
-    N = q.shape[2]
     A = q @ k.transpose(-1, -2)                                      # (B, H, N, C, C)
 
     if g is None:
