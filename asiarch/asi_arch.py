@@ -153,15 +153,20 @@ def _int_or_none(value) -> int | None:
     return int(value)
 
 
-def read_architectures(path: str | Path) -> list[PublishedLayer]:
-    """Read ASI-Arch's architectures.json (a JSON list); raise AsiArchError naming what is wrong."""
-    path = Path(path)
+def _read_json(path: Path, what: str):
+    """One of ASI-Arch's JSON files; errors name the file and what was expected."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise AsiArchError(f"{path}: cannot read it: {exc.strerror}") from exc
     except ValueError as exc:
-        raise AsiArchError(f"{path}: not JSON ({exc}); give ASI-Arch's architectures.json") from exc
+        raise AsiArchError(f"{path}: not JSON ({exc}); give ASI-Arch's {what}") from exc
+
+
+def read_architectures(path: str | Path) -> list[PublishedLayer]:
+    """Read ASI-Arch's architectures.json (a JSON list); raise AsiArchError naming what is wrong."""
+    path = Path(path)
+    data = _read_json(path, "architectures.json")
     if isinstance(data, dict) and "results" in data:
         raise AsiArchError(f"{path}: this looks like tree.json (no layer code); pass it with --tree and give "
                            "architectures.json as the input")
@@ -191,12 +196,7 @@ def read_architectures(path: str | Path) -> list[PublishedLayer]:
 def read_tree(path: str | Path) -> dict[int, TreeNode]:
     """Read ASI-Arch's tree.json (``{"results": [{index, name, parent, score}]}``) into index -> node."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise AsiArchError(f"{path}: cannot read it: {exc.strerror}") from exc
-    except ValueError as exc:
-        raise AsiArchError(f"{path}: not JSON ({exc}); give ASI-Arch's tree.json") from exc
+    data = _read_json(path, "tree.json")
     rows = data.get("results") if isinstance(data, dict) else None
     if not isinstance(rows, list):
         raise AsiArchError(f"{path}: expected {{\"results\": [...]}} as in ASI-Arch's tree.json")

@@ -15,6 +15,8 @@ assertions.
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import threading
 import time
@@ -151,3 +153,10 @@ class FakeLLMServer:
     def __exit__(self, *exc) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+@pytest.fixture
+def server():
+    """A fresh loopback chat-completions server per test."""
+    with FakeLLMServer() as srv:
+        yield srv

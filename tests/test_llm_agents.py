@@ -18,7 +18,7 @@ from asiarch.llm.team import LLMAgents
 from asiarch.proposer import ProposalError, baseline_sources
 from asiarch.store import Store
 from tests.conftest import check_golden
-from tests.llm_server import FakeLLMServer, Step
+from tests.llm_server import Step, server  # noqa: F401  (server: the fixture)
 
 KEY_ENV = "ASIARCH_TEST_LLM_KEY"
 SECRET = "sk-test-agents-5ecret-0123456789"
@@ -37,12 +37,6 @@ NEW = GOOD.replace(CALL, "g = -F.softplus(self.b_proj(hidden_states)).transpose(
 @pytest.fixture(autouse=True)
 def api_key(monkeypatch):
     monkeypatch.setenv(KEY_ENV, SECRET)
-
-
-@pytest.fixture
-def server():
-    with FakeLLMServer() as srv:
-        yield srv
 
 
 @pytest.fixture

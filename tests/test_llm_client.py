@@ -10,17 +10,11 @@ import pytest
 from asiarch.llm.client import (BudgetExceeded, LLMClient, LLMError, LLMSettings, MalformedAnswer, extract_code,
                                 extract_json, parse_prices, spent_dollars)
 from asiarch.store import Store
-from tests.llm_server import FakeLLMServer, Step
+from tests.llm_server import Step, server  # noqa: F401  (server: the fixture)
 
 KEY_ENV = "ASIARCH_TEST_LLM_KEY"
 SECRET = "sk-test-5ecret-never-stored-0123456789"
 MSGS = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "answer"}]
-
-
-@pytest.fixture
-def server():
-    with FakeLLMServer() as srv:
-        yield srv
 
 
 @pytest.fixture
