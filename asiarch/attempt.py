@@ -12,7 +12,7 @@ from pathlib import Path
 
 from asiarch.config import ClusterConfig, TrainConfig
 from asiarch.dispatch.base import JobRequest
-from asiarch.layout import AttemptPaths
+from asiarch.layout import AttemptPaths, write_atomic
 from asiarch.render import JobScriptSpec, Raw, apptainer_command, render_job_script, torchrun_command
 
 
@@ -50,7 +50,7 @@ def write_attempt_files(paths: AttemptPaths, *, layer_path: Path, identity: dict
         "checkpoint_path": str((paths.dir.parent / "checkpoint.pt").resolve()),
         "train": dataclasses.asdict(train),
     }
-    paths.spec.write_text(json.dumps(spec, indent=2))
+    write_atomic(paths.spec, json.dumps(spec, indent=2))
     env = (("OMP_NUM_THREADS", str(train.threads_per_rank)), ("PYTHONUNBUFFERED", "1"))
     if cluster.scratch_var:  # node-local scratch as the job's TMPDIR, /tmp where the variable is unset
         env += (("TMPDIR", Raw(f'"${{{cluster.scratch_var}:-/tmp}}"')),)
@@ -60,6 +60,6 @@ def write_attempt_files(paths: AttemptPaths, *, layer_path: Path, identity: dict
     script = render_job_script(JobScriptSpec(
         run_key=identity["run_key"], attempt_dir=str(paths.dir.resolve()), command=command, env=env,
         modules=tuple(cluster.modules)))
-    paths.job_script.write_text(script)
+    write_atomic(paths.job_script, script)
     return JobRequest(run_key=identity["run_key"], script=paths.job_script.resolve(), log=paths.log.resolve(),
                       nproc=train.nproc, gpus=cluster.gpus_per_node)

@@ -15,7 +15,9 @@ scheduler no longer knows are tried again (within ``search.max_attempts``).
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import random
 import sys
 import time
@@ -27,10 +29,11 @@ from asiarch.checks import PreflightReport, run_preflight
 from asiarch.config import Config, render_toml
 from asiarch.console import Console
 from asiarch.dispatch.base import JobRequest, JobState, Scheduler
+from asiarch.dispatch.payload import ABANDONED, JOB_MARKER
 from asiarch.genome import genome_from_code
 from asiarch.job import result as rf
 from asiarch.job.candidate import code_sha256
-from asiarch.layout import ExperimentDir, run_key
+from asiarch.layout import ExperimentDir, run_key, write_atomic
 from asiarch.proposer import OfflineProposer, ProposalError, baseline_sources
 from asiarch.sampling import sample_parents
 from asiarch.store import Attempt, Candidate, Store
@@ -117,7 +120,7 @@ class Search:
         self.llm_budget_noted = False
         self.rng = random.Random(cfg.experiment.seed)
         self.active: dict[int, str] = {}  # attempt id -> job id
-        exp.config.write_text(render_toml(cfg))
+        write_atomic(exp.config, render_toml(cfg))
         self.store.set_meta("experiment", cfg.experiment.name)
 
     # ------------------------------------------------------------------ top level
@@ -208,9 +211,38 @@ class Search:
                 # the job outlived its head and finished: ingest its result instead of training again
                 self.ingest(a, JobState.COMPLETED)
                 continue
+            job_id = self.adopt(a)
+            if job_id:
+                continue
             self.store.set_attempt_status(a.id, "lost", "the scheduler no longer knows this job (head restarted)")
             self.console.line(f"#{a.candidate_id}: attempt {a.n} was lost with the previous head; trying again")
             self.retry_or_fail(a.candidate_id, a.n, "lost with the previous head")
+
+    def adopt(self, a: Attempt) -> str | None:
+        """Watch the job of an attempt the scheduler does not know by its recorded id (the head died
+        before recording it, or the local jobs' ids died with it), when the job left a marker and
+        still runs; otherwise abandon the attempt, so that a job of it that starts later does not
+        train the candidate a second time. Returns the adopted job id, or None."""
+        attempt_dir = self.exp.root / a.dir
+        tombstone = attempt_dir / ABANDONED
+        attempt_dir.mkdir(parents=True, exist_ok=True)
+        # the tombstone before the marker is read; the job writes its marker before reading the tombstone
+        tombstone.write_text(f"abandoned by the head (pid {os.getpid()}) at {time.time():.0f}; "
+                             f"attempt {a.n} of candidate {a.candidate_id} is retried as a new attempt\n")
+        try:
+            marker = json.loads((attempt_dir / JOB_MARKER).read_text())
+        except (OSError, ValueError):
+            marker = None
+        job_id = self.scheduler.adopt(marker, attempt_dir) if isinstance(marker, dict) else None
+        if not job_id:
+            return None
+        tombstone.unlink(missing_ok=True)  # a requeued run of the adopted job may run again
+        self.store.mark_submitted(a.id, self.scheduler.name, job_id)
+        self.store.log_event("adopted", f"attempt {a.n}: re-attached to running job {job_id} from its marker",
+                             a.candidate_id, a.id)
+        self.console.line(f"#{a.candidate_id}: attempt {a.n} still runs as job {job_id}; watching it again")
+        self.active[a.id] = job_id
+        return job_id
 
     # ------------------------------------------------------------------ proposing and checking
     def propose_round(self, round_no: int, n: int) -> list[Candidate]:
@@ -360,7 +392,7 @@ class Search:
         paths = self.exp.attempt(cand.id, cand.name, n)
         layer = self.exp.layer_file(cand.id, cand.name)
         layer.parent.mkdir(parents=True, exist_ok=True)
-        layer.write_text(cand.code)
+        write_atomic(layer, cand.code)
         identity = {"experiment": self.cfg.experiment.name, "candidate_id": cand.id, "attempt": n,
                     "run_key": key, "code_sha256": cand.code_sha256}
         request = write_attempt_files(paths, layer_path=layer, identity=identity, train=self.cfg.train,
@@ -387,8 +419,13 @@ class Search:
             self.store.mark_submitted(attempt_id, self.scheduler.name, job_id)
             self.active[attempt_id] = job_id
 
+    def attempts_used(self, cid: int) -> int:
+        """Attempts that count against search.max_attempts: those that ran or were meant to, not the
+        ones lost with a killed head (those never trained, or are watched again when they do)."""
+        return sum(1 for a in self.store.attempts(cid) if a.status != "lost")
+
     def retry_or_fail(self, cid: int, n_done: int, why: str) -> None:
-        if n_done < self.cfg.search.max_attempts:
+        if self.attempts_used(cid) < self.cfg.search.max_attempts:
             self.submit([self.store.candidate(cid)], {cid: n_done + 1})
         else:
             self.store.set_candidate_status(cid, "failed", f"{why} (after {n_done} attempts)", event=why)
@@ -451,7 +488,8 @@ class Search:
     def repair_job(self, attempt: Attempt, state: JobState, out: analyst.Outcome) -> bool:
         """Whether the Engineer repaired a candidate whose job failed (the next attempt trains the repair).
         Not for jobs cancelled by hand, nor once search.max_attempts are used."""
-        if self.agents is None or attempt.n >= self.cfg.search.max_attempts or out.attempt_status == "cancelled":
+        if (self.agents is None or self.attempts_used(attempt.candidate_id) >= self.cfg.search.max_attempts
+                or out.attempt_status == "cancelled"):
             return False
         cand = self.store.candidate(attempt.candidate_id)
         log = self.exp.attempt(cand.id, cand.name, attempt.n).log

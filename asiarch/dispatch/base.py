@@ -59,6 +59,11 @@ class Scheduler(Protocol):
     def cancel(self, job_ids: list[str]) -> None:
         """Ask the scheduler to stop these jobs."""
 
+    def adopt(self, marker: dict, attempt_dir: Path) -> str | None:
+        """The id under which to watch the job that wrote ``marker`` into ``attempt_dir`` when it
+        started (a head restarted without that job's id), or None when this scheduler has no such
+        live job."""
+
 
 def job_environment(extra_secrets: tuple[str, ...] = (), base: dict[str, str] | None = None) -> dict[str, str]:
     """The head's environment minus every secret: what a job may inherit."""

@@ -4,12 +4,21 @@ Each job is the rendered job script run by :func:`asiarch.dispatch.payload.run_j
 in a submitit controller process on this machine. submitit starts every submitted job
 at once, so this backend keeps a queue and starts a job only when fewer than
 ``max_in_flight`` run; :meth:`states` advances the queue. Job ids are this backend's own
-(``local-<n>``), stable from submission, whether or not the job has started yet.
+(``local-<epoch>-<n>``), stable from submission, whether or not the job has started yet.
+
+Jobs outlive a killed head (they are not in its process group's way unless the whole group
+is signalled). A restarted head adopts a running job from the marker the job wrote into its
+attempt directory (:meth:`adopt`): it is then watched by pid (with the pid's start time, so a
+reused pid is not mistaken for it) and its end read from the job's exit record.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
+import os
+import signal
+import socket
 import time
 from collections import deque
 from pathlib import Path
@@ -17,7 +26,7 @@ from pathlib import Path
 import submitit
 
 from asiarch.dispatch.base import JobRequest, JobState, secrets_hidden
-from asiarch.dispatch.payload import run_job_script
+from asiarch.dispatch.payload import JOB_EXIT, process_start_time, run_job_script
 
 
 class LocalScheduler:
@@ -37,6 +46,7 @@ class LocalScheduler:
         self._jobs: dict[str, submitit.Job] = {}
         self._cancelled: set[str] = set()
         self._final: dict[str, JobState] = {}
+        self._adopted: dict[str, tuple[int, str, Path]] = {}  # job id -> (pid, pid start, attempt dir)
         self._epoch = f"{int(time.time()):x}"  # ids stay unique across head restarts
 
     # ------------------------------------------------------------------ interface
@@ -60,6 +70,8 @@ class LocalScheduler:
                 out[jid] = JobState.PENDING
             elif jid in self._jobs:
                 out[jid] = self._state(jid)
+            elif jid in self._adopted:
+                out[jid] = self._adopted_state(jid)
             else:
                 out[jid] = JobState.UNKNOWN
         return out
@@ -74,6 +86,22 @@ class LocalScheduler:
         self._queue = kept
         for jid in wanted & set(self._jobs):
             self._jobs[jid].cancel(check=False)
+        for jid in wanted & set(self._adopted):
+            pid, start, _ = self._adopted[jid]
+            if process_start_time(pid) == start:
+                os.kill(pid, signal.SIGTERM)  # the payload passes TERM on to the job
+
+    def adopt(self, marker: dict, attempt_dir: Path) -> str | None:
+        """A job id to watch the still-running job that wrote ``marker`` (see
+        :func:`asiarch.dispatch.payload.claim_attempt`), or None when it is not running here."""
+        pid, start = marker.get("pid"), marker.get("pid_start")
+        if marker.get("host") != socket.gethostname() or not isinstance(pid, int) or not start:
+            return None
+        if process_start_time(pid) != start:
+            return None
+        jid = f"local-pid-{pid}-{start}"
+        self._adopted[jid] = (pid, start, Path(attempt_dir))
+        return jid
 
     # ------------------------------------------------------------------ internals
     def _running(self) -> int:
@@ -89,6 +117,20 @@ class LocalScheduler:
             with secrets_hidden(self.secret_env):
                 self._jobs[jid] = executor.submit(run_job_script, str(req.script), str(req.log), self.secret_env)
             free -= 1
+
+    def _adopted_state(self, jid: str) -> JobState:
+        pid, start, attempt_dir = self._adopted[jid]
+        if process_start_time(pid) == start:
+            return JobState.RUNNING
+        try:
+            code = json.loads((attempt_dir / JOB_EXIT).read_text()).get("code")
+        except (OSError, ValueError):
+            code = None
+        # no exit record: the job was killed (machine, OOM killer, a signal to the group)
+        state = (JobState.NODE_FAIL if code is None else JobState.COMPLETED if code == 0
+                 else JobState.CANCELLED if jid in self._cancelled else JobState.FAILED)
+        self._final[jid] = state
+        return state
 
     def _state(self, jid: str) -> JobState:
         if jid in self._final:

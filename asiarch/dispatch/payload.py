@@ -6,13 +6,26 @@ the job side's dependencies only (standard library here).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
+import socket
 import subprocess
+import time
 from pathlib import Path
 
 _SECRET = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL)", re.IGNORECASE)
+
+#: Written by the job into its attempt directory when it starts: who runs it (host, pid and the
+#: pid's start time, the Slurm job id), so that a head restarted without the job's id can find
+#: it and watch it instead of training the candidate again.
+JOB_MARKER = "job.json"
+#: Written by the job when its script ends: the exit code (absent when the job was killed).
+JOB_EXIT = "job-exit.json"
+#: Written by a restarted head into an attempt it gives up on (and retries): a job of that
+#: attempt that starts later -- still pending when the old head died -- exits without training.
+ABANDONED = "abandoned"
 
 
 class JobScriptFailed(RuntimeError):
@@ -53,10 +66,69 @@ def forward_stop_signals(proc: subprocess.Popen) -> None:
             return
 
 
+def process_start_time(pid: int) -> str | None:
+    """The start time of process ``pid`` (clock ticks since boot, from /proc), or None when
+    there is no such process. With the pid it names one process, whatever pids are reused."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22; the command name may hold spaces
+
+
+def slurm_job_id(environ=os.environ) -> str | None:
+    """This job's id as submitit and squeue write it: ``<array>_<task>`` for an array task."""
+    if environ.get("SLURM_ARRAY_JOB_ID") and environ.get("SLURM_ARRAY_TASK_ID"):
+        return f"{environ['SLURM_ARRAY_JOB_ID']}_{environ['SLURM_ARRAY_TASK_ID']}"
+    return environ.get("SLURM_JOB_ID")
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+def claim_attempt(attempt_dir: Path) -> bool:
+    """Record who runs this attempt, then make sure no head gave up on it.
+
+    The marker is written before the tombstone is read, and a head writes the tombstone before
+    it reads the marker, so of a job starting while a head recovers, at least one sees the
+    other: either the job stops here or the head adopts the job. Returns False when the job
+    must not run.
+    """
+    attempt_dir.mkdir(parents=True, exist_ok=True)
+    (attempt_dir / JOB_EXIT).unlink(missing_ok=True)
+    _write_json(attempt_dir / JOB_MARKER, {
+        "host": socket.gethostname(), "pid": os.getpid(), "pid_start": process_start_time(os.getpid()),
+        "slurm_job_id": slurm_job_id(), "started_at": time.time()})
+    return not (attempt_dir / ABANDONED).exists()
+
+
 def run_job_script(script: str, log: str, extra_secrets: tuple[str, ...] = ()) -> int:
-    """Run ``bash script`` with its output appended to ``log``; raise if it exits non-zero."""
+    """Run ``bash script`` with its output appended to ``log``; raise if it exits non-zero.
+
+    Before anything runs, the job claims its attempt (see :func:`claim_attempt`); an attempt
+    a restarted head has abandoned is not run (the head retried it as a new attempt)."""
     env = {k: v for k, v in os.environ.items() if not is_secret(k, extra_secrets)}
     Path(log).parent.mkdir(parents=True, exist_ok=True)
+    attempt_dir = Path(script).parent
+    if not claim_attempt(attempt_dir):
+        with open(log, "a") as out:
+            out.write(f"asiarch: attempt abandoned by a restarted head (see {attempt_dir / ABANDONED}); "
+                      "not running it\n")
+        return 0
+    code = None
+    try:
+        code = _run(script, log, env)
+    finally:
+        _write_json(attempt_dir / JOB_EXIT, {"code": code, "ended_at": time.time()})
+    if code != 0:
+        raise JobScriptFailed(f"{script} exited with status {code}; see {log}")
+    return code
+
+
+def _run(script: str, log: str, env: dict) -> int:
     with open(log, "ab") as out:
         proc = subprocess.Popen(["bash", script], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=env, start_new_session=False, preexec_fn=_ignore_warnings)
@@ -70,6 +142,4 @@ def run_job_script(script: str, log: str, extra_secrets: tuple[str, ...] = ()) -
             except subprocess.TimeoutExpired:
                 proc.kill()
             raise
-    if code != 0:
-        raise JobScriptFailed(f"{script} exited with status {code}; see {log}")
     return code

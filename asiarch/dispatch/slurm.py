@@ -207,6 +207,11 @@ class SlurmScheduler:
         if job_ids:
             _run(["scancel", *job_ids])
 
+    def adopt(self, marker: dict, attempt_dir: Path) -> str | None:
+        """The Slurm id the job wrote into its marker (squeue and sacct answer for it, running or
+        ended), or None for a marker written outside Slurm."""
+        return marker.get("slurm_job_id") or None
+
     def accounting(self, job_ids: list[str]) -> dict[str, dict[str, float]]:
         """Elapsed, CPU- and GPU-seconds of finished jobs from sacct, one call for all of them."""
         if not job_ids:

@@ -1,0 +1,167 @@
+"""The kill-the-head stress run: ``asiarch bench kill-head``.
+
+Runs a real search (local scheduler, real torchrun jobs) in a fresh experiment directory,
+kills its head with SIGKILL at random moments ``kills`` times -- each time starting it
+again with ``asiarch run DIR`` -- then lets the last head finish, and audits the store and
+the attempt directories:
+
+- lost: candidates the budget asked for that did not end scored or failed;
+- trained twice: candidates with more than one attempt whose job ran the trainer to a
+  result file (a head that forgot a running job and started it again);
+- wasted: attempts given up as lost although their job had started training;
+- over budget: candidates trained beyond ``budget.candidates``;
+- duplicate code: two candidates with the same code.
+
+The SIGKILL goes to the head's pid alone, as ``kill -9 PID`` on a login node (a Ctrl-C in
+a terminal would signal the head's jobs too: they would end, and be retried).
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+from asiarch.config import demo_config, render_toml
+from asiarch.dispatch.payload import ABANDONED
+from asiarch.job import result as rf
+from asiarch.layout import ExperimentDir
+from asiarch.store import Store
+
+__all__ = ["stress_config", "kill_head_stress", "audit", "format_stress"]
+
+
+def stress_config(name: str, candidates: int):
+    """A search whose jobs take a few seconds each: one baseline, small model, 12 steps, 1 rank."""
+    cfg = demo_config(name)
+    cfg.baselines.names = ["deltanet"]
+    cfg.baselines.reference = "deltanet"
+    t = cfg.train
+    t.hidden_size, t.num_heads, t.steps, t.batch_size, t.log_every, t.warmup_steps, t.eval_batches = \
+        32, 2, 12, 8, 4, 2, 2
+    t.nproc = 1
+    cfg.cluster.max_in_flight = 2
+    cfg.cluster.poll_interval_s = 0.2
+    cfg.budget.candidates = candidates
+    cfg.search.round_size = 4
+    return cfg
+
+
+def _snapshot(db: Path) -> str:
+    """Candidate statuses of non-baselines, for the kill log (empty before the store exists)."""
+    if not db.exists():
+        return "no store yet"
+    try:
+        with Store.open_readonly(db) as s:
+            rows = s.conn.execute("SELECT status, COUNT(*) FROM candidates WHERE origin != 'baseline'"
+                                  " GROUP BY status").fetchall()
+    except Exception as exc:  # a reader must never fail the run; say what it saw
+        return f"store unreadable ({exc})"
+    return ", ".join(f"{n} {st}" for st, n in sorted(map(tuple, rows))) or "no candidates yet"
+
+
+def _head(root: Path, log, python: str) -> subprocess.Popen:
+    return subprocess.Popen([python, "-m", "asiarch", "run", str(root), "--quiet"], stdout=log,
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+
+def kill_head_stress(root: Path, *, candidates: int = 20, kills: int = 10, seed: int = 0,
+                     min_delay_s: float = 0.5, max_delay_s: float = 15.0, python: str | None = None,
+                     finish_timeout_s: float = 1800.0, progress=print) -> dict:
+    """Run the stress (see the module docstring) in ``root`` (created; must not exist) and return
+    the audit, with the kill log under "kills" and the wall time under "wall_s"."""
+    root = Path(root)
+    root.mkdir(parents=True)
+    python = python or sys.executable
+    cfg = stress_config("stress", candidates)
+    (root / "config.toml").write_text(render_toml(cfg))
+    rng = random.Random(seed)
+    exp = ExperimentDir(root)
+    t0 = time.time()
+    kill_log = []
+    with open(root / "heads.log", "ab") as log:
+        for i in range(kills):
+            delay = rng.uniform(min_delay_s, max_delay_s)
+            head = _head(root, log, python)
+            try:
+                head.wait(timeout=delay)
+            except subprocess.TimeoutExpired:
+                head.send_signal(signal.SIGKILL)
+                head.wait()
+                seen = _snapshot(exp.db)
+                kill_log.append({"kill": i + 1, "after_s": round(delay, 2), "store": seen})
+                progress(f"kill {i + 1}/{kills}: head SIGKILLed after {delay:.1f} s ({seen})")
+                continue
+            progress(f"head {i + 1} finished the search before its kill ({delay:.1f} s); "
+                     f"{kills - i - 1} kill(s) not done")
+            break
+        head = _head(root, log, python)
+        code = head.wait(timeout=finish_timeout_s)
+    progress(f"last head exited with status {code} ({_snapshot(exp.db)})")
+    out = audit(root, candidates)
+    out.update(kills=kill_log, kills_done=len(kill_log), final_exit=code, wall_s=round(time.time() - t0, 1))
+    return out
+
+
+def audit(root: Path, budget: int) -> dict:
+    """Count lost, trained-twice, wasted and over-budget candidates of a finished search."""
+    exp = ExperimentDir(Path(root))
+    with Store.open_readonly(exp.db) as s:
+        cands = [c for c in s.candidates() if c.origin != "baseline"]
+        attempts = {c.id: s.attempts(c.id) for c in cands}
+        adopted = s.conn.execute("SELECT COUNT(*) FROM events WHERE kind = 'adopted'").fetchone()[0]
+    statuses = Counter(c.status for c in cands)
+    settled = statuses.get("done", 0) + statuses.get("failed", 0)
+    trained_twice, wasted, abandoned_started = [], [], 0
+    for c in cands:
+        ran_ok = 0
+        for a in attempts[c.id]:
+            d = exp.root / a.dir
+            if (d / "result.h5").exists():
+                try:
+                    ran_ok += rf.read_result(d / "result.h5").status == "ok"
+                except rf.ResultFileError:
+                    pass
+            if a.status == "lost" and (d / "progress.json").exists():
+                wasted.append(f"{c.name} attempt {a.n}")
+            if (d / ABANDONED).exists() and (d / "progress.json").exists():
+                abandoned_started += 1
+        if ran_ok > 1:
+            trained_twice.append(c.name)
+    codes = Counter(c.code_sha256 for c in cands)
+    all_attempts = [a for v in attempts.values() for a in v]
+    return {
+        "budget": budget,
+        "candidates": len(cands),
+        "statuses": dict(statuses),
+        "lost": max(0, budget - settled),
+        "trained_twice": len(trained_twice),
+        "trained_twice_names": trained_twice,
+        "wasted_trainings": len(wasted),
+        "wasted_names": wasted,
+        "abandoned_but_started": abandoned_started,
+        "over_budget": max(0, settled - budget),
+        "duplicate_code": sum(n - 1 for n in codes.values() if n > 1),
+        "attempts": len(all_attempts),
+        "attempts_lost": sum(1 for a in all_attempts if a.status == "lost"),
+        "adopted": int(adopted),
+    }
+
+
+def format_stress(out: dict) -> str:
+    lines = [
+        f"kill-head stress: {out['kills_done']} SIGKILLs of the head, budget {out['budget']} candidates, "
+        f"{out['wall_s']} s",
+        f"  candidates: {out['candidates']} ({', '.join(f'{n} {s}' for s, n in sorted(out['statuses'].items()))})",
+        f"  lost: {out['lost']}   trained twice: {out['trained_twice']}   over budget: {out['over_budget']}"
+        f"   duplicate code: {out['duplicate_code']}",
+        f"  attempts: {out['attempts']} ({out['attempts_lost']} lost with a head and retried;"
+        f" {out['adopted']} running jobs re-attached; {out['wasted_trainings']} trainings wasted)",
+    ]
+    if out["trained_twice_names"] or out["wasted_names"]:
+        lines.append(f"  trained twice: {out['trained_twice_names']}  wasted: {out['wasted_names']}")
+    return "\n".join(lines)
