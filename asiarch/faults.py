@@ -96,6 +96,9 @@ def kill_head_stress(root: Path, *, candidates: int = 20, kills: int = 10, seed:
                 kill_log.append({"kill": i + 1, "after_s": round(delay, 2), "store": seen})
                 progress(f"kill {i + 1}/{kills}: head SIGKILLed after {delay:.1f} s ({seen})")
                 continue
+            if head.returncode != 0:
+                raise RuntimeError(f"head {i + 1} exited with status {head.returncode} before its kill; "
+                                   f"see {root / 'heads.log'}")
             progress(f"head {i + 1} finished the search before its kill ({delay:.1f} s); "
                      f"{kills - i - 1} kill(s) not done")
             break

@@ -33,7 +33,7 @@ GENOME_VARIABLE = "ASIARCH_GENOME"
 
 #: Each gene and its allowed values, in the order the genome is written.
 GENES: dict[str, tuple] = {
-    "update": ("delta", "linear", "softmax"),
+    "update": ("delta", "linear", "ssd", "softmax"),
     "feature_map": ("identity", "silu", "elu1", "relu"),
     "qk_norm": ("l2", "none", "sum"),
     "decay": ("none", "fixed", "data"),
@@ -48,7 +48,9 @@ GENES: dict[str, tuple] = {
 GENE_DOCS: dict[str, str] = {
     "update": "how the memory is written and read: 'delta' (delta rule, S_t = a_t S_{t-1} + "
               "beta_t k_t (v_t - a_t S_{t-1}^T k_t)^T), 'linear' (additive, S_t = a_t S_{t-1} + "
-              "k_t v_t^T) or 'softmax' (causal softmax attention, no recurrent state)",
+              "k_t v_t^T), 'ssd' (Mamba2's state space duality: S_t = exp(dt_t A) S_{t-1} + dt_t k_t v_t^T, "
+              "o_t = q_t^T S_t + D v_t, with q, k as Mamba2's C, B and a step size dt_t per head) or "
+              "'softmax' (causal softmax attention, no recurrent state)",
     "feature_map": "nonlinearity on q and k after the projection (and short conv): 'identity', "
                    "'silu', 'elu1' (elu(x) + 1, positive) or 'relu'",
     "qk_norm": "normalisation of q and k over the feature dim: 'l2' (unit norm), 'none', or "
@@ -70,6 +72,7 @@ GENE_DOCS: dict[str, str] = {
 _IGNORED: dict[str, dict[str, object]] = {
     "delta": {},
     "linear": {"beta": "one"},
+    "ssd": {"beta": "one", "decay": "data"},
     "softmax": {"feature_map": "identity", "qk_norm": "none", "decay": "none", "beta": "one"},
 }
 _POSITIVE_MAPS = ("elu1", "relu")
@@ -161,7 +164,8 @@ class LayerGenome:
 
     def describe(self) -> str:
         """A short human description, e.g. 'delta rule; silu features, L2-normalised q/k; ...'."""
-        update = {"delta": "delta rule", "linear": "linear attention", "softmax": "softmax attention"}[self.update]
+        update = {"delta": "delta rule", "linear": "linear attention", "ssd": "Mamba2 SSD",
+                  "softmax": "softmax attention"}[self.update]
         parts = [update]
         if self.update != "softmax":
             norm = {"l2": "L2-normalised", "sum": "sum-normalised", "none": "unnormalised"}[self.qk_norm]
@@ -195,6 +199,10 @@ PRESETS: dict[str, LayerGenome] = {
     # GLA with a scalar per-head data-dependent gate (as Mamba2 / fla's simple GLA)
     "gla": LayerGenome(update="linear", feature_map="identity", qk_norm="none", decay="data",
                        short_conv=0, output_norm="rms", output_gate="swish"),
+    # Mamba2 (Dao & Gu 2024) as a mixer: SSD with per-head B and C, SiLU'd short conv on x, B, C,
+    # D skip, gated RMSNorm output; value dim x2 as Mamba2's expand = 2
+    "mamba2": LayerGenome(update="ssd", feature_map="silu", qk_norm="none", short_conv=4,
+                          output_gate="swish", output_norm="rms", expand_v=2),
     # fla's DeltaNet defaults
     "deltanet": LayerGenome(update="delta", feature_map="silu", qk_norm="l2", decay="none",
                             beta="sigmoid", short_conv=4, output_gate="none", output_norm="rms"),

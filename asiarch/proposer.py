@@ -53,6 +53,12 @@ PRESET_MOTIVATIONS: dict[str, str] = {
         "Gated linear attention with a data-dependent scalar forget gate per head (as in "
         "Mamba2 and flash-linear-attention's simple GLA), with a normalised, swish-gated output."
     ),
+    "mamba2": (
+        "Mamba2 (Dao & Gu, 2024) as a token mixer: a selective state space whose writes are "
+        "scaled by a learned step size per head and token and whose state decays by exp(dt A), "
+        "computed in its chunked state-space-duality form, with a D skip path, short "
+        "convolutions and a gated RMSNorm output."
+    ),
     "deltanet": (
         "DeltaNet (Schlag et al., 2021; Yang et al., 2024) with flash-linear-attention's "
         "defaults: the delta rule writes each value as a correction of what its key already "
@@ -71,6 +77,7 @@ _REASONS: dict[str, dict[object, str]] = {
     "update": {
         "delta": "the delta rule overwrites stale associations instead of piling them up, which sharpens recall",
         "linear": "a purely additive state is cheaper and easier to optimise than the delta rule",
+        "ssd": "Mamba2's selective state space scales each write by a learned step size and adds a skip path",
         "softmax": "exact softmax attention recalls any earlier token, at quadratic cost",
     },
     "feature_map": {
@@ -115,7 +122,7 @@ _REASONS: dict[str, dict[object, str]] = {
 
 # Short tokens for names, per gene value.
 _TOKENS: dict[str, dict[object, str]] = {
-    "update": {"delta": "delta", "linear": "linear", "softmax": "softmax"},
+    "update": {"delta": "delta", "linear": "linear", "ssd": "ssd", "softmax": "softmax"},
     "feature_map": {"identity": "idfeat", "silu": "silu", "elu1": "elu1", "relu": "relu"},
     "qk_norm": {"l2": "l2", "none": "nonorm", "sum": "sumnorm"},
     "decay": {"none": "nodecay", "fixed": "fixdecay", "data": "datadecay"},
@@ -127,7 +134,8 @@ _TOKENS: dict[str, dict[object, str]] = {
 }
 
 # Values for the genes an update rule switches on when a mutation changes the rule.
-_UPDATE_DEFAULTS = {"delta": PRESETS["deltanet"], "linear": PRESETS["linear"], "softmax": PRESETS["softmax"]}
+_UPDATE_DEFAULTS = {"delta": PRESETS["deltanet"], "linear": PRESETS["linear"], "ssd": PRESETS["mamba2"],
+                    "softmax": PRESETS["softmax"]}
 
 
 class ProposalError(Exception):
@@ -179,7 +187,8 @@ def render_layer(genome: LayerGenome, *, name: str, motivation: str = "",
     """
     if not (class_name.isidentifier() and not keyword.iskeyword(class_name)):
         raise ValueError(f"class_name {class_name!r} is not a valid Python class name")
-    ops = {"delta": "chunk_delta_rule", "linear": "chunk_linear_attn", "softmax": "causal_softmax_attn"}
+    ops = {"delta": "chunk_delta_rule", "linear": "chunk_linear_attn", "ssd": "chunk_ssd",
+           "softmax": "causal_softmax_attn"}
     description = genome.describe()
     class_doc = textwrap.fill(description[:1].upper() + description[1:] + ".", _DOC_WIDTH,
                               initial_indent=" " * 7, subsequent_indent=" " * 4)

@@ -192,7 +192,7 @@ def test_docstring_text_is_escaped(tmp_path):
     assert ast.get_docstring(ast.parse(code)).startswith('x"""y')
 
 
-@pytest.mark.parametrize("name", ["deltanet", "gated_deltanet"])
+@pytest.mark.parametrize("name", ["deltanet", "gated_deltanet", "mamba2"])
 def test_golden_baselines(name):
     code = baseline_sources([name])[name]
     path = GOLDEN / f"layer_{name}.py"
