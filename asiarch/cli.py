@@ -18,6 +18,7 @@
     asiarch check LAYER.py [--json]    pre-flight checks of one layer
     asiarch train LAYER.py --out RESULT.h5 [--task mqar] [--steps N] [--nproc 2]
     asiarch bench overhead             the head's own cost per candidate with 1,000 in the store
+    asiarch bench kernels [--mixers M ...] [--seq-lens T ...]   fwd+bwd tokens/s of the token mixers
     asiarch import-asi-arch ARCHITECTURES.json --into DIR [--tree TREE.json] [--top K | --names A,B]
     asiarch knowledge import COGNITION_DIR DIR   ASI-Arch's cognition/ papers into DIR's knowledge base
 """
@@ -402,7 +403,7 @@ def cmd_bench(args) -> int:
     if args.what == "kernels":
         from asiarch.job.ops.bench import main as bench_kernels
 
-        return bench_kernels() or 0
+        return bench_kernels(args.kernel_args, prog="asiarch bench kernels") or 0
     return _die(f"unknown benchmark {args.what!r}")
 
 
@@ -598,10 +599,20 @@ def build_parser() -> argparse.ArgumentParser:
     k.set_defaults(func=cmd_knowledge_import)
 
     s = sub.add_parser("bench", help="benchmarks that print figures")
-    s.add_argument("what", choices=("overhead", "kernels", "slurm"))
-    s.add_argument("--candidates", type=int, default=1000, help="candidates in the store (overhead)")
-    s.add_argument("--rounds", type=int, default=5, help="rounds of 4 candidates measured (overhead)")
-    s.set_defaults(func=cmd_bench)
+    bs = s.add_subparsers(dest="what", required=True, metavar="WHAT")
+    for what, about in (("overhead", "the head's own cost per candidate"),
+                        ("slurm", "controller RPCs per candidate on the Slurm at SLURM_CONF")):
+        b = bs.add_parser(what, help=about)
+        b.add_argument("--candidates", type=int, default=1000, help="candidates in the store (overhead)")
+        b.add_argument("--rounds", type=int, default=5, help="rounds of 4 candidates measured (overhead)")
+        b.set_defaults(func=cmd_bench)
+    # every argument, --help included, goes on to asiarch.job.ops.bench (which imports torch):
+    # with '+' as its only prefix this parser takes '--seq-lens ...' as plain words
+    b = bs.add_parser("kernels", prefix_chars="+", add_help=False,
+                      help="fwd+bwd tokens/s of the token mixers, chunked vs recurrent vs softmax "
+                           "(options: asiarch bench kernels --help)")
+    b.add_argument("kernel_args", nargs="*")
+    b.set_defaults(func=cmd_bench)
     return p
 
 
