@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from asiarch.config import Config
+from asiarch.config import Config, stage_seeds
 from asiarch.dispatch.base import JobState
 from asiarch.fitness import Reference, bench_score, compute_fitness
 from asiarch.job import result as rf
@@ -27,7 +27,9 @@ INFRASTRUCTURE = (JobState.TIMEOUT, JobState.NODE_FAIL, JobState.PREEMPTED)
 @dataclass
 class Outcome:
     attempt_status: str         # what the store records for the attempt
-    candidate_status: str       # 'done' or 'failed' -- or 'queued' when another attempt follows
+    candidate_status: str       # 'done' or 'failed' -- 'queued' when another attempt follows, 'partial' when
+                                # other seeds of the stage are still to come, 'verify' for a verification
+                                # seed, 'stale' for a result of code that has since been repaired
     line: str                   # one line for the console
     retry: bool = False         # infrastructure failure: try again with the same code
     error: str = ""             # what went wrong, for the Engineer and the store
@@ -80,6 +82,8 @@ def ingest_attempt(store: Store, exp: ExperimentDir, cfg: Config, attempt: Attem
     cand = store.candidate(attempt.candidate_id)
     paths = exp.attempt(cand.id, cand.name, attempt.n)
     label = f"#{cand.id:<4d} {cand.name[:34]:<34s}"
+    # a result of code that has since been repaired, or of a candidate already settled: kept, not acted on
+    stale = attempt.code_sha256 != cand.code_sha256 or (attempt.stage == "explore" and cand.status in ("done", "failed"))
     try:
         rec = rf.read_result(paths.result)
     except rf.ResultFileError as exc:
@@ -88,11 +92,12 @@ def ingest_attempt(store: Store, exp: ExperimentDir, cfg: Config, attempt: Attem
             why = f"result file {exc.reason}: {exc} (moved to {moved.name})"
         else:
             why = f"job ended {state.value} without writing {paths.result.name}; log tail:\n{log_tail(paths.log)}"
-        retry = state in INFRASTRUCTURE
+        retry = state in INFRASTRUCTURE and not stale
         status = {JobState.TIMEOUT: "timeout", JobState.PREEMPTED: "preempted",
                   JobState.CANCELLED: "cancelled"}.get(state, "failed")
         head = why.splitlines()[0]
-        return Outcome(status, "queued" if retry else "failed", f"{label} {status.upper():9s} {head}", retry, why)
+        return Outcome(status, "stale" if stale else "queued" if retry else "failed",
+                       f"{label} {status.upper():9s} {head}", retry, why)
 
     metrics = dict(rec.metrics)
     wall = (rec.finished_at - rec.started_at) if rec.finished_at and rec.started_at else None
@@ -101,18 +106,35 @@ def ingest_attempt(store: Store, exp: ExperimentDir, cfg: Config, attempt: Attem
                      tokens_per_s=rec.tokens_per_s, peak_memory_bytes=rec.peak_memory_bytes,
                      num_params=rec.num_params, steps_done=rec.steps_done, wall_s=wall,
                      world_size=int(rec.env.get("world_size", 1) or 1))
+    seeds = stage_seeds(cfg, attempt.stage)
+    seed_label = f" {attempt.stage} seed {attempt.seed + 1}/{seeds}" if seeds > 1 or attempt.stage != "explore" else ""
+    if stale:
+        return Outcome(rec.status, "stale", f"{label} {rec.status.upper():9s}{seed_label} (kept; the candidate has "
+                       "moved on: its code was repaired or it is settled)")
     if rec.status != "ok":
         retry = rec.status in ("timeout", "preempted")
         error = f"{rec.status}: {rec.error}" + (("\n" + rec.traceback) if rec.traceback else "")
         return Outcome(rec.status, "queued" if retry else "failed",
-                       f"{label} {rec.status.upper():9s} {rec.error.splitlines()[0] if rec.error else ''}"[:160],
+                       f"{label} {rec.status.upper():9s}{seed_label} {rec.error.splitlines()[0] if rec.error else ''}"[:160],
                        retry, error)
 
+    acc = bench_score(metrics)
+    seed_line = (f"{label} OK       {seed_label} loss {_fmt(rec.eval_loss)} acc {_fmt(acc, '.3f')}"
+                 f"  ({_fmt(rec.tokens_per_s, ',.0f')} tok/s, {_fmt(wall, '.0f')} s)")
+    runs = [r for r in store.seed_results(stage=attempt.stage, cid=cand.id) if r["code_sha256"] == cand.code_sha256]
+    if attempt.stage != "explore":
+        return Outcome("ok", "verify", seed_line)
+    if len(runs) < seeds:
+        return Outcome("ok", "partial", seed_line)
+
+    # every seed of the exploration stage is in: the candidate's figures are their means
+    metrics = mean_metrics([r["metrics"] for r in runs])
+    loss = metrics.get("eval/loss", rec.eval_loss)
     bench = bench_score(metrics)
     # keep what the candidate brought (e.g. ASI-Arch's reported results under "asi_arch")
-    scores = {**cand.scores, "metrics": metrics, "tokens_per_s": rec.tokens_per_s,
+    scores = {**cand.scores, "metrics": metrics, "seeds": len(runs), "tokens_per_s": rec.tokens_per_s,
               "peak_memory_bytes": rec.peak_memory_bytes, "mixer_params": rec.env.get("mixer_params")}
-    store.set_scores(cand.id, fitness=None, loss=rec.eval_loss, score=bench, scores=scores,
+    store.set_scores(cand.id, fitness=None, loss=loss, score=bench, scores=scores,
                      num_params=rec.num_params, status="done")
     ref = reference_for(store, cfg)
     cand = store.candidate(cand.id)
@@ -120,9 +142,23 @@ def ingest_attempt(store: Store, exp: ExperimentDir, cfg: Config, attempt: Attem
     cand = store.candidate(cand.id)
     write_analysis(store, cand)
     acc = f"acc {_fmt(bench, '.3f')}" if bench is not None else ""
-    line = (f"{label} OK        loss {_fmt(cand.loss)} {acc}  fitness {_fmt(cand.fitness, '.3f')}"
+    mean = f" (mean of {len(runs)} seeds)" if len(runs) > 1 else ""
+    line = (f"{label} OK        loss {_fmt(cand.loss)} {acc}  fitness {_fmt(cand.fitness, '.3f')}{mean}"
             f"  ({_fmt(rec.tokens_per_s, ',.0f')} tok/s, {_fmt(wall, '.0f')} s)")
     return Outcome("ok", "done", line)
+
+
+def mean_metrics(runs: list[dict]) -> dict[str, float]:
+    """The mean of each metric over runs (seeds), for the metrics every run has and that are finite."""
+    if not runs:
+        return {}
+    keys = set(runs[0]).intersection(*runs[1:])
+    out = {}
+    for k in sorted(keys):
+        vals = [r[k] for r in runs]
+        if all(isinstance(v, (int, float)) and v is not None and math.isfinite(v) for v in vals):
+            out[k] = sum(vals) / len(vals)
+    return out
 
 
 def write_analysis(store: Store, cand: Candidate) -> None:

@@ -34,11 +34,13 @@ def job_command(spec_path: Path, *, train: TrainConfig, cluster: ClusterConfig, 
 
 def write_attempt_files(paths: AttemptPaths, *, layer_path: Path, identity: dict, train: TrainConfig,
                         cluster: ClusterConfig, class_name: str, python: str,
-                        bind_root: Path | None = None) -> JobRequest:
+                        bind_root: Path | None = None, checkpoint_name: str = "checkpoint.pt") -> JobRequest:
     """Write spec.json and job.sh for one attempt; return the request to submit.
 
     ``bind_root`` is the directory a container must see (the experiment directory); by
-    default the attempt's candidate directory and the layer's."""
+    default the attempt's candidate directory and the layer's. The checkpoint lives in the
+    candidate's directory under ``checkpoint_name`` (one per stage and seed), so that a
+    requeued job or a retry of the same run resumes from it."""
     paths.dir.mkdir(parents=True, exist_ok=True)
     spec = {
         "identity": identity,
@@ -47,7 +49,7 @@ def write_attempt_files(paths: AttemptPaths, *, layer_path: Path, identity: dict
         "result_path": str(paths.result.resolve()),
         "progress_path": str(paths.progress.resolve()),
         # per candidate, not per attempt: a requeued job or a retry of the same code resumes from it
-        "checkpoint_path": str((paths.dir.parent / "checkpoint.pt").resolve()),
+        "checkpoint_path": str((paths.dir.parent / checkpoint_name).resolve()),
         "train": dataclasses.asdict(train),
     }
     write_atomic(paths.spec, json.dumps(spec, indent=2))

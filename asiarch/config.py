@@ -94,7 +94,9 @@ class TrainConfig:
     precision: str = _f("fp32", "Training precision: fp32, or bf16 autocast (GPU or CPU; ASI-Arch trained in bf16, "
                                 "and many of its published layers need it).",
                         choices=("fp32", "bf16"))
-    seed: int = _f(0, "Training seed (data order and initialisation).")
+    seed: int = _f(0, "Training seed (data order and initialisation); seed i of a stage trains with seed + i.")
+    seeds: int = _f(1, "Seeds per candidate in the exploration stage: one attempt each, aggregated (mean, interval); "
+                       "baselines train with the same seeds. Intervals and paired differences need 2 or more.")
     eval_batches: int = _f(8, "Evaluation batches after training.")
     log_every: int = _f(20, "Steps between progress records.")
     divergence_factor: float = _f(3.0, "A loss above this multiple of the first loss, or NaN, ends the run as 'diverged'.")
@@ -106,6 +108,9 @@ class TrainConfig:
                                   "LM: at least the largest token + 1, 256 for byte tokens).")
     num_kv_pairs: int = _f(4, "MQAR: key-value pairs per sequence (Zoology: 4 at length 64, 64 at 512).")
     token_file: str = _f("", "LM task: path of a token file (numpy uint16 memmap; `asiarch tokenize` writes one).")
+    mqar_eval: list[str] = _f([], "MQAR: further difficulties evaluated after training, as 'PAIRSxLENGTH' (e.g. "
+                                  "'8x128'); each adds metrics mqar_PAIRSxLENGTH/accuracy and /loss, and the task "
+                                  "score averages all accuracies.")
 
 
 @dataclass
@@ -182,6 +187,24 @@ class FitnessConfig:
 
 
 @dataclass
+class VerifyConfig:
+    enabled: bool = _f(False, "Run a verification stage after exploration: the promoted candidates and the "
+                              "reference baseline are trained again, bigger and longer, with several seeds.")
+    promote: str = _f("top_k", "Which explored candidates are verified: 'top_k' (best exploration fitness) or "
+                               "'beats_baseline' (those whose paired difference in evaluation loss against the "
+                               "reference excludes zero; needs train.seeds >= 2), at most top_k of them.",
+                      choices=("top_k", "beats_baseline"))
+    top_k: int = _f(3, "Candidates promoted to verification (at most).")
+    seeds: int = _f(3, "Seeds per candidate and baseline in the verification stage.")
+    hidden_size: int = _f(0, "Model width in verification (0: as in [train]).")
+    num_layers: int = _f(0, "Blocks in verification (0: as in [train]).")
+    steps: int = _f(0, "Optimizer steps in verification (0: as in [train]).")
+    batch_size: int = _f(0, "Global batch size in verification (0: as in [train]).")
+    seq_len: int = _f(0, "Sequence length in verification (0: as in [train]).")
+    num_kv_pairs: int = _f(0, "MQAR pairs in verification (0: as in [train]).")
+
+
+@dataclass
 class BudgetConfig:
     candidates: int = _f(8, "New candidates to train (baselines not counted); the search stops after them.")
     gpu_hours: float = _f(0.0, "Stop submitting when this many GPU-hours (CPU-hours locally) are spent (0: no limit).")
@@ -198,6 +221,7 @@ class Config:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
     fitness: FitnessConfig = field(default_factory=FitnessConfig)
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
 
     def api_key(self) -> str | None:
@@ -217,6 +241,8 @@ SECTION_HELP = {
     "llm": "The LLM endpoint and agents (Researcher, novelty judge, Engineer, Analyst); the key is read from the "
            "environment, never stored.",
     "fitness": "ASI-Arch's fitness: sigmoid-scaled improvements over the baseline in loss and task score.",
+    "verify": "The verification stage: promoted candidates trained again, bigger, with several seeds, beside the "
+              "reference baseline with the same seeds.",
     "budget": "When the search stops.",
 }
 
@@ -283,6 +309,53 @@ def _build(cls, data: dict, prefix: str):
     return cls(**kwargs)
 
 
+def parse_difficulty(item: str) -> tuple[int, int]:
+    """'8x128' -> (8, 128): an MQAR difficulty as key-value pairs and sequence length."""
+    try:
+        pairs, length = (int(x) for x in item.lower().split("x"))
+    except ValueError:
+        raise ConfigError(f"train.mqar_eval: {item!r} should be 'PAIRSxLENGTH', e.g. '8x128'") from None
+    if pairs < 1 or length < 1:
+        raise ConfigError(f"train.mqar_eval: {item!r} needs positive pairs and length")
+    return pairs, length
+
+
+def stage_train(cfg: Config, stage: str, seed_index: int = 0) -> TrainConfig:
+    """The training settings of one seed of one stage: [train], with [verify]'s non-zero overrides in
+    the verification stage, and seed = train.seed + seed_index."""
+    t = dataclasses.replace(cfg.train, seed=cfg.train.seed + seed_index)
+    if stage == "verify":
+        v = cfg.verify
+        for name in ("hidden_size", "num_layers", "steps", "batch_size", "seq_len", "num_kv_pairs"):
+            if getattr(v, name):
+                setattr(t, name, getattr(v, name))
+    elif stage != "explore":
+        raise ValueError(f"unknown stage {stage!r}; stages are 'explore' and 'verify'")
+    return t
+
+
+def stage_seeds(cfg: Config, stage: str) -> int:
+    """How many seeds each candidate trains with in ``stage``."""
+    return cfg.verify.seeds if stage == "verify" else cfg.train.seeds
+
+
+def _validate_verify(cfg: Config) -> None:
+    v = cfg.verify
+    if not v.enabled:
+        return
+    if v.promote == "beats_baseline" and cfg.train.seeds < 2:
+        raise ConfigError("verify.promote = 'beats_baseline' needs train.seeds >= 2 (a paired interval needs two "
+                          "seeds); set train.seeds or use promote = 'top_k'")
+    t = stage_train(cfg, "verify")
+    if t.hidden_size % t.num_heads:
+        raise ConfigError(f"verify.hidden_size ({t.hidden_size}) must be divisible by train.num_heads ({t.num_heads})")
+    if t.batch_size % t.nproc:
+        raise ConfigError(f"verify.batch_size ({t.batch_size}) must be divisible by train.nproc ({t.nproc})")
+    if t.task == "mqar" and t.seq_len < 4 * t.num_kv_pairs:
+        raise ConfigError(f"the verification stage's seq_len ({t.seq_len}) must be at least 4 * num_kv_pairs "
+                          f"({t.num_kv_pairs}); set verify.seq_len or verify.num_kv_pairs")
+
+
 def validate(cfg: Config) -> Config:
     """Cross-field checks that a single type cannot express."""
     t, s = cfg.train, cfg.search
@@ -292,6 +365,7 @@ def validate(cfg: Config) -> Config:
         "train.nproc": t.nproc, "search.round_size": s.round_size, "search.pool_size": s.pool_size,
         "search.parent_top": s.parent_top, "search.max_attempts": s.max_attempts,
         "cluster.max_in_flight": cfg.cluster.max_in_flight, "train.vocab_size": t.vocab_size,
+        "train.seeds": t.seeds, "verify.seeds": cfg.verify.seeds, "verify.top_k": cfg.verify.top_k,
     }
     for key, value in positive.items():
         if value <= 0:
@@ -308,6 +382,11 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("train.task = 'lm' needs train.token_file (write one with `asiarch tokenize TEXT OUT`)")
     if t.task == "mqar" and t.seq_len < 4 * t.num_kv_pairs:
         raise ConfigError(f"train.seq_len ({t.seq_len}) must be at least 4 * train.num_kv_pairs ({t.num_kv_pairs})")
+    for item in t.mqar_eval:
+        pairs, length = parse_difficulty(item)  # raises naming the item
+        if length < 4 * pairs or 2 * pairs > t.vocab_size // 2:
+            raise ConfigError(f"train.mqar_eval: {item!r} needs length >= 4 * pairs and pairs <= vocab_size // 4")
+    _validate_verify(cfg)
     if not 0 <= s.llm_fraction <= 1:
         raise ConfigError(f"search.llm_fraction must be in [0, 1], got {s.llm_fraction}")
     if s.proposer in ("llm", "mixed") and not cfg.llm.base_url:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from asiarch import analyst
 from asiarch.attempt import write_attempt_files
 from asiarch.checks import PreflightReport, run_preflight
-from asiarch.config import Config, render_toml
+from asiarch.config import Config, render_toml, stage_seeds, stage_train
 from asiarch.console import Console
 from asiarch.dispatch.base import JobRequest, JobState, Scheduler
 from asiarch.dispatch.payload import ABANDONED, JOB_MARKER
@@ -36,6 +36,7 @@ from asiarch.job.candidate import code_sha256
 from asiarch.layout import ExperimentDir, run_key, write_atomic
 from asiarch.proposer import OfflineProposer, ProposalError, baseline_sources
 from asiarch.sampling import sample_parents
+from asiarch.stages import promote
 from asiarch.store import Attempt, Candidate, Store
 
 
@@ -131,8 +132,10 @@ class Search:
         self.recover()
         pending = [b for b in self.store.candidates(origin="baseline") if b.status == "checked"]
         if pending:
-            c.line(f"baselines: training {len(pending)} ({', '.join(b.name for b in pending)})")
-            self.submit(pending)
+            seeds = f", {self.cfg.train.seeds} seeds each" if self.cfg.train.seeds > 1 else ""
+            c.line(f"baselines: training {len(pending)} ({', '.join(b.name for b in pending)}{seeds})")
+        # seeds a previous head did not get to submit (and the new baselines)
+        self.submit(pending + [x for x in self.store.candidates() if x.status in ("queued", "running")])
         self.wait()
         self.require_reference()
         while True:
@@ -157,7 +160,39 @@ class Search:
             if self.proposals_exhausted():
                 c.line("too many proposals rejected; stopping (see `asiarch status DIR` for the reasons)")
                 break
+        if self.cfg.verify.enabled:
+            self.verify()
         return self.summary(time.time() - t0)
+
+    # ------------------------------------------------------------------ verification
+    def verify(self) -> None:
+        """The verification stage: the promoted candidates and the reference baseline, each trained with
+        verify.seeds seeds at the verification settings, as one round. The promotion is decided once and
+        kept in the store, so a restarted head verifies the same candidates."""
+        c = self.console
+        promoted = self.store.get_meta("verify_promoted")
+        if promoted is None:
+            if self.out_of_budget():
+                c.line("verification: not started, the budget is spent")
+                return
+            chosen = promote(self.store, self.cfg)
+            for cand, why in chosen:
+                self.store.log_event("promoted", f"promoted to verification: {why}", cand.id)
+            self.store.set_meta("verify_promoted", json.dumps([cand.id for cand, _ in chosen]))
+            ids = [cand.id for cand, _ in chosen]
+        else:
+            ids = json.loads(promoted)
+        if not ids:
+            c.line(f"verification: no candidate meets the promotion rule ({self.cfg.verify.promote}); nothing to verify")
+            return
+        ref = [b for b in self.store.candidates(origin="baseline") if b.name == self.cfg.baselines.reference]
+        targets = ref + [self.store.candidate(i) for i in ids]
+        todo = [(x, s) for x in targets for s in self.missing_seeds(x, "verify")]
+        if todo:
+            c.line(f"verification: {len(ids)} candidate(s) and the reference {self.cfg.baselines.reference}, "
+                   f"{self.cfg.verify.seeds} seeds each ({len(todo)} jobs)")
+            self.submit_runs([(x, "verify", s) for x, s in todo])
+        self.wait()
 
     # ------------------------------------------------------------------ baselines
     def register_baselines(self) -> None:
@@ -216,7 +251,7 @@ class Search:
                 continue
             self.store.set_attempt_status(a.id, "lost", "the scheduler no longer knows this job (head restarted)")
             self.console.line(f"#{a.candidate_id}: attempt {a.n} was lost with the previous head; trying again")
-            self.retry_or_fail(a.candidate_id, a.n, "lost with the previous head")
+            self.retry_or_fail(a, "lost with the previous head")
 
     def adopt(self, a: Attempt) -> str | None:
         """Watch the job of an attempt the scheduler does not know by its recorded id (the head died
@@ -386,7 +421,8 @@ class Search:
         return [c for c in self.store.candidates(status="checked") if c.origin != "baseline" and c.id not in busy]
 
     # ------------------------------------------------------------------ submitting
-    def prepare_attempt(self, cand: Candidate, n: int) -> tuple[int, JobRequest]:
+    def prepare_attempt(self, cand: Candidate, n: int, stage: str = "explore",
+                        seed: int = 0) -> tuple[int, JobRequest]:
         """Write the attempt's files (layer, spec, job script) and record it; returns (attempt id, request)."""
         key = run_key(self.cfg.experiment.name, cand.id, n)
         paths = self.exp.attempt(cand.id, cand.name, n)
@@ -394,18 +430,37 @@ class Search:
         layer.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(layer, cand.code)
         identity = {"experiment": self.cfg.experiment.name, "candidate_id": cand.id, "attempt": n,
-                    "run_key": key, "code_sha256": cand.code_sha256}
-        request = write_attempt_files(paths, layer_path=layer, identity=identity, train=self.cfg.train,
-                                      cluster=self.cfg.cluster, class_name=self.cfg.search.class_name,
-                                      python=self.python, bind_root=self.exp.root)
-        attempt_id = self.store.add_attempt(cand.id, n, key, self.exp.relative(paths.dir), cand.code_sha256)
+                    "run_key": key, "code_sha256": cand.code_sha256, "stage": stage, "seed": seed}
+        checkpoint = "checkpoint.pt" if (stage, seed) == ("explore", 0) else f"checkpoint-{stage}-s{seed}.pt"
+        request = write_attempt_files(paths, layer_path=layer, identity=identity,
+                                      train=stage_train(self.cfg, stage, seed), cluster=self.cfg.cluster,
+                                      class_name=self.cfg.search.class_name, python=self.python,
+                                      bind_root=self.exp.root, checkpoint_name=checkpoint)
+        attempt_id = self.store.add_attempt(cand.id, n, key, self.exp.relative(paths.dir), cand.code_sha256,
+                                            stage=stage, seed=seed)
         return attempt_id, request
 
-    def submit(self, cands: list[Candidate], attempt_numbers: dict[int, int] | None = None) -> None:
+    def missing_seeds(self, cand: Candidate, stage: str) -> list[int]:
+        """The seeds of ``stage`` for which the candidate's current code has no attempt in flight, no ok
+        result, and attempts left (search.max_attempts per seed)."""
+        covered = {a.seed for a in self.store.attempts(cand.id)
+                   if a.stage == stage and a.code_sha256 == cand.code_sha256 and (a.status in ACTIVE or a.status == "ok")}
+        given_up = {s for s in range(stage_seeds(self.cfg, stage))
+                    if self.attempts_used(cand.id, stage, s) >= self.cfg.search.max_attempts}
+        return [s for s in range(stage_seeds(self.cfg, stage)) if s not in covered | given_up]
+
+    def submit(self, cands: list[Candidate], stage: str = "explore") -> None:
+        """Submit, as one round, an attempt for every seed of ``stage`` each candidate still needs."""
+        self.submit_runs([(cand, stage, seed) for cand in cands for seed in self.missing_seeds(cand, stage)])
+
+    def submit_runs(self, runs: list[tuple[Candidate, str, int]]) -> None:
+        """Submit one attempt per (candidate, stage, seed), as one round."""
         prepared = []
-        for cand in cands:
-            n = (attempt_numbers or {}).get(cand.id) or 1 + len(self.store.attempts(cand.id))
-            prepared.append(self.prepare_attempt(cand, n))
+        numbers: dict[int, int] = {}
+        for cand, stage, seed in runs:
+            n = numbers.get(cand.id) or 1 + max((a.n for a in self.store.attempts(cand.id)), default=0)
+            numbers[cand.id] = n + 1
+            prepared.append(self.prepare_attempt(cand, n, stage, seed))
         if not prepared:
             return
         try:
@@ -419,16 +474,24 @@ class Search:
             self.store.mark_submitted(attempt_id, self.scheduler.name, job_id)
             self.active[attempt_id] = job_id
 
-    def attempts_used(self, cid: int) -> int:
-        """Attempts that count against search.max_attempts: those that ran or were meant to, not the
-        ones lost with a killed head (those never trained, or are watched again when they do)."""
-        return sum(1 for a in self.store.attempts(cid) if a.status != "lost")
+    def attempts_used(self, cid: int, stage: str = "explore", seed: int = 0) -> int:
+        """Attempts of one seed of one stage that count against search.max_attempts: those that ran or
+        were meant to, not the ones lost with a killed head (those never trained, or are watched again
+        when they do)."""
+        return sum(1 for a in self.store.attempts(cid) if a.status != "lost" and (a.stage, a.seed) == (stage, seed))
 
-    def retry_or_fail(self, cid: int, n_done: int, why: str) -> None:
-        if self.attempts_used(cid) < self.cfg.search.max_attempts:
-            self.submit([self.store.candidate(cid)], {cid: n_done + 1})
+    def retry_or_fail(self, attempt: Attempt, why: str) -> None:
+        """Train the attempt's seed again, within search.max_attempts; else fail the candidate (in the
+        exploration stage) or record that the seed is missing (verification)."""
+        cid = attempt.candidate_id
+        used = self.attempts_used(cid, attempt.stage, attempt.seed)
+        if used < self.cfg.search.max_attempts:
+            self.submit_runs([(self.store.candidate(cid), attempt.stage, attempt.seed)])
+        elif attempt.stage == "explore":
+            self.store.set_candidate_status(cid, "failed", f"{why} (after {used} attempts)", event=why)
         else:
-            self.store.set_candidate_status(cid, "failed", f"{why} (after {n_done} attempts)", event=why)
+            self.store.log_event("seed-failed", f"{attempt.stage} seed {attempt.seed}: {why} (after {used} attempts); "
+                                 "its statistics use the other seeds", cid, attempt.id)
 
     # ------------------------------------------------------------------ waiting and ingesting
     def wait(self) -> None:
@@ -475,10 +538,13 @@ class Search:
         cid = attempt.candidate_id
         first = out.error.splitlines()[0] if out.error else out.attempt_status
         if out.retry:
-            self.retry_or_fail(cid, attempt.n, first)
+            self.retry_or_fail(attempt, first)
         elif out.candidate_status == "failed":
-            if self.repair_job(attempt, state, out):
-                self.submit([self.store.candidate(cid)], {cid: attempt.n + 1})
+            if attempt.stage != "explore":
+                self.store.log_event("seed-failed", f"{attempt.stage} seed {attempt.seed}: {first[:300]}", cid,
+                                     attempt.id)
+            elif self.repair_job(attempt, state, out):
+                self.submit([self.store.candidate(cid)])  # every seed again, with the repaired code
             else:
                 self.store.set_candidate_status(cid, "failed", first[:500],
                                                 event=f"attempt {attempt.n}: {out.attempt_status}")
@@ -488,7 +554,8 @@ class Search:
     def repair_job(self, attempt: Attempt, state: JobState, out: analyst.Outcome) -> bool:
         """Whether the Engineer repaired a candidate whose job failed (the next attempt trains the repair).
         Not for jobs cancelled by hand, nor once search.max_attempts are used."""
-        if (self.agents is None or self.attempts_used(attempt.candidate_id) >= self.cfg.search.max_attempts
+        if (self.agents is None
+                or self.attempts_used(attempt.candidate_id, attempt.stage, attempt.seed) >= self.cfg.search.max_attempts
                 or out.attempt_status == "cancelled"):
             return False
         cand = self.store.candidate(attempt.candidate_id)

@@ -74,6 +74,8 @@ CREATE TABLE IF NOT EXISTS attempts (
     elapsed_s     REAL,                       -- the scheduler's accounting, where it has one (sacct)
     cpu_seconds   REAL,
     gpu_seconds   REAL,
+    stage         TEXT NOT NULL DEFAULT 'explore', -- explore | verify
+    seed          INTEGER NOT NULL DEFAULT 0,      -- seed index within the stage (train.seed + seed)
     UNIQUE (candidate_id, n)
 );
 CREATE INDEX IF NOT EXISTS attempts_status ON attempts(status);
@@ -172,6 +174,8 @@ class Attempt:
     elapsed_s: float | None = None
     cpu_seconds: float | None = None
     gpu_seconds: float | None = None
+    stage: str = "explore"
+    seed: int = 0
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> "Attempt":
@@ -212,6 +216,9 @@ class Store:
             for column in ("elapsed_s", "cpu_seconds", "gpu_seconds"):  # stores made before accounting
                 if column not in have:
                     conn.execute(f"ALTER TABLE attempts ADD COLUMN {column} REAL")
+            if "stage" not in have:  # stores made before stages and seeds
+                conn.execute("ALTER TABLE attempts ADD COLUMN stage TEXT NOT NULL DEFAULT 'explore'")
+                conn.execute("ALTER TABLE attempts ADD COLUMN seed INTEGER NOT NULL DEFAULT 0")
             row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
             if row is None:
                 conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
@@ -381,11 +388,13 @@ class Store:
         return int(row[0] or 0)
 
     # ----------------------------------------------------------------- attempts
-    def add_attempt(self, cid: int, n: int, run_key: str, dir: str, code_sha256: str) -> int:
+    def add_attempt(self, cid: int, n: int, run_key: str, dir: str, code_sha256: str, *,
+                    stage: str = "explore", seed: int = 0) -> int:
         with self.transaction() as c:
             cur = c.execute(
-                "INSERT INTO attempts (candidate_id, n, run_key, status, dir, code_sha256) VALUES (?, ?, ?, ?, ?, ?)",
-                (cid, n, run_key, "pending", dir, code_sha256),
+                "INSERT INTO attempts (candidate_id, n, run_key, status, dir, code_sha256, stage, seed)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (cid, n, run_key, "pending", dir, code_sha256, stage, seed),
             )
             return int(cur.lastrowid)
 
@@ -447,6 +456,29 @@ class Store:
             d["metrics"] = json.loads(d["metrics"])
             out.append(d)
         return out
+
+    def seed_results(self, *, stage: str | None = None, cid: int | None = None) -> list[dict]:
+        """The ok results with their attempt's stage and seed: one dict per (candidate, stage, seed)
+        (the last ok attempt of a seed wins), with candidate_id, stage, seed, eval_loss, metrics,
+        attempt_id, finished_at, the attempt's code_sha256 and the device-seconds it used."""
+        sql = ("SELECT r.candidate_id, a.stage, a.seed, r.eval_loss, r.metrics, r.attempt_id, a.finished_at,"
+               " a.code_sha256,"
+               " CASE WHEN a.gpu_seconds > 0 THEN a.gpu_seconds WHEN a.cpu_seconds > 0 THEN a.cpu_seconds"
+               " ELSE r.wall_s * COALESCE(r.world_size, 1) END AS device_s"
+               " FROM results r JOIN attempts a ON a.id = r.attempt_id WHERE r.status = 'ok'")
+        args: list = []
+        if stage is not None:
+            sql += " AND a.stage = ?"
+            args.append(stage)
+        if cid is not None:
+            sql += " AND r.candidate_id = ?"
+            args.append(cid)
+        out: dict[tuple, dict] = {}
+        for r in self.conn.execute(sql + " ORDER BY r.attempt_id", args):
+            d = dict(r)
+            d["metrics"] = json.loads(d["metrics"])
+            out[(d["candidate_id"], d["stage"], d["seed"])] = d
+        return list(out.values())
 
     def add_analysis(self, cid: int, author: str, summary: str, text: str) -> None:
         with self.transaction() as c:

@@ -129,22 +129,38 @@ def build_task(cfg: dict):
     return make_task("lm", path=cfg["token_file"], seq_len=cfg["seq_len"])
 
 
-def evaluate(model: torch.nn.Module, task, cfg: dict, d: Dist, autocast) -> dict[str, float]:
-    """Loss over scored positions and, for MQAR, accuracy on the queries."""
-    model.eval()
-    per_rank = max(1, cfg["batch_size"] // d.world)
+def _eval_task(model, task, n_batches, per_rank, d: Dist, autocast, mqar: bool) -> tuple[float, float | None]:
+    """Mean loss over scored positions and, for MQAR, mean query accuracy, on fixed batches."""
     losses, accs = [], []
     with torch.no_grad(), autocast():
-        for inputs, targets in task.eval_batches(cfg["eval_batches"], per_rank):
+        for inputs, targets in task.eval_batches(n_batches, per_rank):
             inputs, targets = inputs.to(d.device), targets.to(d.device)
             logits = model(inputs).float()
             losses.append(F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100).item())
-            if cfg["task"] == "mqar":
+            if mqar:
                 accs.append(masked_accuracy(logits, targets))
+    return sum(losses) / len(losses), (sum(accs) / len(accs) if accs else None)
+
+
+def evaluate(model: torch.nn.Module, task, cfg: dict, d: Dist, autocast) -> dict[str, float]:
+    """Loss over scored positions and, for MQAR, accuracy on the queries; then, for MQAR, the same at
+    each further difficulty of ``mqar_eval`` ('PAIRSxLENGTH'), as mqar_<difficulty>/accuracy and /loss."""
+    model.eval()
+    per_rank = max(1, cfg["batch_size"] // d.world)
+    mqar = cfg["task"] == "mqar"
+    loss, acc = _eval_task(model, task, cfg["eval_batches"], per_rank, d, autocast, mqar)
+    metrics = {"eval/loss": loss}
+    if acc is not None:
+        metrics["mqar/accuracy"] = acc
+    for item in cfg.get("mqar_eval", []) if mqar else []:
+        pairs, length = (int(x) for x in item.lower().split("x"))
+        harder = make_task("mqar", vocab_size=cfg["vocab_size"], seq_len=length, num_kv_pairs=pairs)
+        # keep the tokens per batch of the main evaluation: longer rows, fewer of them
+        rows = max(1, per_rank * cfg["seq_len"] // length)
+        loss, acc = _eval_task(model, harder, cfg["eval_batches"], rows, d, autocast, True)
+        metrics[f"mqar_{pairs}x{length}/loss"] = loss
+        metrics[f"mqar_{pairs}x{length}/accuracy"] = acc
     model.train()
-    metrics = {"eval/loss": sum(losses) / len(losses)}
-    if accs:
-        metrics["mqar/accuracy"] = sum(accs) / len(accs)
     return metrics
 
 
