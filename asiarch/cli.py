@@ -248,12 +248,18 @@ def cmd_status(args) -> int:
 def cmd_leaderboard(args) -> int:
     from asiarch.color import Palette, emit
     from asiarch.layout import ExperimentDir
-    from asiarch.views import leaderboard_rows, open_readonly, render_leaderboard
+    from asiarch.views import (leaderboard_rows, load_reference, open_readonly, render_leaderboard,
+                               render_stage_leaderboard, stage_leaderboard_rows)
 
-    with open_readonly(ExperimentDir(Path(args.dir))) as store:
+    exp = ExperimentDir(Path(args.dir))
+    with open_readonly(exp) as store:
         fmt = "json" if args.json else "csv" if args.csv else "table"
-        emit(render_leaderboard(leaderboard_rows(store, stage=args.stage), fmt, args.limit,
-                                Palette.for_stream(sys.stdout)))
+        if args.stage:  # per-stage figures: seed means with intervals, paired gains against the reference
+            reference, fitness_cfg = load_reference(exp)
+            emit(render_stage_leaderboard(stage_leaderboard_rows(store, args.stage, reference, fitness_cfg), fmt,
+                                          args.limit, Palette.for_stream(sys.stdout), reference=reference))
+        else:
+            emit(render_leaderboard(leaderboard_rows(store), fmt, args.limit, Palette.for_stream(sys.stdout)))
     return 0
 
 
@@ -515,7 +521,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--csv", action="store_true")
     s.add_argument("--limit", type=int, default=None)
     s.add_argument("--stage", default=None,
-                   help="only candidates of this training stage (there is one so far: explore)")
+                   help="the per-stage table of a stage (explore or verify): seed means with 95%% intervals "
+                        "and paired gains against the reference baseline")
     s.set_defaults(func=cmd_leaderboard)
 
     s = sub.add_parser("show", help="one candidate in full: motivation, analysis, attempts, curve, code (read-only)")

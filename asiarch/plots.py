@@ -97,6 +97,33 @@ def plot_discovery(x: list[float], fitness: list[float | None], path: str | Path
             "baselines": drawn_baselines}
 
 
+def plot_arms(curves: dict[str, tuple[list[float], list[float | None]]], path: str | Path, *,
+              title: str = "Best fitness against compute, per proposer arm") -> dict:
+    """The ablation plot: one best-so-far step line per proposer arm (e.g. 'llm' and 'offline')
+    against the compute that arm spent. Returns ``{arm: {"x", "best"}}`` as drawn."""
+    fig = _figure(8.0, 4.2)
+    ax = fig.add_subplot()
+    colors = {"llm": "#08519c", "offline": "#d94801"}
+    drawn = {}
+    for arm, (x, best) in sorted(curves.items()):
+        pts = [(a, b) for a, b in zip(x, best) if b is not None]
+        if not pts:
+            continue
+        (line,) = ax.step([a for a, _ in pts], [b for _, b in pts], where="post", lw=2,
+                          color=colors.get(arm), label=f"{arm} proposer")
+        drawn[arm] = {"x": list(map(float, line.get_xdata())), "best": list(map(float, line.get_ydata()))}
+    ax.set_xlabel("compute spent by the arm (core/GPU-hours)")
+    ax.set_ylabel("best fitness so far")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    if drawn:
+        ax.legend(loc="best", fontsize=8)
+    ax.set_xlim(left=0)
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.12, top=0.91)
+    _save(fig, path)
+    return drawn
+
+
 # ---------------------------------------------------------------------------------- curves
 
 

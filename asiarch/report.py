@@ -23,12 +23,14 @@ from markupsafe import Markup, escape
 from asiarch.layout import ExperimentDir
 from asiarch.lineage import load_lineage, render_lineage
 from asiarch.show import best_result
+from asiarch.stages import arm_curves, stage_agreement
 from asiarch.store import Candidate, Store
-from asiarch.views import (DEFAULT_STAGE, failures_by_reason, leaderboard_rows, llm_spend, load_budget,
-                           open_readonly)
+from asiarch.views import (DEFAULT_STAGE, STAGES, _ci, _pm, failures_by_reason, leaderboard_rows, llm_spend,
+                           load_budget, load_reference, open_readonly, stage_leaderboard_rows)
 
 PNG_NAMES = {"discovery_index": "discovery_by_candidate.png", "discovery_compute": "discovery_by_compute.png",
-             "curves": "training_curves.png", "tasks": "task_scores.png", "lineage": "lineage.png"}
+             "curves": "training_curves.png", "tasks": "task_scores.png", "lineage": "lineage.png",
+             "arms": "arms.png"}
 
 
 # ---------------------------------------------------------------------------------- the data behind the plots
@@ -174,16 +176,47 @@ def write_report(exp: ExperimentDir, out_dir: str | Path | None = None, *, top: 
                 task_table(best + baselines), out / PNG_NAMES["tasks"], baselines={label(c) for c in baselines},
                 title=f"Task scores: the top {len(best)} and the baselines (hatched)")
             report.series["lineage"] = P.plot_lineage(lin, out / PNG_NAMES["lineage"], top=lineage_top)
+            report.series["arms"] = P.plot_arms(arm_curves(store), out / PNG_NAMES["arms"])
             for key, name in PNG_NAMES.items():
                 report.pngs[key] = out / name
                 images[key] = base64.b64encode((out / name).read_bytes()).decode("ascii")
         context = _context(store, exp, rows, best, baselines, lin, lineage_top, table_rows)
+        context.update(stages_context(store, exp, table_rows))
         context["images"] = images
         html = render_template("report.html.j2", **_escape_all(context))
         _atomic_write(report.html, html.encode("utf-8"))
         return report
     finally:
         store.close()
+
+
+def stages_context(store: Store, exp: ExperimentDir, table_rows: int) -> dict:
+    """Per-stage tables (seed means with intervals, paired gains against the reference), the stage rank
+    agreement and the arms shown in the ablation plot."""
+    reference, fitness_cfg = load_reference(exp)
+    stages = []
+    for stage in STAGES:
+        rows = stage_leaderboard_rows(store, stage, reference, fitness_cfg)
+        if not rows:
+            continue
+        stages.append({"name": stage, "n": str(len(rows)), "rows": [
+            {"rank": str(r["rank"]), "id": str(r["id"]), "name": r["name"], "origin": r["origin"],
+             "seeds": str(r["seeds"]), "fitness": _f(r["fitness"]), "loss": _pm(r["loss"], ".4f"),
+             "score": _pm(r["score"], ".3f"), "gain": _ci(r["loss_vs_ref"], "+.4f"),
+             "score_gain": _ci(r["score_vs_ref"], "+.3f"),
+             "beats": {True: "yes", False: "no", None: "-"}[r["beats_ref"]]} for r in rows[:table_rows]]})
+    ag = stage_agreement(store, reference)
+    if ag.n >= 3:
+        agreement = (f"Spearman rank correlation of the mean evaluation losses over the {ag.n} candidates trained in "
+                     f"both stages: {ag.rho:+.2f} (1: the exploration stage ranks them as verification does; "
+                     "0: no relation).")
+    elif ag.n:
+        agreement = f"{ag.n} candidate(s) trained in both stages; a rank correlation needs at least 3."
+    else:
+        agreement = "No candidate has been verified yet."
+    return {"stages": stages, "reference": reference, "agreement": agreement,
+            "agreement_pairs": [{"name": n, "explore": _f(a, ".4f"), "verify": _f(b, ".4f")} for n, a, b in ag.pairs],
+            "arms": sorted(arm_curves(store))}
 
 
 def _context(store: Store, exp: ExperimentDir, rows: list[dict], best: list[Candidate], baselines: list[Candidate],

@@ -101,6 +101,7 @@ def stage_rows(store: Store, stage: str, reference: str, *, fitness_cfg=None) ->
                                   combine=fc.combine if fc else "mean")
             if fit is not None:
                 row.fitness, row.terms = fit.value, fit.terms
+        rows.append(row)
     rows.sort(key=lambda r: (-(r.fitness if r.fitness is not None else -math.inf), r.loss.mean))
     return rows
 

@@ -20,10 +20,10 @@ from asiarch.color import PLAIN, Palette
 from asiarch.layout import ExperimentDir
 from asiarch.store import Store, StoreError
 
-# The one training stage there is until exploration/verification stages (and seeds) land:
-# `--stage` filters on it already, so scripts written now keep working then.
+# The stage the candidates' own figures (fitness, loss, score: seed means) come from; the
+# verification stage has its figures in the stage leaderboard (`leaderboard --stage verify`).
 DEFAULT_STAGE = "explore"
-STAGES = (DEFAULT_STAGE,)
+STAGES = ("explore", "verify")
 
 # Columns a leaderboard row always has, in order; task-score columns (one per task metric,
 # e.g. "mqar/accuracy") follow "score".
@@ -160,6 +160,98 @@ def render_leaderboard(rows: list[dict], fmt: str = "table", limit: int | None =
             + "".join(f"{_fmt(r[t], '.3f'):>9} " for t in tasks)
             + f"{_fmt(r['num_params'], ',d'):>9} {_fmt(r['tokens_per_s'], ',.0f'):>8}"
             + (f"  {palette.paint(reason, 'dim')}" if r["status"] in ("failed", "rejected") and reason else ""))
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------- stages
+
+
+def load_reference(exp: ExperimentDir) -> tuple[str, object]:
+    """(reference baseline name, [fitness] section) from DIR/config.toml; defaults when unreadable."""
+    from asiarch.config import Config, load_config
+
+    try:
+        cfg = load_config(exp.config)
+    except Exception:  # a view never fails because of the config
+        cfg = Config()
+    return cfg.baselines.reference, cfg.fitness
+
+
+def _iv(iv) -> dict:
+    """An interval as JSON-ready numbers (None for what two seeds are needed for)."""
+    return {"mean": _num(iv.mean), "sd": _num(iv.sd), "low": _num(iv.low), "high": _num(iv.high), "n": iv.n}
+
+
+def stage_leaderboard_rows(store: Store, stage: str, reference: str, fitness_cfg=None) -> list[dict]:
+    """One row per candidate trained in ``stage``, best first: seeds, loss and task score as mean with
+    its 95 % interval, fitness on the means, and the paired difference against ``reference`` (positive
+    = better than the reference; ``beats`` when its interval excludes zero)."""
+    from asiarch.stages import stage_rows
+
+    check_stage(stage)
+    out = []
+    for rank, r in enumerate(stage_rows(store, stage, reference, fitness_cfg=fitness_cfg), 1):
+        c = r.candidate
+        out.append({
+            "rank": rank, "id": c.id, "name": c.name, "origin": c.origin, "stage": stage, "seeds": len(r.seeds),
+            "fitness": _num(r.fitness), "terms": r.terms, "loss": _iv(r.loss), "score": _iv(r.score) if r.score else None,
+            "loss_vs_ref": _iv(r.loss_vs_ref.interval) if r.loss_vs_ref else None,
+            "score_vs_ref": _iv(r.score_vs_ref.interval) if r.score_vs_ref else None,
+            "beats_ref": r.beats if r.loss_vs_ref else None,
+            "note": r.loss_vs_ref.note if r.loss_vs_ref else "",
+            "metrics": {k: _iv(v) for k, v in r.metrics.items() if k != "eval/loss"},
+        })
+    return out
+
+
+def _pm(iv: dict | None, spec: str) -> str:
+    """'mean ± half-width' (just the mean with one seed)."""
+    if not iv or iv["mean"] is None:
+        return "-"
+    if iv["low"] is None:
+        return format(iv["mean"], spec)
+    return f"{format(iv['mean'], spec)}±{format((iv['high'] - iv['low']) / 2, spec)}"
+
+
+def _ci(iv: dict | None, spec: str) -> str:
+    """'mean [low, high]' of a paired difference."""
+    if not iv or iv["mean"] is None:
+        return "-"
+    if iv["low"] is None:
+        return format(iv["mean"], spec) + " [n<2]"
+    return f"{format(iv['mean'], spec)} [{format(iv['low'], spec)}, {format(iv['high'], spec)}]"
+
+
+def render_stage_leaderboard(rows: list[dict], fmt: str = "table", limit: int | None = None,
+                             palette: Palette = PLAIN, reference: str = "") -> str:
+    """The stage leaderboard as a table, JSON, or CSV (intervals flattened to _mean/_low/_high)."""
+    rows = rows[:limit] if limit else rows
+    if fmt == "json":
+        return json.dumps(rows, indent=1)
+    if fmt == "csv":
+        flat = []
+        for r in rows:
+            f = {k: r[k] for k in ("rank", "id", "name", "origin", "stage", "seeds", "fitness", "beats_ref")}
+            for key in ("loss", "score", "loss_vs_ref", "score_vs_ref"):
+                for part in ("mean", "low", "high"):
+                    f[f"{key}_{part}"] = (r[key] or {}).get(part)
+            flat.append(f)
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(flat[0]) if flat else ["rank"])
+        writer.writeheader()
+        writer.writerows(flat)
+        return buf.getvalue()
+    header = (f"{'rank':>4} {'id':>5} {'name':<30} {'origin':<8} {'seeds':>5} {'fitness':>7} {'loss (95% CI)':>17} "
+              f"{'score':>13}  {'loss gain vs ' + reference[:12]:<34} {'score gain':<28} beats")
+    lines = [palette.paint(header, "bold"), "-" * len(header)]
+    for r in rows:
+        beats = {True: palette.paint("yes", "green"), False: "no", None: "-"}[r["beats_ref"]]
+        lines.append(f"{r['rank']:>4} {r['id']:>5} {r['name'][:30]:<30} {r['origin'][:8]:<8} {r['seeds']:>5} "
+                     f"{_fmt(r['fitness'], '.3f'):>7} {_pm(r['loss'], '.4f'):>17} {_pm(r['score'], '.3f'):>13}  "
+                     f"{_ci(r['loss_vs_ref'], '+.4f'):<34} {_ci(r['score_vs_ref'], '+.3f'):<28} {beats}")
+    lines.append("")
+    lines.append(f"gains are paired differences against {reference} over the same seeds (positive = better); "
+                 "'beats' when the 95 % interval of the loss gain excludes zero and the score is not significantly worse")
     return "\n".join(lines)
 
 
