@@ -18,6 +18,7 @@ wider) and return the input dtype.
 
 import torch
 
+from .fla_route import fla_delta_rule, use_fla
 from .linear_attn import (check_inputs, compute_dtype, effective_chunk_size,
                           from_chunks, resolve_scale, segment_decay, to_chunks)
 
@@ -71,6 +72,8 @@ def chunk_delta_rule(q, k, v, beta, g=None, *, scale=None, chunk_size=64):
     T need not be a multiple of chunk_size. Returns o: [B, H, T, Dv] in q's dtype.
     """
     check_inputs(q, k, v, g, beta)
+    if use_fla(q):  # CUDA with flash-linear-attention: its Triton kernel (asiarch.job.ops.fla_route)
+        return fla_delta_rule(q, k, v, beta, g, resolve_scale(scale, q.shape[-1]))
     out_dtype = q.dtype
     B, H, T, Dk = q.shape
     Dv = v.shape[-1]

@@ -21,6 +21,8 @@ import math
 
 import torch
 
+from .fla_route import fla_linear_attn, use_fla
+
 __all__ = ["chunk_linear_attn", "recurrent_linear_attn"]
 
 
@@ -133,6 +135,8 @@ def chunk_linear_attn(q, k, v, g=None, *, scale=None, chunk_size=64):
     multiple of chunk_size. Returns o: [B, H, T, Dv] in q's dtype.
     """
     check_inputs(q, k, v, g)
+    if use_fla(q):  # CUDA with flash-linear-attention: its Triton kernel (asiarch.job.ops.fla_route)
+        return fla_linear_attn(q, k, v, g, resolve_scale(scale, q.shape[-1]))
     out_dtype = q.dtype
     B, H, T, Dk = q.shape
     dt = compute_dtype(q)
