@@ -19,6 +19,7 @@
     asiarch train LAYER.py --out RESULT.h5 [--task mqar] [--steps N] [--nproc 2]
     asiarch bench overhead             the head's own cost per candidate with 1,000 in the store
     asiarch bench kernels [--mixers M ...] [--seq-lens T ...]   fwd+bwd tokens/s of the token mixers
+    asiarch bench kill-head [--candidates 20] [--kills 10]     SIGKILL the head at random; count what was lost
     asiarch import-asi-arch ARCHITECTURES.json --into DIR [--tree TREE.json] [--top K | --names A,B]
     asiarch knowledge import COGNITION_DIR DIR   ASI-Arch's cognition/ papers into DIR's knowledge base
 """
@@ -124,6 +125,14 @@ def demo_setup(args):
         if args.scheduler == "slurm":
             cfg.cluster.scheduler = "slurm"
             cfg.cluster.max_in_flight = 2  # the array throttle %K
+        if args.stages:  # both stages, 3 seeds each: what a reviewer would ask for, in small
+            cfg.train.seeds, cfg.train.nproc, cfg.cluster.max_in_flight = 3, 1, 2
+            cfg.train.mqar_eval = ["8x128"]
+            cfg.baselines.names = ["deltanet"]
+            cfg.baselines.reference = "deltanet"
+            cfg.budget.candidates = args.candidates if args.candidates is not None else 4
+            v = cfg.verify
+            v.enabled, v.promote, v.top_k, v.seeds, v.hidden_size, v.steps = True, "top_k", 2, 3, 96, 400
     if args.llm_url:
         cfg.llm.base_url = args.llm_url
         cfg.search.proposer = "llm"
@@ -140,7 +149,8 @@ def cmd_demo(args) -> int:
     import os
 
     from asiarch.layout import ExperimentDir
-    from asiarch.views import leaderboard_rows, open_readonly, render_leaderboard
+    from asiarch.views import (leaderboard_rows, load_reference, open_readonly, render_leaderboard,
+                               render_stage_leaderboard, stage_leaderboard_rows)
 
     root, cfg = demo_setup(args)
     if cfg.search.proposer != "offline":
@@ -148,10 +158,19 @@ def cmd_demo(args) -> int:
         print(f"LLM agents: {cfg.llm.model} at {cfg.llm.base_url}; API key from ${env}"
               + ("" if os.environ.get(env) else " (not set: a placeholder is sent, which local servers accept)"))
     code = _run_search(root, cfg, quiet=args.quiet)
-    with open_readonly(ExperimentDir(root)) as store:
+    exp = ExperimentDir(root)
+    with open_readonly(exp) as store:
         print()
-        print(render_leaderboard(leaderboard_rows(store)))
-    print(f"\nNext: `asiarch status {root}`, `asiarch leaderboard {root} --json`")
+        if cfg.verify.enabled:
+            reference, fitness_cfg = load_reference(exp)
+            for stage in ("explore", "verify"):
+                print(f"stage {stage}:")
+                print(render_stage_leaderboard(stage_leaderboard_rows(store, stage, reference, fitness_cfg),
+                                               reference=reference, stage=stage))
+                print()
+        else:
+            print(render_leaderboard(leaderboard_rows(store)))
+    print(f"\nNext: `asiarch status {root}`, `asiarch leaderboard {root} --json`, `asiarch report {root}`")
     return code
 
 
@@ -257,7 +276,8 @@ def cmd_leaderboard(args) -> int:
         if args.stage:  # per-stage figures: seed means with intervals, paired gains against the reference
             reference, fitness_cfg = load_reference(exp)
             emit(render_stage_leaderboard(stage_leaderboard_rows(store, args.stage, reference, fitness_cfg), fmt,
-                                          args.limit, Palette.for_stream(sys.stdout), reference=reference))
+                                          args.limit, Palette.for_stream(sys.stdout), reference=reference,
+                                          stage=args.stage))
         else:
             emit(render_leaderboard(leaderboard_rows(store), fmt, args.limit, Palette.for_stream(sys.stdout)))
     return 0
@@ -326,10 +346,11 @@ def cmd_report(args) -> int:
 def cmd_export(args) -> int:
     from asiarch.export import export_rows, write_rows
     from asiarch.layout import ExperimentDir
-    from asiarch.views import open_readonly
+    from asiarch.views import load_reference, open_readonly
 
-    with open_readonly(ExperimentDir(Path(args.dir))) as store:
-        rows = export_rows(store, stage=args.stage, code=args.code)
+    exp = ExperimentDir(Path(args.dir))
+    with open_readonly(exp) as store:
+        rows = export_rows(store, stage=args.stage, code=args.code, reference=load_reference(exp)[0])
     if not args.out or args.out == "-":
         write_rows(rows, args.format, sys.stdout)
         return 0
@@ -410,6 +431,21 @@ def cmd_bench(args) -> int:
         from asiarch.job.ops.bench import main as bench_kernels
 
         return bench_kernels(args.kernel_args, prog="asiarch bench kernels") or 0
+    if args.what == "kill-head":
+        import json
+        import tempfile
+
+        from asiarch.faults import format_stress, kill_head_stress
+
+        root = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="asiarch-stress-")) / "exp"
+        if root.exists():
+            return _die(f"{root} exists; name a new directory (the stress run creates it)")
+        out = kill_head_stress(root, candidates=args.candidates, kills=args.kills, seed=args.seed)
+        print(format_stress(out))
+        print(f"experiment kept in {root} (heads' output in heads.log)")
+        if args.json:
+            print(json.dumps(out, indent=1))
+        return 0 if (out["lost"], out["trained_twice"], out["over_budget"]) == (0, 0, 0) else 1
     return _die(f"unknown benchmark {args.what!r}")
 
 
@@ -467,6 +503,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an OpenAI-compatible endpoint (e.g. http://localhost:8000/v1): the LLM agents propose, "
                         "repair and analyse; the key is read from $OPENAI_API_KEY (llm.api_key_env)")
     s.add_argument("--llm-model", default=None, metavar="NAME", help="the model every agent uses (llm.model)")
+    s.add_argument("--stages", action="store_true",
+                   help="exploration and verification stages with 3 seeds each, intervals and paired gains "
+                        "(about 6 minutes on 2 cores)")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_demo)
 
@@ -559,7 +598,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("dir")
     s.add_argument("--format", choices=("csv", "jsonl"), default="csv")
     s.add_argument("--out", default=None, help="file to write (default: stdout)")
-    s.add_argument("--stage", default=None, help="only candidates of this training stage (so far: explore)")
+    s.add_argument("--stage", default=None, help="only the candidates trained in this stage (explore or verify), "
+                                                 "with the stage's seed means, intervals and paired gains")
     s.add_argument("--code", action="store_true", help="include each candidate's code")
     s.set_defaults(func=cmd_export)
 
@@ -613,6 +653,14 @@ def build_parser() -> argparse.ArgumentParser:
         b.add_argument("--candidates", type=int, default=1000, help="candidates in the store (overhead)")
         b.add_argument("--rounds", type=int, default=5, help="rounds of 4 candidates measured (overhead)")
         b.set_defaults(func=cmd_bench)
+    b = bs.add_parser("kill-head", help="SIGKILL the head of a real search at random moments; count lost and "
+                                        "duplicated candidates")
+    b.add_argument("--candidates", type=int, default=20, help="the search's budget")
+    b.add_argument("--kills", type=int, default=10, help="how many times the head is killed")
+    b.add_argument("--seed", type=int, default=0, help="seed of the kill times")
+    b.add_argument("--dir", default=None, help="experiment directory to create (default: a temporary one)")
+    b.add_argument("--json", action="store_true", help="also print the audit as JSON")
+    b.set_defaults(func=cmd_bench)
     # every argument, --help included, goes on to asiarch.job.ops.bench (which imports torch):
     # with '+' as its only prefix this parser takes '--seq-lens ...' as plain words
     b = bs.add_parser("kernels", prefix_chars="+", add_help=False,

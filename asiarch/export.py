@@ -24,7 +24,7 @@ import math
 from typing import Iterable, TextIO
 
 from asiarch.store import Store
-from asiarch.views import LEADERBOARD_COLUMNS, candidate_table, leaderboard_rows
+from asiarch.views import LEADERBOARD_COLUMNS, candidate_table, leaderboard_rows, stage_leaderboard_rows
 
 FORMATS = ("csv", "jsonl")
 # The header of an export with no candidates yet (task and fitness-term columns appear with data).
@@ -32,9 +32,12 @@ EMPTY_COLUMNS = (*LEADERBOARD_COLUMNS, "compute_s", "peak_memory_bytes", "create
                  "genome_key", "motivation", "analysis", "result_path")
 
 
-def export_rows(store: Store, *, stage: str | None = None, code: bool = False) -> list[dict]:
-    """The export's rows, leaderboard order (best first, then unscored by id)."""
+def export_rows(store: Store, *, stage: str | None = None, code: bool = False, reference: str = "") -> list[dict]:
+    """The export's rows, leaderboard order (best first, then unscored by id). With ``stage``, only the
+    candidates trained in it, each with that stage's figures in ``stage_*`` columns (seeds, loss and
+    score mean with their 95 % interval, the paired loss gain against ``reference``, beats)."""
     rows = leaderboard_rows(store, stage=stage)
+    per_stage = {r["id"]: r for r in stage_leaderboard_rows(store, stage, reference)} if stage else {}
     extra = {c["id"]: c for c in candidate_table(store)}
     terms = sorted({t for c in extra.values() for t in (c["scores"].get("terms") or {})})
     compute = dict(store.conn.execute("SELECT candidate_id, SUM(wall_s * COALESCE(world_size, 1)) FROM results"
@@ -56,6 +59,13 @@ def export_rows(store: Store, *, stage: str | None = None, code: bool = False) -
                     "created_at": c["created_at"], "updated_at": c["updated_at"], "code_sha256": c["code_sha256"],
                     "genome_key": c["genome_key"], "motivation": c["motivation"],
                     "analysis": summaries.get(row["id"], ""), "result_path": paths.get(row["id"], "")})
+        if stage:
+            st = per_stage.get(row["id"])
+            row["stage_seeds"] = st["seeds"] if st else 0
+            for key in ("loss", "score", "loss_vs_ref", "score_vs_ref"):
+                for part in ("mean", "low", "high"):
+                    row[f"stage_{key}_{part}"] = ((st or {}).get(key) or {}).get(part)
+            row["stage_beats_ref"] = st["beats_ref"] if st else None
         if code:
             row["code"] = codes[row["id"]]
         out.append({k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()})

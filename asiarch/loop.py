@@ -36,7 +36,7 @@ from asiarch.job.candidate import code_sha256
 from asiarch.layout import ExperimentDir, run_key, write_atomic
 from asiarch.proposer import OfflineProposer, ProposalError, baseline_sources
 from asiarch.sampling import sample_parents
-from asiarch.stages import promote
+from asiarch.stages import promote, stage_agreement, stage_rows
 from asiarch.store import Attempt, Candidate, Store
 
 
@@ -193,6 +193,17 @@ class Search:
                    f"{self.cfg.verify.seeds} seeds each ({len(todo)} jobs)")
             self.submit_runs([(x, "verify", s) for x, s in todo])
         self.wait()
+        ref_name = self.cfg.baselines.reference
+        rows = [r for r in stage_rows(self.store, "verify", ref_name, fitness_cfg=self.cfg.fitness)
+                if r.candidate.id in ids]
+        winners = [r.candidate.name for r in rows if r.beats]
+        c.line(f"verification: {len(winners)} of {len(rows)} beat {ref_name} (the 95 % interval of the paired "
+               f"loss gain over {self.cfg.verify.seeds} seeds excludes zero){': ' + ', '.join(winners) if winners else ''}")
+        ag = stage_agreement(self.store, ref_name)
+        if ag.n >= 3:
+            c.line(f"stage agreement: Spearman {ag.rho:+.2f} between exploration and verification losses over "
+                   f"{ag.n} candidates")
+        c.line("`asiarch leaderboard DIR --stage verify` shows the intervals")
 
     # ------------------------------------------------------------------ baselines
     def register_baselines(self) -> None:

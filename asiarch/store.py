@@ -402,8 +402,9 @@ class Store:
         with self.transaction() as c:
             c.execute("UPDATE attempts SET status = 'submitted', scheduler = ?, job_id = ?, submitted_at = ?"
                       " WHERE id = ?", (scheduler, job_id, time.time(), attempt_id))
-            cid = c.execute("SELECT candidate_id FROM attempts WHERE id = ?", (attempt_id,)).fetchone()[0]
-            c.execute("UPDATE candidates SET status = 'queued', updated_at = ? WHERE id = ?", (time.time(), cid))
+            cid, stage = c.execute("SELECT candidate_id, stage FROM attempts WHERE id = ?", (attempt_id,)).fetchone()
+            if stage == "explore":  # a verification run leaves its candidate's (explored) status as it is
+                c.execute("UPDATE candidates SET status = 'queued', updated_at = ? WHERE id = ?", (time.time(), cid))
             self.log_event("submitted", f"job {job_id} ({scheduler})", cid, attempt_id, conn=c)
 
     def set_attempt_status(self, attempt_id: int, status: str, error: str = "") -> None:
@@ -413,9 +414,11 @@ class Store:
             c.execute("UPDATE attempts SET status = ?, error = ?, finished_at = COALESCE(?, finished_at)"
                       " WHERE id = ?", (status, error, finished, attempt_id))
             if status == "running":
-                cid = c.execute("SELECT candidate_id FROM attempts WHERE id = ?", (attempt_id,)).fetchone()[0]
-                c.execute("UPDATE candidates SET status = 'running', updated_at = ? WHERE id = ?",
-                          (time.time(), cid))
+                cid, stage = c.execute("SELECT candidate_id, stage FROM attempts WHERE id = ?",
+                                       (attempt_id,)).fetchone()
+                if stage == "explore":
+                    c.execute("UPDATE candidates SET status = 'running', updated_at = ? WHERE id = ?",
+                              (time.time(), cid))
 
     def attempts(self, cid: int | None = None, *, statuses: tuple[str, ...] | None = None) -> list[Attempt]:
         sql, args, where = "SELECT * FROM attempts", [], []

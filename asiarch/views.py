@@ -96,11 +96,15 @@ def leaderboard_rows(store: Store, *, stage: str | None = None) -> list[dict]:
 
     Keys: rank (None when unscored), id, name, origin, parent, round, stage, status, fitness,
     loss, score, one key per task metric (e.g. ``mqar/accuracy``), num_params, mixer_params,
-    tokens_per_s, attempts, reason. ``stage`` filters on the training stage (only
-    :data:`DEFAULT_STAGE` exists so far).
+    tokens_per_s, attempts, reason. The figures are the candidates' own (exploration seed means);
+    ``stage = 'verify'`` keeps only the candidates with verification results (their figures in that
+    stage are :func:`stage_leaderboard_rows`').
     """
     check_stage(stage)
     table = candidate_table(store)
+    if stage not in (None, DEFAULT_STAGE):
+        trained = {r["candidate_id"] for r in store.seed_results(stage=stage)}
+        table = [c for c in table if c["id"] in trained]
     tasks = task_names(c["scores"] for c in table)
     attempts = attempt_counts(store)
     rows = []
@@ -223,7 +227,7 @@ def _ci(iv: dict | None, spec: str) -> str:
 
 
 def render_stage_leaderboard(rows: list[dict], fmt: str = "table", limit: int | None = None,
-                             palette: Palette = PLAIN, reference: str = "") -> str:
+                             palette: Palette = PLAIN, reference: str = "", stage: str = "") -> str:
     """The stage leaderboard as a table, JSON, or CSV (intervals flattened to _mean/_low/_high)."""
     rows = rows[:limit] if limit else rows
     if fmt == "json":
@@ -241,6 +245,8 @@ def render_stage_leaderboard(rows: list[dict], fmt: str = "table", limit: int | 
         writer.writeheader()
         writer.writerows(flat)
         return buf.getvalue()
+    if not rows:
+        return "no candidate has results in stage " + (stage or "this stage") + " yet"
     header = (f"{'rank':>4} {'id':>5} {'name':<30} {'origin':<8} {'seeds':>5} {'fitness':>7} {'loss (95% CI)':>17} "
               f"{'score':>13}  {'loss gain vs ' + reference[:12]:<34} {'score gain':<28} beats")
     lines = [palette.paint(header, "bold"), "-" * len(header)]

@@ -144,7 +144,7 @@ def test_every_command_is_fast_at_2000_candidates_and_leaves_the_directory_alone
 
 
 P_NAMES = ["discovery_by_candidate.png", "discovery_by_compute.png", "training_curves.png", "task_scores.png",
-           "lineage.png"]
+           "lineage.png", "arms.png"]
 
 
 def test_leaderboard_keeps_its_keys_adds_tasks_and_filters_by_stage(big):
@@ -159,10 +159,15 @@ def test_leaderboard_keeps_its_keys_adds_tasks_and_filters_by_stage(big):
     assert [r["rank"] for r in scored] == list(range(1, len(scored) + 1))
     assert all(r["rank"] is None for r in rows[len(scored):])
     assert {r["stage"] for r in rows} == {"explore"}
+    # the stage table: one seed each here, so means without intervals, in the leaderboard's order of fitness
     code, out_stage, _ = run(["leaderboard", big, "--json", "--stage", "explore"])
-    assert json.loads(out_stage) == rows
-    code, _, err = run(["leaderboard", big, "--stage", "verify"])
-    assert code == 2 and "no stage 'verify'" in err and "explore" in err
+    stage_rows = json.loads(out_stage)
+    assert code == 0 and {r["id"] for r in stage_rows} == {r["id"] for r in rows if r["status"] == "done"}
+    assert all(r["seeds"] == 1 and r["loss"]["low"] is None for r in stage_rows)
+    code, out, _ = run(["leaderboard", big, "--stage", "verify"])
+    assert code == 0 and "no candidate has results in stage verify" in out
+    code, _, err = run(["leaderboard", big, "--stage", "final"])
+    assert code == 2 and "no stage 'final'" in err and "verify" in err
     code, out, _ = run(["leaderboard", big, "--csv", "--limit", "5"])
     parsed = list(csv.DictReader(io.StringIO(out)))
     assert len(parsed) == 5 and parsed[0]["id"] == str(rows[0]["id"]) and "mqar/accuracy" in parsed[0]
@@ -283,9 +288,10 @@ def test_report_renders_self_contained(big):
     html = rep.html.read_text()
     assert html.startswith("<!DOCTYPE html>") and html.rstrip().endswith("</html>")
     images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
-    assert len(images) == 5 and all(base64.b64decode(i).startswith(b"\x89PNG") for i in images)
+    assert len(images) == len(P_NAMES) and all(base64.b64decode(i).startswith(b"\x89PNG") for i in images)
     assert not re.search(r'(src|href)="(https?:|//|/)', html), "the report must open from a file, offline"
     assert "<h2>Leaderboard</h2>" in html and "Failures by reason" in html and "The top candidates" in html
+    assert "<h2>Stage: explore</h2>" in html and "No candidate has been verified yet." in html
     assert html.count('<span class="add">') > 0
     for key, path in rep.pngs.items():
         assert path.parent == big / "reports" and path.read_bytes().startswith(b"\x89PNG"), key
@@ -392,6 +398,11 @@ def test_plots_show_what_the_store_holds(experiment, tmp_path):
             (label,) = [k for k in tasks if k.startswith(f"#{cand.id} ")]
             want = {k: v for k, v in cand.scores["metrics"].items() if k != "eval/loss"}
             assert tasks[label] == pytest.approx(want)
+
+        arms = rep.series["arms"]  # the offline proposer's arm: its best fitness, once every candidate is in
+        assert set(arms) == {"offline"}
+        assert arms["offline"]["best"][-1] == pytest.approx(max(c.fitness for c in store.candidates(status="done")
+                                                                if c.origin == "offline" and c.fitness is not None))
 
         lin = rep.series["lineage"]
         assert lin["top"] == [x.id for x in store.ranked(10, include_baselines=False)]

@@ -178,13 +178,15 @@ def test_two_stages_with_seeds_end_to_end(tmp_path, capsys):
     clone = root / "clone.py"
     clone.write_text(baseline_sources(("deltanet",))["deltanet"] + "\n# the baseline, under another name\n")
     assert cli_main(["add", str(root), str(clone), "--name", "deltanet_clone"]) == 0
-    assert cli_main(["run", str(root), "--quiet"]) == 0
+    assert cli_main(["run", str(root)]) == 0
 
     with Store.open_readonly(root / "asiarch.db") as store:
         explore = {r.candidate.name: r for r in stage_rows(store, "explore", "deltanet")}
         verify = {r.candidate.name: r for r in stage_rows(store, "verify", "deltanet")}
         promoted = json.loads(store.get_meta("verify_promoted"))
         attempts = store.attempts()
+        statuses = {c.name: c.status for c in store.candidates()}
+    assert set(statuses.values()) == {"done"}, statuses  # verification leaves the explored status alone
     assert len(explore) == 4 and all(r.seeds == [0, 1] for r in explore.values())  # 3 new + the reference
     assert len(promoted) == 3 and "deltanet" in verify and len(verify) == 4
     assert all(r.seeds == [0, 1, 2] for r in verify.values())
@@ -202,7 +204,8 @@ def test_two_stages_with_seeds_end_to_end(tmp_path, capsys):
     # the harder MQAR difficulty is measured and part of the metrics
     assert "mqar_8x64/accuracy" in explore["deltanet"].metrics
 
-    capsys.readouterr()
+    out = capsys.readouterr().out
+    assert "verification: " in out and "beat deltanet" in out
     assert cli_main(["leaderboard", str(root), "--stage", "verify", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert {r["name"] for r in rows} == set(verify) and all(r["seeds"] == 3 for r in rows)
