@@ -108,6 +108,9 @@ class TrainConfig:
                                   "LM: at least the largest token + 1, 256 for byte tokens).")
     num_kv_pairs: int = _f(4, "MQAR: key-value pairs per sequence (Zoology: 4 at length 64, 64 at 512).")
     token_file: str = _f("", "LM task: path of a token file (numpy uint16 memmap; `asiarch tokenize` writes one).")
+    lm_eval: list[str] = _f([], "LM task: multiple-choice evaluations after training, as 'NAME=PATH' of a local "
+                                "JSONL file (lines {\"context\", \"choices\", \"label\"}, scored by log-likelihood "
+                                "as lm-eval does); adds NAME/accuracy and NAME/accuracy_norm. Byte tokens only.")
     mqar_eval: list[str] = _f([], "MQAR: further difficulties evaluated after training, as 'PAIRSxLENGTH' (e.g. "
                                   "'8x128'); each adds metrics mqar_PAIRSxLENGTH/accuracy and /loss, and the task "
                                   "score averages all accuracies.")
@@ -202,6 +205,8 @@ class VerifyConfig:
     batch_size: int = _f(0, "Global batch size in verification (0: as in [train]).")
     seq_len: int = _f(0, "Sequence length in verification (0: as in [train]).")
     num_kv_pairs: int = _f(0, "MQAR pairs in verification (0: as in [train]).")
+    lm_eval: list[str] = _f([], "Multiple-choice evaluations of the verification stage ('NAME=PATH', see "
+                                "train.lm_eval), where the datasets are on local disk (empty: as in [train]).")
 
 
 @dataclass
@@ -326,7 +331,7 @@ def stage_train(cfg: Config, stage: str, seed_index: int = 0) -> TrainConfig:
     t = dataclasses.replace(cfg.train, seed=cfg.train.seed + seed_index)
     if stage == "verify":
         v = cfg.verify
-        for name in ("hidden_size", "num_layers", "steps", "batch_size", "seq_len", "num_kv_pairs"):
+        for name in ("hidden_size", "num_layers", "steps", "batch_size", "seq_len", "num_kv_pairs", "lm_eval"):
             if getattr(v, name):
                 setattr(t, name, getattr(v, name))
     elif stage != "explore":
@@ -339,6 +344,17 @@ def stage_seeds(cfg: Config, stage: str) -> int:
     return cfg.verify.seeds if stage == "verify" else cfg.train.seeds
 
 
+def _validate_lm_eval(key: str, t: TrainConfig) -> None:
+    for item in t.lm_eval:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path or "/" in name:
+            raise ConfigError(f"{key}: {item!r} should be 'NAME=PATH' (e.g. 'piqa=/data/piqa.jsonl')")
+        if t.task != "lm" or t.vocab_size < 256:
+            raise ConfigError(f"{key} needs train.task = 'lm' with byte tokens (vocab_size >= 256)")
+        if not Path(path).is_file():
+            raise ConfigError(f"{key}: {path} is not a file (the multiple-choice datasets must be on local disk)")
+
+
 def _validate_verify(cfg: Config) -> None:
     v = cfg.verify
     if not v.enabled:
@@ -347,6 +363,7 @@ def _validate_verify(cfg: Config) -> None:
         raise ConfigError("verify.promote = 'beats_baseline' needs train.seeds >= 2 (a paired interval needs two "
                           "seeds); set train.seeds or use promote = 'top_k'")
     t = stage_train(cfg, "verify")
+    _validate_lm_eval("verify.lm_eval", t)
     if t.hidden_size % t.num_heads:
         raise ConfigError(f"verify.hidden_size ({t.hidden_size}) must be divisible by train.num_heads ({t.num_heads})")
     if t.batch_size % t.nproc:
@@ -386,6 +403,7 @@ def validate(cfg: Config) -> Config:
         pairs, length = parse_difficulty(item)  # raises naming the item
         if length < 4 * pairs or 2 * pairs > t.vocab_size // 2:
             raise ConfigError(f"train.mqar_eval: {item!r} needs length >= 4 * pairs and pairs <= vocab_size // 4")
+    _validate_lm_eval("train.lm_eval", t)
     _validate_verify(cfg)
     if not 0 <= s.llm_fraction <= 1:
         raise ConfigError(f"search.llm_fraction must be in [0, 1], got {s.llm_fraction}")

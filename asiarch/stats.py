@@ -52,32 +52,21 @@ def _betacf(a: float, b: float, x: float, max_iter: int = 100_000, eps: float = 
     Converges quickly for x < (a+1)/(a+b+2); needs O(sqrt(max(a, b))) terms.
     """
     tiny = 1e-300
+
+    def lentz(aa: float, c: float, d: float) -> tuple[float, float]:
+        """One Lentz step with term aa: the new (C, 1/D), kept away from zero."""
+        d = 1.0 + aa * d
+        c = 1.0 + aa / c
+        return (c if abs(c) >= tiny else tiny), 1.0 / (d if abs(d) >= tiny else tiny)
+
     qab, qap, qam = a + b, a + 1.0, a - 1.0
-    c = 1.0
-    d = 1.0 - qab * x / qap
-    if abs(d) < tiny:
-        d = tiny
-    d = 1.0 / d
-    h = d
+    c, d = lentz(-qab * x / qap, 1.0, 1.0)
+    c, h = 1.0, d  # the first step has no C factor
     for m in range(1, max_iter + 1):
         m2 = 2 * m
-        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
-        d = 1.0 + aa * d
-        if abs(d) < tiny:
-            d = tiny
-        c = 1.0 + aa / c
-        if abs(c) < tiny:
-            c = tiny
-        d = 1.0 / d
+        c, d = lentz(m * (b - m) * x / ((qam + m2) * (a + m2)), c, d)
         h *= d * c
-        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
-        d = 1.0 + aa * d
-        if abs(d) < tiny:
-            d = tiny
-        c = 1.0 + aa / c
-        if abs(c) < tiny:
-            c = tiny
-        d = 1.0 / d
+        c, d = lentz(-(a + m) * (qab + m) * x / ((a + m2) * (qap + m2)), c, d)
         delta = d * c
         h *= delta
         if abs(delta - 1.0) < eps:

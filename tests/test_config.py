@@ -121,3 +121,33 @@ def test_bad_site_profiles_are_refused(tmp_path):
         from_dict({"cluster": {"site_profile": str(bad)}})
     with pytest.raises(ConfigError, match="sbatch_extra"):
         from_dict({"cluster": {"sbatch_extra": ["--mail-type=END"]}})
+
+
+def test_stage_and_evaluation_keys_are_checked(tmp_path):
+    from asiarch.config import ConfigError, demo_config, validate
+
+    cfg = demo_config()
+    cfg.verify.enabled, cfg.verify.promote = True, "beats_baseline"
+    with pytest.raises(ConfigError, match="needs train.seeds >= 2"):
+        validate(cfg)
+    cfg = demo_config()
+    cfg.train.mqar_eval = ["8by128"]
+    with pytest.raises(ConfigError, match="PAIRSxLENGTH"):
+        validate(cfg)
+    cfg.train.mqar_eval = ["40x128"]
+    with pytest.raises(ConfigError, match="pairs <= vocab_size // 4"):
+        validate(cfg)
+    cfg = demo_config()
+    cfg.train.lm_eval = [f"piqa={tmp_path / 'piqa.jsonl'}"]
+    with pytest.raises(ConfigError, match="needs train.task = 'lm'"):
+        validate(cfg)
+    cfg.train.task, cfg.train.vocab_size, cfg.train.token_file = "lm", 256, "tokens.u16"
+    with pytest.raises(ConfigError, match="is not a file"):
+        validate(cfg)
+    cfg.train.lm_eval = ["piqa"]
+    with pytest.raises(ConfigError, match="NAME=PATH"):
+        validate(cfg)
+    cfg = demo_config()
+    cfg.verify.enabled, cfg.verify.hidden_size = True, 65
+    with pytest.raises(ConfigError, match="verify.hidden_size"):
+        validate(cfg)

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from asiarch.cli import main as cli_main
-from asiarch.config import demo_config, render_toml
+from asiarch.config import render_toml
 from asiarch.console import Console
 from asiarch.dispatch.local import LocalScheduler
+from asiarch.faults import stress_config
 from asiarch.job import result as rf
 from asiarch.layout import ExperimentDir
 from asiarch.loop import Search, SearchError
@@ -44,17 +45,11 @@ class DeltaNet(nn.Module):
 
 
 def small_config(name="t", candidates=3, **train):
-    cfg = demo_config(name)
-    cfg.baselines.names = ["deltanet"]
-    cfg.baselines.reference = "deltanet"
-    t = cfg.train
-    t.hidden_size, t.num_heads, t.steps, t.batch_size, t.log_every, t.warmup_steps, t.eval_batches = \
-        32, 2, 12, 8, 4, 2, 2
+    """The stress run's small search, with 2 gloo ranks per job, one job at a time, rounds of 2."""
+    cfg = stress_config(name, candidates)
+    cfg.train.nproc, cfg.cluster.max_in_flight, cfg.search.round_size = 2, 1, 2
     for k, v in train.items():
-        setattr(t, k, v)
-    cfg.budget.candidates = candidates
-    cfg.search.round_size = 2
-    cfg.cluster.poll_interval_s = 0.2
+        setattr(cfg.train, k, v)
     return cfg
 
 

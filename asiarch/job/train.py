@@ -25,6 +25,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn import functional as F
@@ -33,7 +34,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from asiarch.job import result as rf
 from asiarch.job.candidate import load_layer_file
 from asiarch.job.model import LanguageModel
-from asiarch.job.tasks import make_task, masked_accuracy
+from asiarch.job.tasks import load_choice_task, make_task, masked_accuracy
 
 
 class Diverged(Exception):
@@ -142,6 +143,27 @@ def _eval_task(model, task, n_batches, per_rank, d: Dist, autocast, mqar: bool) 
     return sum(losses) / len(losses), (sum(accs) / len(accs) if accs else None)
 
 
+def choice_accuracy(model: torch.nn.Module, items, seq_len: int, d: Dist, autocast) -> tuple[float, float]:
+    """lm-eval's multiple-choice scoring: each choice's summed log-likelihood after the context
+    (accuracy) and the same per byte (accuracy_norm); the context is cut from the left to fit
+    seq_len. Each rank scores every question (the files are small); ranks agree exactly."""
+    right = right_norm = 0
+    with torch.no_grad(), autocast():
+        for item in items:
+            scores, norms = [], []
+            for choice in item.choices:
+                tokens = np.concatenate([item.context, choice])[-(seq_len + 1):]
+                n = min(len(choice), len(tokens) - 1)
+                x = torch.as_tensor(tokens[:-1].astype(np.int64), device=d.device)[None]
+                y = torch.as_tensor(tokens[1:].astype(np.int64), device=d.device)[None]
+                logp = F.log_softmax(model(x).float(), dim=-1).gather(-1, y[..., None])[0, -n:, 0]
+                scores.append(logp.sum().item())
+                norms.append(scores[-1] / len(choice))
+            right += int(np.argmax(scores)) == item.label
+            right_norm += int(np.argmax(norms)) == item.label
+    return right / len(items), right_norm / len(items)
+
+
 def evaluate(model: torch.nn.Module, task, cfg: dict, d: Dist, autocast) -> dict[str, float]:
     """Loss over scored positions and, for MQAR, accuracy on the queries; then, for MQAR, the same at
     each further difficulty of ``mqar_eval`` ('PAIRSxLENGTH'), as mqar_<difficulty>/accuracy and /loss."""
@@ -152,6 +174,11 @@ def evaluate(model: torch.nn.Module, task, cfg: dict, d: Dist, autocast) -> dict
     metrics = {"eval/loss": loss}
     if acc is not None:
         metrics["mqar/accuracy"] = acc
+    for spec_item in cfg.get("lm_eval", []) if cfg["task"] == "lm" else []:
+        name, _, path = spec_item.partition("=")
+        acc, acc_norm = choice_accuracy(model, load_choice_task(path), cfg["seq_len"], d, autocast)
+        metrics[f"{name}/accuracy"] = acc
+        metrics[f"{name}/accuracy_norm"] = acc_norm
     for item in cfg.get("mqar_eval", []) if mqar else []:
         pairs, length = (int(x) for x in item.lower().split("x"))
         harder = make_task("mqar", vocab_size=cfg["vocab_size"], seq_len=length, num_kv_pairs=pairs)
