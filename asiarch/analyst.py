@@ -156,7 +156,7 @@ def mean_metrics(runs: list[dict]) -> dict[str, float]:
     out = {}
     for k in sorted(keys):
         vals = [r[k] for r in runs]
-        if all(isinstance(v, (int, float)) and v is not None and math.isfinite(v) for v in vals):
+        if all(isinstance(v, (int, float)) and math.isfinite(v) for v in vals):
             out[k] = sum(vals) / len(vals)
     return out
 

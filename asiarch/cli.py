@@ -132,7 +132,7 @@ def demo_setup(args):
             cfg.baselines.reference = "deltanet"
             cfg.budget.candidates = args.candidates if args.candidates is not None else 4
             v = cfg.verify
-            v.enabled, v.promote, v.top_k, v.seeds, v.hidden_size, v.steps = True, "top_k", 2, 3, 96, 400
+            v.enabled, v.promote, v.top_k, v.seeds, v.hidden_size, v.steps = True, "top_k", 3, 3, 96, 400
     if args.llm_url:
         cfg.llm.base_url = args.llm_url
         cfg.search.proposer = "llm"
@@ -505,7 +505,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--llm-model", default=None, metavar="NAME", help="the model every agent uses (llm.model)")
     s.add_argument("--stages", action="store_true",
                    help="exploration and verification stages with 3 seeds each, intervals and paired gains "
-                        "(about 6 minutes on 2 cores)")
+                        "(about 5-6 minutes on 2 cores)")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_demo)
 

@@ -619,7 +619,9 @@ class Search:
             if p:
                 parts.append(f"#{a.candidate_id} step {p.get('step')}/{p.get('steps')} loss {p.get('loss', 0):.3f}")
         done = self.trained_count()
-        return f"trained {done}/{self.cfg.budget.candidates} | " + " | ".join(parts)
+        verifying = sum(1 for a in self.active if self.store.attempt(a).stage == "verify")
+        stage = f"verification: {verifying} job(s) left | " if verifying else ""
+        return f"trained {done}/{self.cfg.budget.candidates} | {stage}" + " | ".join(parts)
 
     # ------------------------------------------------------------------ budget
     def trained_count(self) -> int:

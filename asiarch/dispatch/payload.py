@@ -15,6 +15,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from asiarch.layout import write_atomic  # standard library only, like this module
+
 _SECRET = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL)", re.IGNORECASE)
 
 #: Written by the job into its attempt directory when it starts: who runs it (host, pid and the
@@ -83,12 +85,6 @@ def slurm_job_id(environ=os.environ) -> str | None:
     return environ.get("SLURM_JOB_ID")
 
 
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
-
-
 def claim_attempt(attempt_dir: Path) -> bool:
     """Record who runs this attempt, then make sure no head gave up on it.
 
@@ -99,9 +95,9 @@ def claim_attempt(attempt_dir: Path) -> bool:
     """
     attempt_dir.mkdir(parents=True, exist_ok=True)
     (attempt_dir / JOB_EXIT).unlink(missing_ok=True)
-    _write_json(attempt_dir / JOB_MARKER, {
+    write_atomic(attempt_dir / JOB_MARKER, json.dumps({
         "host": socket.gethostname(), "pid": os.getpid(), "pid_start": process_start_time(os.getpid()),
-        "slurm_job_id": slurm_job_id(), "started_at": time.time()})
+        "slurm_job_id": slurm_job_id(), "started_at": time.time()}))
     return not (attempt_dir / ABANDONED).exists()
 
 
@@ -122,7 +118,7 @@ def run_job_script(script: str, log: str, extra_secrets: tuple[str, ...] = ()) -
     try:
         code = _run(script, log, env)
     finally:
-        _write_json(attempt_dir / JOB_EXIT, {"code": code, "ended_at": time.time()})
+        write_atomic(attempt_dir / JOB_EXIT, json.dumps({"code": code, "ended_at": time.time()}))
     if code != 0:
         raise JobScriptFailed(f"{script} exited with status {code}; see {log}")
     return code
