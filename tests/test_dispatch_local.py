@@ -1,10 +1,11 @@
 """The local backend against real submitit controller processes."""
 
+import signal
 import time
-
 
 from asiarch.dispatch.base import JobRequest, JobState
 from asiarch.dispatch.local import LocalScheduler
+from asiarch.dispatch.payload import JOB_MARKER
 
 
 def _job(tmp_path, name, body):
@@ -65,6 +66,25 @@ def test_cancel_queued_and_running(tmp_path):
     sched.cancel(ids)
     states, _ = _wait(sched, ids, timeout=40)
     assert states == {ids[0]: JobState.CANCELLED, ids[1]: JobState.CANCELLED}
+
+
+def test_cancel_reaches_a_job_whose_head_runs_with_sigint_ignored(tmp_path):
+    """`nohup asiarch run DIR &` starts the head with SIGINT ignored, and its jobs inherit that: the
+    cancel must still stop a job that is past its start (its marker written), not only a starting one."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        sched = LocalScheduler(tmp_path / "jobs", max_in_flight=1)
+        ids = sched.submit([_job(tmp_path, "long", "exec sleep 60")])
+        deadline = time.time() + 30
+        while not (tmp_path / JOB_MARKER).exists() and time.time() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.0)  # the job's script runs
+        assert sched.states(ids)[ids[0]] is JobState.RUNNING
+        sched.cancel(ids)
+        states, _ = _wait(sched, ids, timeout=20)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert states == {ids[0]: JobState.CANCELLED}
 
 
 def test_unknown_ids_are_unknown_not_done(tmp_path):

@@ -85,7 +85,12 @@ class LocalScheduler:
                 self._final[jid] = JobState.CANCELLED
         self._queue = kept
         for jid in wanted & set(self._jobs):
-            self._jobs[jid].cancel(check=False)
+            job = self._jobs[jid]
+            job.cancel(check=False)  # SIGINT to submitit's controller
+            if self._state(jid) is JobState.RUNNING:
+                # a head started in the background (`nohup asiarch run ... &`) passes SIGINT on ignored,
+                # so the controller would not hear it: TERM, which it forwards to the job, always works
+                os.kill(int(job.job_id), signal.SIGTERM)
         for jid in wanted & set(self._adopted):
             pid, start, _ = self._adopted[jid]
             if process_start_time(pid) == start:
