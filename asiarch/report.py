@@ -25,8 +25,8 @@ from asiarch.lineage import load_lineage, render_lineage
 from asiarch.show import best_result
 from asiarch.stages import arm_curves, stage_agreement
 from asiarch.store import Candidate, Store
-from asiarch.views import (DEFAULT_STAGE, STAGES, _ci, _pm, failures_by_reason, leaderboard_rows, llm_spend,
-                           load_budget, load_reference, open_readonly, stage_leaderboard_rows)
+from asiarch.views import (DEFAULT_STAGE, STAGES, failures_by_reason, fmt_ci, fmt_pm, leaderboard_rows,
+                           llm_spend, load_budget, load_reference, open_readonly, stage_leaderboard_rows)
 
 PNG_NAMES = {"discovery_index": "discovery_by_candidate.png", "discovery_compute": "discovery_by_compute.png",
              "curves": "training_curves.png", "tasks": "task_scores.png", "lineage": "lineage.png",
@@ -201,9 +201,9 @@ def stages_context(store: Store, exp: ExperimentDir, table_rows: int) -> dict:
             continue
         stages.append({"name": stage, "n": str(len(rows)), "rows": [
             {"rank": str(r["rank"]), "id": str(r["id"]), "name": r["name"], "origin": r["origin"],
-             "seeds": str(r["seeds"]), "fitness": _f(r["fitness"]), "loss": _pm(r["loss"], ".4f"),
-             "score": _pm(r["score"], ".3f"), "gain": _ci(r["loss_vs_ref"], "+.4f"),
-             "score_gain": _ci(r["score_vs_ref"], "+.3f"),
+             "seeds": str(r["seeds"]), "fitness": _f(r["fitness"]), "loss": fmt_pm(r["loss"], ".4f"),
+             "score": fmt_pm(r["score"], ".3f"), "gain": fmt_ci(r["loss_vs_ref"], "+.4f"),
+             "score_gain": fmt_ci(r["score_vs_ref"], "+.3f"),
              "beats": {True: "yes", False: "no", None: "-"}[r["beats_ref"]]} for r in rows[:table_rows]]})
     ag = stage_agreement(store, reference)
     if ag.n >= 3:

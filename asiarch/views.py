@@ -181,7 +181,7 @@ def load_reference(exp: ExperimentDir) -> tuple[str, object]:
     return cfg.baselines.reference, cfg.fitness
 
 
-def _iv(iv) -> dict:
+def interval_dict(iv) -> dict:
     """An interval as JSON-ready numbers (None for what two seeds are needed for)."""
     return {"mean": _num(iv.mean), "sd": _num(iv.sd), "low": _num(iv.low), "high": _num(iv.high), "n": iv.n}
 
@@ -198,17 +198,18 @@ def stage_leaderboard_rows(store: Store, stage: str, reference: str, fitness_cfg
         c = r.candidate
         out.append({
             "rank": rank, "id": c.id, "name": c.name, "origin": c.origin, "stage": stage, "seeds": len(r.seeds),
-            "fitness": _num(r.fitness), "terms": r.terms, "loss": _iv(r.loss), "score": _iv(r.score) if r.score else None,
-            "loss_vs_ref": _iv(r.loss_vs_ref.interval) if r.loss_vs_ref else None,
-            "score_vs_ref": _iv(r.score_vs_ref.interval) if r.score_vs_ref else None,
+            "fitness": _num(r.fitness), "terms": r.terms, "loss": interval_dict(r.loss),
+            "score": interval_dict(r.score) if r.score else None,
+            "loss_vs_ref": interval_dict(r.loss_vs_ref.interval) if r.loss_vs_ref else None,
+            "score_vs_ref": interval_dict(r.score_vs_ref.interval) if r.score_vs_ref else None,
             "beats_ref": r.beats if r.loss_vs_ref else None,
             "note": r.loss_vs_ref.note if r.loss_vs_ref else "",
-            "metrics": {k: _iv(v) for k, v in r.metrics.items() if k != "eval/loss"},
+            "metrics": {k: interval_dict(v) for k, v in r.metrics.items() if k != "eval/loss"},
         })
     return out
 
 
-def _pm(iv: dict | None, spec: str) -> str:
+def fmt_pm(iv: dict | None, spec: str) -> str:
     """'mean ± half-width' (just the mean with one seed)."""
     if not iv or iv["mean"] is None:
         return "-"
@@ -217,7 +218,7 @@ def _pm(iv: dict | None, spec: str) -> str:
     return f"{format(iv['mean'], spec)}±{format((iv['high'] - iv['low']) / 2, spec)}"
 
 
-def _ci(iv: dict | None, spec: str) -> str:
+def fmt_ci(iv: dict | None, spec: str) -> str:
     """'mean [low, high]' of a paired difference."""
     if not iv or iv["mean"] is None:
         return "-"
@@ -253,8 +254,8 @@ def render_stage_leaderboard(rows: list[dict], fmt: str = "table", limit: int | 
     for r in rows:
         beats = {True: palette.paint("yes", "green"), False: "no", None: "-"}[r["beats_ref"]]
         lines.append(f"{r['rank']:>4} {r['id']:>5} {r['name'][:30]:<30} {r['origin'][:8]:<8} {r['seeds']:>5} "
-                     f"{_fmt(r['fitness'], '.3f'):>7} {_pm(r['loss'], '.4f'):>17} {_pm(r['score'], '.3f'):>13}  "
-                     f"{_ci(r['loss_vs_ref'], '+.4f'):<34} {_ci(r['score_vs_ref'], '+.3f'):<28} {beats}")
+                     f"{_fmt(r['fitness'], '.3f'):>7} {fmt_pm(r['loss'], '.4f'):>17} {fmt_pm(r['score'], '.3f'):>13}  "
+                     f"{fmt_ci(r['loss_vs_ref'], '+.4f'):<34} {fmt_ci(r['score_vs_ref'], '+.3f'):<28} {beats}")
     lines.append("")
     lines.append(f"gains are paired differences against {reference} over the same seeds (positive = better); "
                  "'beats' when the 95 % interval of the loss gain excludes zero and the score is not significantly worse")
