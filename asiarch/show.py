@@ -16,7 +16,8 @@ from asiarch.color import PLAIN, Palette
 from asiarch.job import result as rf
 from asiarch.layout import ExperimentDir
 from asiarch.store import Candidate, Store, StoreError
-from asiarch.views import DEFAULT_STAGE, relative_to_exp
+from asiarch.views import (DEFAULT_STAGE, STAGES, fmt_ci, fmt_pm, load_reference, relative_to_exp,
+                           stage_leaderboard_rows)
 
 
 def _fmt(x, spec: str) -> str:
@@ -101,8 +102,10 @@ def show_text(store: Store, exp: ExperimentDir, ref: str, palette: Palette = PLA
     analyses, attempts with their errors, result figures, the training curve, and its code."""
     cand = store.find_candidate(ref)
     h = lambda s: palette.paint(s, "bold")  # noqa: E731
+    attempts = store.attempts(cand.id)
+    stages = sorted({a.stage for a in attempts} or {DEFAULT_STAGE}, key=STAGES.index)
     lines = [f"{palette.paint(f'#{cand.id} {cand.name}', 'bold')}  {cand.origin}, round {cand.round}, "
-             f"stage {DEFAULT_STAGE}, {palette.status(cand.status, cand.status)}"
+             f"stage {'+'.join(stages)}, {palette.status(cand.status, cand.status)}"
              + (f": {cand.reason.splitlines()[0][:120]}" if cand.reason else "")]
     if cand.parent_id is not None:
         p = store.candidate(cand.parent_id)
@@ -115,6 +118,7 @@ def show_text(store: Store, exp: ExperimentDir, ref: str, palette: Palette = PLA
     if kids[0]:
         lines.append(f"children   {kids[0]} (best fitness {_fmt(kids[1], '.3f')})")
     lines += _scores(store, cand)
+    lines += _stages(store, exp, cand)
 
     lines += ["", h("Motivation")] + _wrap(cand.motivation)
     analyses = store.analyses(cand.id)
@@ -124,15 +128,14 @@ def show_text(store: Store, exp: ExperimentDir, ref: str, palette: Palette = PLA
             lines += _wrap(a["text"])
 
     lines += ["", h("Attempts")]
-    attempts = store.attempts(cand.id)
     if not attempts:
         lines.append("  none yet" if cand.status not in ("rejected",) else "  none (rejected before training)")
     results = {r["attempt_id"]: r for r in store.results(cand.id)}
     for a in attempts:
         r = results.get(a.id)
         took = f"{r['wall_s'] / 60:.1f} min on {r['world_size'] or 1} ranks" if r and r["wall_s"] else ""
-        lines.append(f"  {a.n} {palette.status(a.status.ljust(9), a.status)} job {a.job_id or '-':<14} "
-                     f"submitted {_when(a.submitted_at)}  {took}  {a.dir}")
+        lines.append(f"  {a.n} {palette.status(a.status.ljust(9), a.status)} {a.stage} seed {a.seed}  "
+                     f"job {a.job_id or '-':<14} submitted {_when(a.submitted_at)}  {took}  {a.dir}")
         if a.error:
             lines += [palette.paint(x, "red") for x in _wrap(a.error.splitlines()[0], "      ")]
         if r:
@@ -149,6 +152,23 @@ def show_text(store: Store, exp: ExperimentDir, ref: str, palette: Palette = PLA
                         f"{len(src.splitlines())} lines, sha256 {cand.code_sha256[:12]})")]
         lines += ["  " + x for x in src.splitlines()]
     return "\n".join(lines)
+
+
+def _stages(store: Store, exp: ExperimentDir, cand: Candidate) -> list[str]:
+    """Per stage with results: seeds, loss and score (mean and 95 % interval), and the paired gain
+    against the reference baseline; nothing for a candidate trained with one seed in one stage."""
+    reference, fitness_cfg = load_reference(exp)
+    out = []
+    for stage in STAGES:
+        row = next((r for r in stage_leaderboard_rows(store, stage, reference, fitness_cfg) if r["id"] == cand.id),
+                   None)
+        if row is None or (row["seeds"] == 1 and stage == DEFAULT_STAGE):
+            continue
+        gain = f"   loss gain vs {reference} {fmt_ci(row['loss_vs_ref'], '+.4f')}" if row["loss_vs_ref"] else ""
+        beats = {True: ", beats it", False: ", does not beat it", None: ""}[row["beats_ref"]]
+        out.append(f"{stage:<10} {row['seeds']} seeds: loss {fmt_pm(row['loss'], '.4f')}   score "
+                   f"{fmt_pm(row['score'], '.3f')}   fitness {_fmt(row['fitness'], '.3f')}{gain}{beats}")
+    return out
 
 
 def _scores(store: Store, cand: Candidate) -> list[str]:

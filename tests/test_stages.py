@@ -209,6 +209,9 @@ def test_two_stages_with_seeds_end_to_end(tmp_path, capsys):
     assert cli_main(["leaderboard", str(root), "--stage", "verify", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert {r["name"] for r in rows} == set(verify) and all(r["seeds"] == 3 for r in rows)
+    assert cli_main(["show", str(root), "deltanet_clone", "--no-code"]) == 0
+    shown = capsys.readouterr().out
+    assert "stage explore+verify" in shown and "verify     3 seeds" in shown and "does not beat it" in shown
     assert cli_main(["report", str(root)]) == 0
     html = next((root / "reports").glob("*.html")).read_text()
     assert "Stage agreement" in html and "verify" in html
