@@ -281,3 +281,70 @@ def test_head_runs_as_a_slurm_job_and_requeues_itself(slurm_cluster, tmp_path):
     offline = [c for c in store.candidates() if c.origin == "offline"]
     assert len(offline) == 2 and all(c.status == "done" for c in offline), [(c.name, c.status, c.reason)
                                                                              for c in offline]
+
+
+def _slurm_search(tmp_path, **cluster):
+    cfg = small_config(candidates=1, steps=150)
+    cfg.cluster.scheduler = "slurm"
+    cfg.cluster.timeout_min = 10
+    for k, v in cluster.items():
+        setattr(cfg.cluster, k, v)
+    search = Search(ExperimentDir(tmp_path), cfg, console=Console(verbose=False))
+    search.register_baselines()
+    return search
+
+
+@pytest.mark.slow
+def test_a_running_job_whose_id_was_never_recorded_is_adopted_from_its_marker(slurm_cluster, tmp_path):
+    """The head ran sbatch and died before recording the id: the next head finds the running task by
+    the Slurm id in the marker the job wrote, watches it to the end, and trains nothing twice."""
+    import json
+
+    from asiarch.dispatch.payload import JOB_MARKER
+
+    first = _slurm_search(tmp_path)
+    base = first.store.candidates(origin="baseline")[0]
+    attempt_id, request = first.prepare_attempt(base, 1)
+    (job_id,) = first.scheduler.submit([request])  # the id never reaches the store
+    first.close()
+    marker = request.script.parent / JOB_MARKER
+    deadline = time.time() + 90
+    while not marker.exists() and time.time() < deadline:
+        time.sleep(0.2)
+    assert json.loads(marker.read_text())["slurm_job_id"] == job_id
+
+    second = _slurm_search(tmp_path)
+    second.recover()
+    a = second.store.attempt(attempt_id)
+    assert (a.status, a.job_id) == ("submitted", job_id)
+    second.wait()
+    assert [(x.n, x.status) for x in second.store.attempts(base.id)] == [(1, "ok")]
+    assert any(e["kind"] == "adopted" for e in second.store.events(50))
+    second.close()
+
+
+@pytest.mark.slow
+def test_a_pending_job_whose_id_was_never_recorded_does_not_train_when_it_starts(slurm_cluster, tmp_path):
+    """The same, with the job still pending (held) when the next head recovers: that head abandons the
+    attempt and trains a new one; released later, the old job reads the tombstone and exits untrained."""
+    from asiarch.dispatch.payload import ABANDONED
+
+    first = _slurm_search(tmp_path, sbatch_extra=["hold"])
+    base = first.store.candidates(origin="baseline")[0]
+    attempt_id, request = first.prepare_attempt(base, 1)
+    (job_id,) = first.scheduler.submit([request])
+    first.close()
+
+    second = _slurm_search(tmp_path)
+    second.recover()
+    assert second.store.attempt(attempt_id).status == "lost"
+    assert (request.script.parent / ABANDONED).exists()
+    subprocess.run(["scontrol", "release", job_id.split("_")[0]], check=True)
+    second.wait()  # the retry
+    assert [(x.n, x.status) for x in second.store.attempts(base.id)] == [(1, "lost"), (2, "ok")]
+    orphan = SlurmScheduler(tmp_path / "jobs", SlurmSpec(job_name="x"))
+    assert _wait(orphan, [job_id]) == {job_id: JobState.COMPLETED}
+    assert "abandoned by a restarted head" in request.log.read_text()
+    assert not (request.script.parent / "result.h5").exists()
+    assert not (request.script.parent / "progress.json").exists()
+    second.close()
