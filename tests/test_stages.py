@@ -212,6 +212,7 @@ def test_two_stages_with_seeds_end_to_end(tmp_path, capsys):
     assert cli_main(["show", str(root), "deltanet_clone", "--no-code"]) == 0
     shown = capsys.readouterr().out
     assert "stage explore+verify" in shown and "verify     3 seeds" in shown and "does not beat it" in shown
+    assert "promoted to verification: top 3 by exploration fitness" in shown
     assert cli_main(["report", str(root)]) == 0
     html = next((root / "reports").glob("*.html")).read_text()
     assert "Stage agreement" in html and "verify" in html
