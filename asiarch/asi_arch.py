@@ -363,9 +363,13 @@ def import_command(architectures: str | Path, into: str | Path, *, tree: str | P
     from asiarch.config import Config, load_config, render_toml
     from asiarch.layout import ExperimentDir
 
+    from asiarch.llm.knowledge import cognition_entries, import_cognition
+
     if cognition is not None:
-        raise AsiArchError("--cognition: the knowledge base (ASI-Arch's cognition/ papers) is not implemented yet; "
-                           "import the layers without it")
+        try:
+            cognition_entries(cognition)  # read and parse every paper before anything is written
+        except ValueError as exc:
+            raise AsiArchError(f"--cognition: {exc}") from None
     layers = read_architectures(architectures)
     nodes = read_tree(tree) if tree else None
     chosen = select_layers(layers, top=top, names=names)
@@ -389,6 +393,7 @@ def import_command(architectures: str | Path, into: str | Path, *, tree: str | P
         if store.get_meta("experiment") is None:
             store.set_meta("experiment", cfg.experiment.name)
         summary = import_layers(store, chosen, nodes)
+        insights = import_cognition(cognition, store) if cognition is not None else []
     finally:
         store.close()
 
@@ -396,6 +401,10 @@ def import_command(architectures: str | Path, into: str | Path, *, tree: str | P
     out(f"imported {len(summary.added)} of {len(chosen)} ({which} of {len(layers)} in {Path(architectures).name}) "
         f"into {exp.root} as origin {ORIGIN!r}, status proposed; {summary.linked} linked to an imported parent"
         + (f"; {len(summary.skipped)} already there" if summary.skipped else ""))
+    if cognition is not None:
+        papers = len({e.key.split("#")[0] for e in insights})
+        out(f"imported {len(insights)} insights from {papers} papers in {cognition} into the knowledge base the "
+            "Researcher reads")
     bf16 = [l.name for _, l in summary.added if casts_to_bf16(l.code)]
     if bf16 and cfg.train.precision != "bf16":
         out(f"warning: {len(bf16)} of them cast to bf16 inside their kernels (ASI-Arch trained under bf16 autocast); "

@@ -635,7 +635,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top", type=int, help="import only the K best by ASI-Arch's reported fitness")
     g.add_argument("--names", action="append", metavar="A,B", help="import only these layers (names or display "
                                                                    "names, comma-separated; repeatable)")
-    s.add_argument("--cognition", metavar="DIR", help="ASI-Arch's cognition/ papers (knowledge base: not yet)")
+    s.add_argument("--cognition", metavar="DIR", help="ASI-Arch's cognition/ papers, into the experiment's knowledge "
+                                                      "base (as `asiarch knowledge import`)")
     s.set_defaults(func=cmd_import_asi_arch)
 
     s = sub.add_parser("knowledge", help="the knowledge base the Researcher reads")

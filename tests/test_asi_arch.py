@@ -160,11 +160,23 @@ def test_existing_fp32_experiment_is_told_which_precision_the_layers_need(tmp_pa
     assert "imported 3 of 3" in out and "warning: 2 of them cast to bf16" in out and "precision" in out
 
 
-def test_cognition_is_refused_until_the_knowledge_base_exists(tmp_path, capsys):
-    code = cli_main(["import-asi-arch", str(ARCHITECTURES), "--into", str(tmp_path / "e"), "--cognition",
-                     str(ASI_ARCH / "cognition")])
-    assert code == 2 and "not implemented yet" in capsys.readouterr().err
-    assert not (tmp_path / "e").exists()
+def test_cognition_fills_the_knowledge_base_with_the_layers(tmp_path, capsys):
+    from asiarch.llm.knowledge import stored_entries
+
+    root = tmp_path / "e"
+    assert cli_main(["import-asi-arch", str(ARCHITECTURES), "--into", str(root), "--top", "2", "--cognition",
+                     str(ASI_ARCH / "cognition")]) == 0
+    out = capsys.readouterr().out
+    assert "imported 2 of 2" in out and "insights from" in out
+    with Store.open_readonly(root / "asiarch.db") as store:
+        entries = stored_entries(store, origin="cognition")
+    assert len(entries) >= 100
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "paper.json").write_text("{not json")
+    code = cli_main(["import-asi-arch", str(ARCHITECTURES), "--into", str(tmp_path / "f"), "--cognition", str(bad)])
+    assert code == 2 and "--cognition" in capsys.readouterr().err
+    assert not (tmp_path / "f").exists()  # nothing written when the papers do not read
 
 
 # ----------------------------------------------------------------------------------
