@@ -166,7 +166,8 @@ def choice_accuracy(model: torch.nn.Module, items, seq_len: int, d: Dist, autoca
 
 def evaluate(model: torch.nn.Module, task, cfg: dict, d: Dist, autocast) -> dict[str, float]:
     """Loss over scored positions and, for MQAR, accuracy on the queries; then, for MQAR, the same at
-    each further difficulty of ``mqar_eval`` ('PAIRSxLENGTH'), as mqar_<difficulty>/accuracy and /loss."""
+    each further difficulty of ``mqar_eval`` ('PAIRSxLENGTH'), as mqar_<difficulty>/accuracy and /loss,
+    and, for LM, each multiple-choice task of ``lm_eval`` ('NAME=PATH') as NAME/accuracy(_norm)."""
     model.eval()
     per_rank = max(1, cfg["batch_size"] // d.world)
     mqar = cfg["task"] == "mqar"
