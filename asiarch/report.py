@@ -257,6 +257,7 @@ def _context(store: Store, exp: ExperimentDir, rows: list[dict], best: list[Cand
             "motivation": c.motivation or "(none)",
             "analysis": analyses[-1]["text"] if analyses else "(no analysis)",
             "diff": _diff_html(parent.code, c.code) if parent else Markup("(no parent)"),
+            "events": [f"{e['kind']}: {e['message'][:300]}" for e in store.candidate_events(c.id)],
             "code": c.code})
     return {
         "title": f"asiarch report: {store.get_meta('experiment', exp.root.name)}",

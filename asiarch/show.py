@@ -144,10 +144,9 @@ def show_text(store: Store, exp: ExperimentDir, ref: str, palette: Palette = PLA
                          f"{_fmt((r['peak_memory_bytes'] or 0) / 2**30, '.2f')} GiB, {r['steps_done']} steps"
                          + "".join(f", {k} {_fmt(v, '.4f')}" for k, v in r["metrics"].items()))
     lines += _failure_tracebacks(store, exp, cand, palette)
-    events = store.conn.execute("SELECT ts, kind, message FROM events WHERE candidate_id = ? AND kind IN"
-                                " ('repaired', 'promoted', 'adopted', 'seed-failed') ORDER BY id", (cand.id,)).fetchall()
+    events = store.candidate_events(cand.id)
     if events:  # what happened to it besides its attempts: the Engineer's repairs, promotion, re-attachment
-        lines += ["", h("Events")] + [f"  {_when(ts)}  {kind:<11} {msg[:300]}" for ts, kind, msg in events]
+        lines += ["", h("Events")] + [f"  {_when(e['ts'])}  {e['kind']:<11} {e['message'][:300]}" for e in events]
     lines += ["", *_curve_section(store, exp, cand, palette)]
     if code:
         layer = exp.layer_file(cand.id, cand.name)

@@ -281,6 +281,13 @@ class Store:
             with self.transaction() as c:
                 c.execute(sql, args)
 
+    def candidate_events(self, cid: int) -> list[dict]:
+        """What happened to a candidate besides its attempts (ts, kind, message), oldest first: the
+        Engineer's repairs, promotion to verification, re-attachment by a restarted head, failed seeds."""
+        rows = self.conn.execute("SELECT ts, kind, message FROM events WHERE candidate_id = ? AND kind IN"
+                                 " ('repaired', 'promoted', 'adopted', 'seed-failed') ORDER BY id", (cid,))
+        return [dict(r) for r in rows]
+
     def events(self, limit: int = 20) -> list[dict]:
         rows = self.conn.execute("SELECT * FROM events ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
         return [dict(r) for r in reversed(rows)]

@@ -30,6 +30,7 @@ from asiarch.llm.client import spent_dollars
 from asiarch.llm.knowledge import stored_entries
 from asiarch.loop import Search
 from asiarch.proposer import baseline_sources
+from asiarch.report import write_report
 from asiarch.show import show_text
 from asiarch.store import Store
 from tests.llm_server import FakeLLMServer, Step
@@ -174,6 +175,8 @@ def test_llm_proposals_are_repaired_trained_and_analysed(finished):
     assert "index out of range in my fancy gather" in job_repair[0]["error"]
     shown = show_text(store, ExperimentDir(finished.root), str(conv.id), code=False)
     assert "Events" in shown and "repaired by the Engineer (job" in shown  # the repair, in `asiarch show`
+    html = write_report(ExperimentDir(finished.root), finished.root / "rep", plots=False).html.read_text()
+    assert "repaired: repaired by the Engineer (job" in html  # and in the report
     asked = finished.server.requests_for(MODELS["engineer"])[-1]["messages"][1]["content"]
     assert "Traceback" in asked and "job state" in asked
 
