@@ -214,9 +214,14 @@ def stages_context(store: Store, exp: ExperimentDir, table_rows: int) -> dict:
         agreement = f"{ag.n} candidate(s) trained in both stages; a rank correlation needs at least 3."
     else:
         agreement = "No candidate has been verified yet."
+    arms = []
+    for arm, (hours, best) in sorted(arm_curves(store).items()):
+        found = [(h, b) for h, b in zip(hours, best) if b is not None]
+        arms.append(f"{arm}: best fitness {_f(found[-1][1])} after {hours[-1]:.2f} core/GPU-hours" if found
+                    else f"{arm}: nothing scored yet ({hours[-1]:.2f} core/GPU-hours)")
     return {"stages": stages, "reference": reference, "agreement": agreement,
             "agreement_pairs": [{"name": n, "explore": _f(a, ".4f"), "verify": _f(b, ".4f")} for n, a, b in ag.pairs],
-            "arms": sorted(arm_curves(store))}
+            "arms": arms}
 
 
 def _context(store: Store, exp: ExperimentDir, rows: list[dict], best: list[Candidate], baselines: list[Candidate],

@@ -292,6 +292,9 @@ def test_report_renders_self_contained(big):
     assert not re.search(r'(src|href)="(https?:|//|/)', html), "the report must open from a file, offline"
     assert "<h2>Leaderboard</h2>" in html and "Failures by reason" in html and "The top candidates" in html
     assert "<h2>Stage: explore</h2>" in html and "No candidate has been verified yet." in html
+    with Store.open_readonly(big / "asiarch.db") as store:
+        best = max(c.fitness for c in store.candidates(status="done") if c.origin == "offline" and c.fitness is not None)
+    assert f"offline: best fitness {best:.3f} after" in html  # what the ablation plot shows, in words
     assert html.count('<span class="add">') > 0
     for key, path in rep.pngs.items():
         assert path.parent == big / "reports" and path.read_bytes().startswith(b"\x89PNG"), key
