@@ -53,6 +53,20 @@ def small_config(name="t", candidates=3, **train):
     return cfg
 
 
+def offline_in_flight(db: Path) -> int:
+    """Offline candidates' attempts a head has submitted and not yet seen end (0 before the store exists)."""
+    if not db.exists():
+        return 0
+    s = Store.open_readonly(db)
+    try:
+        return s.conn.execute("SELECT COUNT(*) FROM attempts a JOIN candidates c ON c.id = a.candidate_id"
+                              " WHERE c.origin = 'offline' AND a.status IN ('submitted', 'running')").fetchone()[0]
+    except Exception:  # the head is still creating the schema
+        return 0
+    finally:
+        s.close()
+
+
 def add_layer(root: Path, source: str, name: str) -> None:
     f = root / f"{name}.py"
     f.write_text(source)
@@ -227,16 +241,8 @@ def test_killed_head_resumes_without_losing_or_duplicating_candidates(tmp_path):
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 180
     while time.time() < deadline:
-        if (root / "asiarch.db").exists():
-            s = Store.open_readonly(root / "asiarch.db")
-            try:
-                n = s.conn.execute("SELECT COUNT(*) FROM attempts a JOIN candidates c ON c.id = a.candidate_id"
-                                   " WHERE c.origin = 'offline' AND a.status IN ('submitted', 'running')").fetchone()[0]
-            except Exception:
-                n = 0
-            s.close()
-            if n:
-                break
+        if offline_in_flight(root / "asiarch.db"):
+            break
         time.sleep(0.3)
     else:
         head.kill()

@@ -14,7 +14,7 @@ from asiarch.layout import ExperimentDir
 from asiarch.loop import Search
 from tests.conftest import check_golden
 from tests.slurm_cluster import slurm_cluster  # noqa: F401  (fixture)
-from tests.test_loop import small_config
+from tests.test_loop import offline_in_flight, small_config
 
 
 def test_tres_parsing():
@@ -194,16 +194,8 @@ def test_killed_head_reattaches_to_its_slurm_jobs_by_id(slurm_cluster, tmp_path)
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=dict(os.environ))
     deadline = time.time() + 180
     while time.time() < deadline:
-        if (root / "asiarch.db").exists():
-            s = Store.open_readonly(root / "asiarch.db")
-            try:
-                n = s.conn.execute("SELECT COUNT(*) FROM attempts a JOIN candidates c ON c.id = a.candidate_id "
-                                   "WHERE c.origin = 'offline' AND a.status IN ('submitted','running')").fetchone()[0]
-            except Exception:
-                n = 0
-            s.close()
-            if n == 2:
-                break
+        if offline_in_flight(root / "asiarch.db") == 2:
+            break
         time.sleep(0.3)
     else:
         head.kill()
@@ -254,16 +246,8 @@ def test_head_runs_as_a_slurm_job_and_requeues_itself(slurm_cluster, tmp_path):
     db = root / "asiarch.db"
     deadline = time.time() + 120
     while time.time() < deadline:  # wait for the head's first training round to be in Slurm
-        if db.exists():
-            s = Store.open_readonly(db)
-            try:
-                n = s.conn.execute("SELECT COUNT(*) FROM attempts a JOIN candidates c ON c.id = a.candidate_id "
-                                   "WHERE c.origin = 'offline' AND a.status IN ('submitted', 'running')").fetchone()[0]
-            except Exception:
-                n = 0
-            s.close()
-            if n:
-                break
+        if offline_in_flight(db):
+            break
         time.sleep(0.5)
     # the time-limit warning of --signal=B:USR1@300, sent now
     assert subprocess.run(["scancel", "--batch", "--signal=USR1", head_id]).returncode == 0
