@@ -159,9 +159,8 @@ def test_time_limit_warning_records_a_timeout_with_its_partial_curve(slurm_clust
     from tests.test_train_job import CUMSUM, _attempt
 
     paths, req = _attempt(tmp_path, CUMSUM.format(extra=""), steps=1_000_000)
-    # a 1-minute limit with the warning 30 s before it: the trainer hears it ~30 s in, well after it has
-    # started even on a loaded machine (a warning that arrives before the trainer's handlers exist is lost,
-    # and the job then ends as Slurm's TIMEOUT without a result, which the loop retries)
+    # a 1-minute limit with the warning 30 s before it. Slurm may send it up to a minute early, i.e. at
+    # the job's start: the payload then holds it until the trainer is up (test_train_job tests that alone)
     sched = SlurmScheduler(tmp_path / "jobs", SlurmSpec(job_name="to", time_min=1, cpus_per_task=2,
                                                        signal_delay_s=30))
     (job_id,) = sched.submit([req])

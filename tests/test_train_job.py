@@ -116,6 +116,26 @@ def test_sigterm_checkpoints_and_a_rerun_resumes_from_it(tmp_path):
     assert not ckpt.exists()  # finished: nothing left to resume
 
 
+def test_a_time_limit_warning_before_the_trainer_is_ready_is_held_not_fatal(tmp_path):
+    """Slurm may send --signal up to a minute early, for a short job at its very start: the payload
+    holds the warning until the trainer has written its first progress record, then passes it on,
+    and the run ends as a timeout with its partial curve instead of dying without a result."""
+    from asiarch.dispatch.payload import JOB_MARKER
+
+    paths, req = _attempt(tmp_path, CUMSUM.format(extra=""), steps=1_000_000, nproc=1)
+    payload = subprocess.Popen([sys.executable, "-c", "import sys; from asiarch.dispatch.payload import "
+                                "run_job_script; run_job_script(sys.argv[1], sys.argv[2])",
+                                str(req.script), str(req.log)])
+    deadline = time.time() + 60
+    while not (paths.dir / JOB_MARKER).exists() and time.time() < deadline:
+        time.sleep(0.02)
+    assert not paths.progress.exists(), "the trainer was already up: nothing to hold"
+    payload.send_signal(signal.SIGUSR1)
+    payload.wait(timeout=180)  # non-zero: torchrun's agent exits with an error on the HUP it forwarded
+    rec = rf.read_result(paths.result)
+    assert rec.status == "timeout" and rec.steps_done > 0 and len(rec.curve.loss) > 0
+
+
 def test_lm_task_over_a_byte_token_file(tmp_path):
     text = ("the quick brown fox jumps over the lazy dog. " * 400)
     tok = tmp_path / "tokens.u16"

@@ -28,6 +28,9 @@ JOB_EXIT = "job-exit.json"
 #: Written by a restarted head into an attempt it gives up on (and retries): a job of that
 #: attempt that starts later -- still pending when the old head died -- exits without training.
 ABANDONED = "abandoned"
+#: The trainer's progress record in the attempt directory (asiarch.layout names it too): once it
+#: exists, the trainer's signal handlers do.
+PROGRESS = "progress.json"
 
 
 class JobScriptFailed(RuntimeError):
@@ -47,25 +50,54 @@ def _ignore_warnings() -> None:
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)
 
 
-def forward_stop_signals(proc: subprocess.Popen) -> None:
+class StopSignals:
     """Pass the scheduler's warnings on to the job: USR1/USR2 as SIGHUP, TERM as SIGTERM.
 
     Slurm signals (``--signal``, preemption, ``scontrol requeue``) reach this process, not the
     script it runs; the script execs torchrun, which forwards only TERM/INT/HUP/QUIT to its
     workers. The trainer checkpoints on either and records the run as timeout (HUP) or
     preempted (TERM).
-    """
-    def forward(signum, _frame):
-        if proc.poll() is None:
-            # the time-limit warning (--signal USR1/USR2) travels as HUP, anything else as TERM,
-            # so that the trainer can tell a timeout from a preemption
-            proc.send_signal(signal.SIGHUP if signum in (signal.SIGUSR1, signal.SIGUSR2) else signal.SIGTERM)
 
-    for sig in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM):
-        try:
-            signal.signal(sig, forward)
-        except ValueError:  # not the main thread: nothing to forward from here
+    A time-limit warning that comes before the trainer is ready (``ready()`` false: it has not
+    written its first progress record, so its handlers may not exist yet) is held and passed on
+    by :meth:`flush` once it is: Slurm may send ``--signal`` up to a minute early, which for a
+    short job can be at its very start, and a HUP then would kill the job without a result.
+
+    Installed before the job's process exists (:meth:`attach` gives it the process): a signal
+    that comes in between is held too, TERM included, instead of killing this process.
+    """
+
+    def __init__(self, ready=lambda: True):
+        self.proc: subprocess.Popen | None = None
+        self.ready, self.held, self.term = ready, False, False
+        for sig in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM):
+            try:
+                signal.signal(sig, self._receive)
+            except ValueError:  # not the main thread: nothing to forward from here
+                return
+
+    def attach(self, proc: subprocess.Popen) -> None:
+        self.proc = proc
+        self.flush()
+
+    def _receive(self, signum, _frame):
+        if signum == signal.SIGTERM:
+            self.term = True
+        else:
+            self.held = True
+        self.flush()
+
+    def flush(self) -> None:
+        """Pass on what was received: TERM at once, a warning (as HUP, so that the trainer can tell it
+        from a preemption) once the trainer is ready."""
+        if self.proc is None or self.proc.poll() is not None:
             return
+        if self.term:
+            self.term = False
+            self.proc.send_signal(signal.SIGTERM)
+        if self.held and self.ready():
+            self.held = False
+            self.proc.send_signal(signal.SIGHUP)
 
 
 def process_start_time(pid: int) -> str | None:
@@ -106,9 +138,10 @@ def run_job_script(script: str, log: str, extra_secrets: tuple[str, ...] = ()) -
 
     Before anything runs, the job claims its attempt (see :func:`claim_attempt`); an attempt
     a restarted head has abandoned is not run (the head retried it as a new attempt)."""
+    attempt_dir = Path(script).parent
+    signals = StopSignals(ready=(attempt_dir / PROGRESS).exists)  # before anything that takes time
     env = {k: v for k, v in os.environ.items() if not is_secret(k, extra_secrets)}
     Path(log).parent.mkdir(parents=True, exist_ok=True)
-    attempt_dir = Path(script).parent
     if not claim_attempt(attempt_dir):
         with open(log, "a") as out:
             out.write(f"asiarch: attempt abandoned by a restarted head (see {attempt_dir / ABANDONED}); "
@@ -116,7 +149,7 @@ def run_job_script(script: str, log: str, extra_secrets: tuple[str, ...] = ()) -
         return 0
     code = None
     try:
-        code = _run(script, log, env)
+        code = _run(script, log, env, signals)
     finally:
         write_atomic(attempt_dir / JOB_EXIT, json.dumps({"code": code, "ended_at": time.time()}))
     if code != 0:
@@ -124,13 +157,17 @@ def run_job_script(script: str, log: str, extra_secrets: tuple[str, ...] = ()) -
     return code
 
 
-def _run(script: str, log: str, env: dict) -> int:
+def _run(script: str, log: str, env: dict, signals: StopSignals) -> int:
     with open(log, "ab") as out:
         proc = subprocess.Popen(["bash", script], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=env, start_new_session=False, preexec_fn=_ignore_warnings)
-        forward_stop_signals(proc)
+        signals.attach(proc)
         try:
-            code = proc.wait()
+            while True:
+                try:
+                    return proc.wait(timeout=1.0)
+                except subprocess.TimeoutExpired:
+                    signals.flush()
         except BaseException:
             proc.terminate()
             try:
@@ -138,4 +175,3 @@ def _run(script: str, log: str, env: dict) -> int:
             except subprocess.TimeoutExpired:
                 proc.kill()
             raise
-    return code
