@@ -445,7 +445,7 @@ def _validate_llm(cfg: Config) -> None:
         raise ConfigError(f"budget.llm_dollars must be >= 0, got {cfg.budget.llm_dollars}")
     if llm.prices or llm.agent_base_urls:
         # the parsers live with the client, which imports openai: only when there is something to parse
-        from asiarch.llm.client import parse_agent_map, parse_prices
+        from asiarch.propose.llm.client import parse_agent_map, parse_prices
 
         try:
             parse_prices(llm.prices)

@@ -74,7 +74,7 @@ def test_api_key_is_never_written(monkeypatch, tmp_path):
 
 
 def test_llm_keys_reach_the_client_settings():
-    from asiarch.llm.client import LLMSettings
+    from asiarch.propose.llm.client import LLMSettings
 
     cfg = from_dict({"search": {"proposer": "mixed", "llm_fraction": 0.25},
                      "llm": {"base_url": "http://h:8000/v1", "model": "m", "analyst_model": "big",

@@ -2,7 +2,7 @@
 
     python -m asiarch.job.preflight --source layer.py --json [--class-name DeltaNet]
 
-The head runs this module in a sandboxed child process (``asiarch.checks``), never in
+The head runs this module in a sandboxed child process (``asiarch.search.preflight``), never in
 its own, since loading a candidate executes LLM-written code. Checks, in order:
 
     static              the source passes the static safety check (nothing runs before)
@@ -431,7 +431,7 @@ def run_checks(
     ends (the child reports it on stderr, so a timeout can say how far the run got).
 
     Executes the candidate in this process, after the static check: call it only inside
-    the sandbox (``asiarch.checks``) or in tests.
+    the sandbox (``asiarch.search.preflight``) or in tests.
     """
     if dtype not in _DTYPES:
         raise ValueError(f"dtype {dtype!r} is not supported; use one of {sorted(_DTYPES)}")
@@ -524,7 +524,7 @@ def run_checks(
 # ----------------------------------------------------------------------------------
 # command line (the sandboxed child process)
 
-# Prefix of the progress lines written to stderr; asiarch.checks reads them back.
+# Prefix of the progress lines written to stderr; asiarch.search.preflight reads them back.
 PROGRESS_PREFIX = "asiarch-preflight:"
 
 

@@ -7,7 +7,7 @@ the interpreter's internals through dunder attributes, or building names at run 
 (``eval``, ``getattr`` with a computed name) to get past the other rules.
 
 It is a first line of defence, not a sandbox: the pre-flight child process
-(``asiarch.checks``) adds resource limits, a scrubbed environment and a timeout.
+(``asiarch.search.preflight``) adds resource limits, a scrubbed environment and a timeout.
 
 Pure standard library, so the head can run it in-process before executing anything.
 """

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from asiarch.job.ops import chunk_delta_rule
 
-# The genes this file was rendered from (read back with asiarch.genome.genome_from_code).
+# The genes this file was rendered from (read back with asiarch.propose.genome.genome_from_code).
 ASIARCH_GENOME = {
     "update": "delta",
     "feature_map": "silu",

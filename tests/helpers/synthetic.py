@@ -28,7 +28,7 @@ from unittest import mock
 import numpy as np
 
 from asiarch.config import demo_config, render_toml
-from asiarch.fitness import Reference, bench_score, compute_fitness
+from asiarch.search.fitness import Reference, bench_score, compute_fitness
 from asiarch.job import result as rf
 from asiarch.layout import ExperimentDir, run_key
 from asiarch.store import Store
@@ -156,7 +156,7 @@ def make_experiment(root: str | Path, n: int = 2000, *, seed: int = 0, points: i
     fitness_of: dict[int, float] = {}
     ref = None
     # Result files are written by two forked workers while this process writes the store.
-    with _no_fsync(), mock.patch("asiarch.store.time", clock), \
+    with _no_fsync(), mock.patch("asiarch.store.store.time", clock), \
             multiprocessing.get_context("fork").Pool(2) as workers:
         pending = []
 

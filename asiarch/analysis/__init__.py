@@ -1,0 +1,1 @@
+"""Offline analysis of an experiment: statistics, stages, views, show, lineage, export, report, plots."""

@@ -1,0 +1,423 @@
+"""Read-only views of an experiment: status and leaderboard, and the row data other views share.
+
+Every view opens the store read-only and runs short statements, each fetched whole before
+anything slow happens (reading a result file, drawing a plot). With the rollback journal a
+reader holds a shared lock only while a statement runs, so the head's commits never wait
+on a login node's `asiarch report`; the views are as safe on a copy of the directory.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import re
+import time
+from pathlib import Path
+
+from asiarch.cli.color import PLAIN, Palette
+from asiarch.layout import ExperimentDir
+from asiarch.store import Store, StoreError
+
+# The stage the candidates' own figures (fitness, loss, score: seed means) come from; the
+# verification stage has its figures in the stage leaderboard (`leaderboard --stage verify`).
+DEFAULT_STAGE = "explore"
+STAGES = ("explore", "verify")
+
+# Columns a leaderboard row always has, in order; task-score columns (one per task metric,
+# e.g. "mqar/accuracy") follow "score".
+_HEAD = ("rank", "id", "name", "origin", "parent", "round", "stage", "status", "fitness", "loss", "score")
+_TAIL = ("num_params", "mixer_params", "tokens_per_s", "attempts", "reason")
+LEADERBOARD_COLUMNS = _HEAD + _TAIL
+
+
+def open_readonly(exp: ExperimentDir) -> Store:
+    if not exp.root.is_dir():
+        raise StoreError(f"{exp.root}: no such directory")
+    return Store.open_readonly(exp.db)
+
+
+def load_budget(exp: ExperimentDir):
+    """The ``[budget]`` section of DIR/config.toml, or None when the file is missing or unreadable."""
+    from asiarch.config import load_config
+
+    try:
+        return load_config(exp.config).budget
+    except Exception:  # a view never fails because of the config; it just shows no budget
+        return None
+
+
+def check_stage(stage: str | None) -> None:
+    if stage is not None and stage not in STAGES:
+        raise StoreError(f"no stage {stage!r} in this experiment; stages: {', '.join(STAGES)}")
+
+
+def _num(x):
+    return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else x
+
+
+def task_names(score_dicts) -> list[str]:
+    """Task metrics present in any candidate's scores, sorted (``eval/loss`` is the loss column)."""
+    names = set()
+    for scores in score_dicts:
+        names.update(k for k in (scores.get("metrics") or {}) if k != "eval/loss")
+    return sorted(names)
+
+
+def candidate_table(store: Store) -> list[dict]:
+    """Every candidate's columns except its code, in id order, with its scores JSON parsed."""
+    rows = store.conn.execute(
+        "SELECT id, name, origin, parent_id, round, status, reason, fitness, loss, score, scores, num_params,"
+        " code_sha256, genome_key, motivation, created_at, updated_at FROM candidates ORDER BY id").fetchall()
+    out = []
+    for r in rows:
+        d = dict(r)
+        d["scores"] = json.loads(d["scores"] or "{}")
+        out.append(d)
+    return out
+
+
+def attempt_counts(store: Store) -> dict[int, int]:
+    return dict(store.conn.execute("SELECT candidate_id, COUNT(*) FROM attempts GROUP BY candidate_id").fetchall())
+
+
+def ranked_order(table: list[dict]) -> list[dict]:
+    """Scored candidates best first (fitness desc, then loss asc, then id), then the rest by id,
+    the same order as ``Store.ranked``."""
+    scored = [c for c in table if c["status"] == "done" and c["fitness"] is not None]
+    scored.sort(key=lambda c: (-c["fitness"], c["loss"] if c["loss"] is not None else math.inf, c["id"]))
+    ids = {c["id"] for c in scored}
+    return scored + [c for c in table if c["id"] not in ids]
+
+
+def leaderboard_rows(store: Store, *, stage: str | None = None) -> list[dict]:
+    """Every candidate, scored ones first (best fitness first), then the rest by id.
+
+    Keys: rank (None when unscored), id, name, origin, parent, round, stage, status, fitness,
+    loss, score, one key per task metric (e.g. ``mqar/accuracy``), num_params, mixer_params,
+    tokens_per_s, attempts, reason. The figures are the candidates' own (exploration seed means);
+    ``stage = 'verify'`` keeps only the candidates with verification results (their figures in that
+    stage are :func:`stage_leaderboard_rows`').
+    """
+    check_stage(stage)
+    table = candidate_table(store)
+    if stage not in (None, DEFAULT_STAGE):
+        trained = {r["candidate_id"] for r in store.seed_results(stage=stage)}
+        table = [c for c in table if c["id"] in trained]
+    tasks = task_names(c["scores"] for c in table)
+    attempts = attempt_counts(store)
+    rows = []
+    rank = 0
+    for c in ranked_order(table):
+        scored = c["status"] == "done" and c["fitness"] is not None
+        rank += scored
+        scores = c["scores"]
+        metrics = scores.get("metrics") or {}
+        row = {"rank": rank if scored else None, "id": c["id"], "name": c["name"], "origin": c["origin"],
+               "parent": c["parent_id"], "round": c["round"], "stage": DEFAULT_STAGE, "status": c["status"],
+               "fitness": _num(c["fitness"]), "loss": _num(c["loss"]), "score": _num(c["score"])}
+        row.update({t: _num(metrics.get(t)) for t in tasks})
+        row.update({"num_params": c["num_params"], "mixer_params": scores.get("mixer_params"),
+                    "tokens_per_s": _num(scores.get("tokens_per_s")), "attempts": attempts.get(c["id"], 0),
+                    "reason": c["reason"]})
+        rows.append(row)
+    return rows
+
+
+def _fmt(x, spec: str) -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def _task_label(name: str) -> str:
+    """``mqar/accuracy`` -> ``mqar``: a short column header."""
+    task, _, metric = name.partition("/")
+    return task if metric in ("accuracy", "acc", "") else f"{task}/{metric}"[:9]
+
+
+def render_leaderboard(rows: list[dict], fmt: str = "table", limit: int | None = None,
+                       palette: Palette = PLAIN, max_task_columns: int = 4) -> str:
+    """The leaderboard as a table, JSON (a list of row objects) or CSV (header row first)."""
+    rows = rows[:limit] if limit else rows
+    if fmt == "json":
+        return json.dumps(rows, indent=1)
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else list(LEADERBOARD_COLUMNS))
+        writer.writeheader()
+        writer.writerows(rows)
+        return buf.getvalue()
+    tasks = [k for k in (rows[0] if rows else {}) if k not in _HEAD and k not in _TAIL][:max_task_columns]
+    header = (f"{'rank':>4} {'id':>5} {'name':<34} {'origin':<8} {'parent':>6} {'status':<8} {'fitness':>7} "
+              f"{'loss':>7} {'score':>6} " + "".join(f"{_task_label(t):>9} " for t in tasks) +
+              f"{'params':>9} {'tok/s':>8}")
+    lines = [palette.paint(header, "bold"), "-" * len(header)]
+    for r in rows:
+        name = r["name"][:34].ljust(34)
+        if r["rank"] == 1:
+            name = palette.paint(name, "bold")
+        reason = r["reason"].splitlines()[0][:70] if r["reason"] else ""
+        lines.append(
+            f"{_fmt(r['rank'], 'd'):>4} {r['id']:>5} {name} {r['origin'][:8]:<8} "
+            f"{_fmt(r['parent'], 'd'):>6} {palette.status(r['status'][:8].ljust(8), r['status'])} "
+            f"{_fmt(r['fitness'], '.3f'):>7} {_fmt(r['loss'], '.4f'):>7} {_fmt(r['score'], '.3f'):>6} "
+            + "".join(f"{_fmt(r[t], '.3f'):>9} " for t in tasks)
+            + f"{_fmt(r['num_params'], ',d'):>9} {_fmt(r['tokens_per_s'], ',.0f'):>8}"
+            + (f"  {palette.paint(reason, 'dim')}" if r["status"] in ("failed", "rejected") and reason else ""))
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------- stages
+
+
+def load_reference(exp: ExperimentDir) -> tuple[str, object]:
+    """(reference baseline name, [fitness] section) from DIR/config.toml; defaults when unreadable."""
+    from asiarch.config import Config, load_config
+
+    try:
+        cfg = load_config(exp.config)
+    except Exception:  # a view never fails because of the config
+        cfg = Config()
+    return cfg.baselines.reference, cfg.fitness
+
+
+def interval_dict(iv) -> dict:
+    """An interval as JSON-ready numbers (None for what two seeds are needed for)."""
+    return {"mean": _num(iv.mean), "sd": _num(iv.sd), "low": _num(iv.low), "high": _num(iv.high), "n": iv.n}
+
+
+def stage_leaderboard_rows(store: Store, stage: str, reference: str, fitness_cfg=None) -> list[dict]:
+    """One row per candidate trained in ``stage``, best first: seeds, loss and task score as mean with
+    its 95 % interval, fitness on the means, and the paired difference against ``reference`` (positive
+    = better than the reference; ``beats`` when its interval excludes zero)."""
+    from asiarch.analysis.stages import stage_rows
+
+    check_stage(stage)
+    out = []
+    for rank, r in enumerate(stage_rows(store, stage, reference, fitness_cfg=fitness_cfg), 1):
+        c = r.candidate
+        out.append({
+            "rank": rank, "id": c.id, "name": c.name, "origin": c.origin, "stage": stage, "seeds": len(r.seeds),
+            "fitness": _num(r.fitness), "terms": r.terms, "loss": interval_dict(r.loss),
+            "score": interval_dict(r.score) if r.score else None,
+            "loss_vs_ref": interval_dict(r.loss_vs_ref.interval) if r.loss_vs_ref else None,
+            "score_vs_ref": interval_dict(r.score_vs_ref.interval) if r.score_vs_ref else None,
+            "beats_ref": r.beats if r.loss_vs_ref else None,
+            "note": r.loss_vs_ref.note if r.loss_vs_ref else "",
+            "metrics": {k: interval_dict(v) for k, v in r.metrics.items() if k != "eval/loss"},
+        })
+    return out
+
+
+def fmt_pm(iv: dict | None, spec: str) -> str:
+    """'mean ± half-width' (just the mean with one seed)."""
+    if not iv or iv["mean"] is None:
+        return "-"
+    if iv["low"] is None:
+        return format(iv["mean"], spec)
+    return f"{format(iv['mean'], spec)}±{format((iv['high'] - iv['low']) / 2, spec)}"
+
+
+def fmt_ci(iv: dict | None, spec: str) -> str:
+    """'mean [low, high]' of a paired difference."""
+    if not iv or iv["mean"] is None:
+        return "-"
+    if iv["low"] is None:
+        return format(iv["mean"], spec) + " [n<2]"
+    return f"{format(iv['mean'], spec)} [{format(iv['low'], spec)}, {format(iv['high'], spec)}]"
+
+
+def render_stage_leaderboard(rows: list[dict], fmt: str = "table", limit: int | None = None,
+                             palette: Palette = PLAIN, reference: str = "", stage: str = "") -> str:
+    """The stage leaderboard as a table, JSON, or CSV (intervals flattened to _mean/_low/_high)."""
+    rows = rows[:limit] if limit else rows
+    if fmt == "json":
+        return json.dumps(rows, indent=1)
+    if fmt == "csv":
+        flat = []
+        for r in rows:
+            f = {k: r[k] for k in ("rank", "id", "name", "origin", "stage", "seeds", "fitness", "beats_ref")}
+            for key in ("loss", "score", "loss_vs_ref", "score_vs_ref"):
+                for part in ("mean", "low", "high"):
+                    f[f"{key}_{part}"] = (r[key] or {}).get(part)
+            flat.append(f)
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(flat[0]) if flat else ["rank"])
+        writer.writeheader()
+        writer.writerows(flat)
+        return buf.getvalue()
+    if not rows:
+        return "no candidate has results in stage " + (stage or "this stage") + " yet"
+    header = (f"{'rank':>4} {'id':>5} {'name':<30} {'origin':<8} {'seeds':>5} {'fitness':>7} {'loss (95% CI)':>17} "
+              f"{'score':>13}  {'loss gain vs ' + reference[:12]:<34} {'score gain':<28} beats")
+    lines = [palette.paint(header, "bold"), "-" * len(header)]
+    for r in rows:
+        beats = {True: palette.paint("yes", "green"), False: "no", None: "-"}[r["beats_ref"]]
+        lines.append(f"{r['rank']:>4} {r['id']:>5} {r['name'][:30]:<30} {r['origin'][:8]:<8} {r['seeds']:>5} "
+                     f"{_fmt(r['fitness'], '.3f'):>7} {fmt_pm(r['loss'], '.4f'):>17} {fmt_pm(r['score'], '.3f'):>13}  "
+                     f"{fmt_ci(r['loss_vs_ref'], '+.4f'):<34} {fmt_ci(r['score_vs_ref'], '+.3f'):<28} {beats}")
+    lines.append("")
+    lines.append(f"gains are paired differences against {reference} over the same seeds (positive = better); "
+                 "'beats' when the 95 % interval of the loss gain excludes zero and the score is not significantly worse")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------- status
+
+
+def reason_class(reason: str) -> str:
+    """What a failure reason is about, for grouping: ``causality``, ``failed: IndexError``, ``diverged``.
+
+    The first line, up to its first ``": "``; when that part only names an outcome (failed,
+    diverged, ...) and the next part starts with an exception type, that type too.
+    """
+    first = reason.strip().splitlines()[0] if reason.strip() else "(no reason given)"
+    parts = first.split(": ")
+    key = parts[0]
+    if len(parts) > 1 and parts[0] in _OUTCOMES:
+        word = (parts[1].split() or [""])[0]
+        if re.fullmatch(r"[A-Za-z_.]*[A-Z]\w*(Error|Exception|Exit|Interrupt|Warning)", word):
+            key = f"{parts[0]}: {word.rsplit('.', 1)[-1]}"
+    return key[:40]
+
+
+_OUTCOMES = ("failed", "diverged", "timeout", "preempted", "cancelled", "lost")
+
+
+def failures_by_reason(store: Store) -> list[dict]:
+    """Failed and rejected candidates grouped by :func:`reason_class`, most frequent first."""
+    rows = store.conn.execute("SELECT id, status, reason FROM candidates WHERE status IN ('failed', 'rejected')"
+                              " ORDER BY id").fetchall()
+    groups: dict[tuple[str, str], dict] = {}
+    for cid, status, reason in rows:
+        g = groups.setdefault((status, reason_class(reason)),
+                              {"status": status, "reason": reason_class(reason), "count": 0, "example_id": cid,
+                               "example": (reason.strip().splitlines() or [""])[0]})
+        g["count"] += 1
+    return sorted(groups.values(), key=lambda g: (-g["count"], g["status"], g["reason"]))
+
+
+def in_flight(store: Store, exp: ExperimentDir | None = None, limit: int = 8) -> list[dict]:
+    """Attempts pending, submitted or running, with their live progress record where one exists."""
+    rows = store.conn.execute(
+        "SELECT a.id, a.candidate_id, a.n, a.status, a.job_id, a.dir, a.submitted_at, c.name FROM attempts a"
+        " JOIN candidates c ON c.id = a.candidate_id WHERE a.status IN ('pending', 'submitted', 'running')"
+        " ORDER BY a.status = 'running' DESC, a.id").fetchall()
+    from asiarch.job.result import read_progress
+
+    out = []
+    for i, r in enumerate(rows):
+        d = dict(r)
+        d["progress"] = read_progress(exp.root / d["dir"] / "progress.json") if exp and i < limit else None
+        out.append(d)
+    return out
+
+
+def llm_spend(store: Store) -> dict:
+    row = store.conn.execute("SELECT COUNT(*), COALESCE(SUM(cost_usd), 0),"
+                             " COALESCE(SUM(prompt_tokens + completion_tokens), 0) FROM llm_calls").fetchone()
+    return {"calls": row[0], "usd": float(row[1]), "tokens": int(row[2])}
+
+
+def _ago(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+def status_text(store: Store, budget=None, palette: Palette = PLAIN, exp: ExperimentDir | None = None,
+                now: float | None = None) -> str:
+    """Where a run stands: candidates by status, what is in flight, compute and LLM spend against the
+    budget, proposal rate, the best so far, failures by reason, the last events.
+
+    ``budget`` is the config's ``[budget]`` section (or an int: the candidate budget), or None.
+    """
+    c = store.conn
+    now = time.time() if now is None else now
+    if isinstance(budget, int):
+        budget_candidates, budget_hours, budget_usd = budget, 0.0, 0.0
+    elif budget is not None:
+        budget_candidates, budget_hours, budget_usd = budget.candidates, budget.gpu_hours, budget.llm_dollars
+    else:
+        budget_candidates, budget_hours, budget_usd = None, 0.0, 0.0
+    b = lambda s: palette.paint(s, "bold")  # noqa: E731
+    lines = [f"{b('experiment:')} {store.get_meta('experiment', '?')}  ({store.path.parent})"]
+    by_status = dict(c.execute("SELECT status, COUNT(*) FROM candidates WHERE origin != 'baseline'"
+                               " GROUP BY status").fetchall())
+    base = dict(c.execute("SELECT status, COUNT(*) FROM candidates WHERE origin = 'baseline'"
+                          " GROUP BY status").fetchall())
+    total = sum(by_status.values())
+    of = f" of budget {budget_candidates}" if budget_candidates else ""
+    counts = ", ".join(palette.status(f"{n} {s}", s) for s, n in sorted(by_status.items()))
+    lines.append(f"{b('candidates:')} {total} proposed{of}: {counts}" if total else f"{b('candidates:')} none yet")
+    lines.append(f"{b('baselines:')}  " + (", ".join(palette.status(f"{n} {s}", s) for s, n in sorted(base.items()))
+                                          or "none"))
+
+    flying = in_flight(store, exp)
+    by_attempt = {}
+    for a in flying:
+        by_attempt[a["status"]] = by_attempt.get(a["status"], 0) + 1
+    lines.append(f"{b('in flight:')}  " + (", ".join(f"{n} {s}" for s, n in sorted(by_attempt.items()))
+                                          + " (attempts)" if flying else "nothing queued or running"))
+    for a in flying[:8]:
+        p = a["progress"]
+        live = ""
+        if p:
+            live = (f"step {p.get('step', '?')}/{p.get('steps', '?')}  loss {_fmt(_num(p.get('loss')), '.3f')}  "
+                    f"{_fmt(_num(p.get('tokens_per_s')), ',.0f')} tok/s  (updated {_ago(now - p['updated_at'])} ago)"
+                    if isinstance(p.get("updated_at"), (int, float)) else "")
+        lines.append(f"  #{a['candidate_id']:<5} {a['name'][:34]:<34} attempt {a['n']} "
+                     f"{palette.status(a['status'].ljust(9), a['status'])} job {a['job_id'] or '-':<10} {live}")
+    if len(flying) > 8:
+        lines.append(f"  ... and {len(flying) - 8} more")
+
+    secs = store.compute_seconds()
+    n_results = c.execute("SELECT COUNT(*) FROM results").fetchone()[0]
+    spent = f"{secs / 3600:,.2f} core/GPU-hours"
+    if budget_hours:
+        spent += f" of budget {budget_hours:,g} ({100 * secs / 3600 / budget_hours:.1f} %)"
+    lines.append(f"{b('compute:')}    {spent} over {n_results} results")
+    llm = llm_spend(store)
+    usd = f"${llm['usd']:,.2f} over {llm['calls']} calls ({llm['tokens']:,} tokens)"
+    if budget_usd:
+        usd += f" of budget ${budget_usd:,.2f}"
+    lines.append(f"{b('LLM:')}        {usd}")
+    first, last = c.execute("SELECT MIN(created_at), MAX(created_at) FROM candidates"
+                            " WHERE origin != 'baseline'").fetchone()
+    if first and total:
+        span = last - first
+        rate = f"{total / (span / 3600):.1f} proposals/hour over {_ago(span)}" if total > 1 and span > 0 else \
+            f"{total} proposal(s)"
+        lines.append(f"{b('rate:')}       {rate}; the last one {_ago(now - last)} ago")
+    best = store.ranked(1, include_baselines=False)
+    if best:
+        x = best[0]
+        lines.append(f"{b('best:')}       #{x.id} {palette.paint(x.name, 'bold')}  fitness {x.fitness:.3f}  "
+                     f"loss {_fmt(_num(x.loss), '.4f')}  score {_fmt(_num(x.score), '.3f')}")
+    groups = failures_by_reason(store)
+    if groups:
+        lines.append(b("failures:") + " (by reason)")
+        for g in groups[:8]:
+            lines.append(f"  {g['count']:5d} {palette.status(g['status'].ljust(8), g['status'])} {g['reason']:<22} "
+                         f"e.g. #{g['example_id']}: {g['example'][:80]}")
+        if len(groups) > 8:
+            lines.append(f"  ... {len(groups) - 8} more reasons, {sum(g['count'] for g in groups[8:])} candidates")
+    events = store.events(8)
+    if events:
+        lines.append(b("last events:"))
+        for e in events:
+            when = time.strftime("%m-%d %H:%M:%S", time.localtime(e["ts"]))
+            who = f"#{e['candidate_id']}" if e["candidate_id"] else ""
+            lines.append(f"  {when} {palette.status(e['kind'][:9].ljust(9), e['kind'])} {who:<6} {e['message'][:90]}")
+    return "\n".join(lines)
+
+
+def relative_to_exp(exp: ExperimentDir, path: str | Path) -> Path:
+    """A path recorded in the store (relative to the experiment directory) on this copy of it."""
+    p = Path(path)
+    return p if p.is_absolute() else exp.root / p

@@ -1,0 +1,5 @@
+"""The asiarch command line (re-exports ``main``)."""
+
+from asiarch.cli.main import main
+
+__all__ = ["main"]

@@ -1,0 +1,1 @@
+"""Proposals: the offline proposer and its genome, and the LLM agents (llm/)."""

@@ -1,0 +1,1 @@
+"""The search: the loop, recovery, submission, budget, ingest, sampling, fitness, pre-flight."""

@@ -1,0 +1,192 @@
+"""The Analyst's ingestion: read an attempt's result file, score it, compare, store.
+
+This is the LLM-free Analyst: it reads the HDF5 result through the project's reader,
+computes ASI-Arch's fitness against the reference baseline, compares the candidate with
+its parent, the baselines and its siblings, writes a short analysis to the store and
+returns one line for the console. The LLM Analyst (asiarch.propose.llm, called by the loop)
+adds prose on top of the same figures, and its judge score when fitness.judge_weight > 0.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from asiarch.config import Config, stage_seeds
+from asiarch.dispatch.base import JobState
+from asiarch.search.fitness import Reference, bench_score, compute_fitness
+from asiarch.job import result as rf
+from asiarch.layout import ExperimentDir
+from asiarch.store import Attempt, Candidate, Store
+
+# Job outcomes that say nothing about the candidate: worth another attempt as they are.
+INFRASTRUCTURE = (JobState.TIMEOUT, JobState.NODE_FAIL, JobState.PREEMPTED)
+
+
+@dataclass
+class Outcome:
+    attempt_status: str         # what the store records for the attempt
+    candidate_status: str       # 'done' or 'failed' -- 'queued' when another attempt follows, 'partial' when
+                                # other seeds of the stage are still to come, 'verify' for a verification
+                                # seed, 'stale' for a result of code that has since been repaired
+    line: str                   # one line for the console
+    retry: bool = False         # infrastructure failure: try again with the same code
+    error: str = ""             # what went wrong, for the Engineer and the store
+
+
+def log_tail(path: Path, lines: int = 15) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+def reference_for(store: Store, cfg: Config) -> Reference | None:
+    """The reference baseline's loss and task score, once it has a result."""
+    row = store.conn.execute(
+        "SELECT loss, score FROM candidates WHERE origin = 'baseline' AND name = ? AND status = 'done'"
+        " AND loss IS NOT NULL ORDER BY id LIMIT 1", (cfg.baselines.reference,)).fetchone()
+    if row is None:
+        return None
+    return Reference(loss=row[0], bench=row[1])
+
+
+def _fmt(x: float | None, spec: str = ".4f") -> str:
+    return "-" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, spec)
+
+
+def _delta(a: float | None, b: float | None, spec: str = "+.4f") -> str:
+    if a is None or b is None:
+        return "n/a"
+    return format(a - b, spec)
+
+
+def score_candidate(store: Store, cfg: Config, cand: Candidate, ref: Reference | None) -> None:
+    """(Re)compute a done candidate's fitness from its stored loss, task score and LLM judge score
+    (``scores["judge"]``, 1-10, kept by the loop; counted when fitness.judge_weight > 0)."""
+    if ref is None or cand.loss is None:
+        return
+    fit = compute_fitness(cand.loss, cand.score, ref, scale=cfg.fitness.scale, sharpness=cfg.fitness.sharpness,
+                          judge=cand.scores.get("judge"), judge_weight=cfg.fitness.judge_weight,
+                          combine=cfg.fitness.combine)
+    scores = dict(cand.scores)
+    scores["terms"] = fit.terms if fit else {}
+    store.set_scores(cand.id, fitness=fit.value if fit else None, loss=cand.loss, score=cand.score, scores=scores,
+                     num_params=cand.num_params, status=cand.status, reason=cand.reason)
+
+
+def ingest_attempt(store: Store, exp: ExperimentDir, cfg: Config, attempt: Attempt, state: JobState) -> Outcome:
+    """Read the result of a finished job and record what it says."""
+    cand = store.candidate(attempt.candidate_id)
+    paths = exp.attempt(cand.id, cand.name, attempt.n)
+    label = f"#{cand.id:<4d} {cand.name[:34]:<34s}"
+    # a result of code that has since been repaired, or of a candidate already settled: kept, not acted on
+    stale = attempt.code_sha256 != cand.code_sha256 or (attempt.stage == "explore" and cand.status in ("done", "failed"))
+    try:
+        rec = rf.read_result(paths.result)
+    except rf.ResultFileError as exc:
+        if exc.reason != "missing":
+            moved = rf.quarantine(paths.result)
+            why = f"result file {exc.reason}: {exc} (moved to {moved.name})"
+        else:
+            why = f"job ended {state.value} without writing {paths.result.name}; log tail:\n{log_tail(paths.log)}"
+        retry = state in INFRASTRUCTURE and not stale
+        status = {JobState.TIMEOUT: "timeout", JobState.PREEMPTED: "preempted",
+                  JobState.CANCELLED: "cancelled"}.get(state, "failed")
+        head = why.splitlines()[0]
+        return Outcome(status, "stale" if stale else "queued" if retry else "failed",
+                       f"{label} {status.upper():9s} {head}", retry, why)
+
+    metrics = dict(rec.metrics)
+    wall = (rec.finished_at - rec.started_at) if rec.finished_at and rec.started_at else None
+    store.add_result(attempt.id, cand.id, status=rec.status, result_path=exp.relative(paths.result),
+                     final_loss=rec.final_loss, eval_loss=rec.eval_loss, metrics=metrics,
+                     tokens_per_s=rec.tokens_per_s, peak_memory_bytes=rec.peak_memory_bytes,
+                     num_params=rec.num_params, steps_done=rec.steps_done, wall_s=wall,
+                     world_size=int(rec.env.get("world_size", 1) or 1))
+    seeds = stage_seeds(cfg, attempt.stage)
+    seed_label = f" {attempt.stage} seed {attempt.seed + 1}/{seeds}" if seeds > 1 or attempt.stage != "explore" else ""
+    if stale:
+        return Outcome(rec.status, "stale", f"{label} {rec.status.upper():9s}{seed_label} (kept; the candidate has "
+                       "moved on: its code was repaired or it is settled)")
+    if rec.status != "ok":
+        retry = rec.status in ("timeout", "preempted")
+        error = f"{rec.status}: {rec.error}" + (("\n" + rec.traceback) if rec.traceback else "")
+        return Outcome(rec.status, "queued" if retry else "failed",
+                       f"{label} {rec.status.upper():9s}{seed_label} {rec.error.splitlines()[0] if rec.error else ''}"[:160],
+                       retry, error)
+
+    acc = bench_score(metrics)
+    seed_line = (f"{label} OK       {seed_label} loss {_fmt(rec.eval_loss)} acc {_fmt(acc, '.3f')}"
+                 f"  ({_fmt(rec.tokens_per_s, ',.0f')} tok/s, {_fmt(wall, '.0f')} s)")
+    runs = [r for r in store.seed_results(stage=attempt.stage, cid=cand.id) if r["code_sha256"] == cand.code_sha256]
+    if attempt.stage != "explore":
+        return Outcome("ok", "verify", seed_line)
+    if len(runs) < seeds:
+        return Outcome("ok", "partial", seed_line)
+
+    # every seed of the exploration stage is in: the candidate's figures are their means
+    metrics = mean_metrics([r["metrics"] for r in runs])
+    loss = metrics.get("eval/loss", rec.eval_loss)
+    bench = bench_score(metrics)
+    # keep what the candidate brought (e.g. ASI-Arch's reported results under "asi_arch")
+    scores = {**cand.scores, "metrics": metrics, "seeds": len(runs), "tokens_per_s": rec.tokens_per_s,
+              "peak_memory_bytes": rec.peak_memory_bytes, "mixer_params": rec.env.get("mixer_params")}
+    store.set_scores(cand.id, fitness=None, loss=loss, score=bench, scores=scores,
+                     num_params=rec.num_params, status="done")
+    ref = reference_for(store, cfg)
+    cand = store.candidate(cand.id)
+    score_candidate(store, cfg, cand, ref)
+    cand = store.candidate(cand.id)
+    write_analysis(store, cand)
+    acc = f"acc {_fmt(bench, '.3f')}" if bench is not None else ""
+    mean = f" (mean of {len(runs)} seeds)" if len(runs) > 1 else ""
+    line = (f"{label} OK        loss {_fmt(cand.loss)} {acc}  fitness {_fmt(cand.fitness, '.3f')}{mean}"
+            f"  ({_fmt(rec.tokens_per_s, ',.0f')} tok/s, {_fmt(wall, '.0f')} s)")
+    return Outcome("ok", "done", line)
+
+
+def mean_metrics(runs: list[dict]) -> dict[str, float]:
+    """The mean of each metric over runs (seeds), for the metrics every run has and that are finite."""
+    if not runs:
+        return {}
+    keys = set(runs[0]).intersection(*runs[1:])
+    out = {}
+    for k in sorted(keys):
+        vals = [r[k] for r in runs]
+        if all(isinstance(v, (int, float)) and math.isfinite(v) for v in vals):
+            out[k] = sum(vals) / len(vals)
+    return out
+
+
+def write_analysis(store: Store, cand: Candidate) -> None:
+    """The offline Analyst's report: the figures against parent, baselines and siblings, in words."""
+    if cand.fitness is None:
+        return
+    parts = [f"{cand.name} reached evaluation loss {_fmt(cand.loss)} and task score {_fmt(cand.score, '.3f')}, "
+             f"fitness {_fmt(cand.fitness, '.3f')}."]
+    summary = f"fitness {_fmt(cand.fitness, '.3f')}"
+    if cand.parent_id is not None:
+        parent = store.candidate(cand.parent_id)
+        if parent.fitness is not None:
+            better = cand.fitness > parent.fitness
+            parts.append(f"Against its parent {parent.name} (#{parent.id}): loss {_delta(cand.loss, parent.loss)}, "
+                         f"task score {_delta(cand.score, parent.score, '+.3f')}, fitness "
+                         f"{_delta(cand.fitness, parent.fitness, '+.3f')}: the change "
+                         f"{'helped' if better else 'did not help'}.")
+            summary += f", {'beats' if better else 'trails'} parent #{parent.id} by " \
+                       f"{abs(cand.fitness - parent.fitness):.3f}"
+        siblings = [s for s in store.children(cand.parent_id) if s.id != cand.id and s.fitness is not None]
+        if siblings:
+            rank = 1 + sum(1 for s in siblings if s.fitness > cand.fitness)
+            parts.append(f"It ranks {rank} of {len(siblings) + 1} among the children of #{parent.id}.")
+    baselines = [b for b in store.candidates(origin="baseline") if b.fitness is not None and b.id != cand.id]
+    if baselines:
+        beaten = [b.name for b in baselines if cand.fitness > b.fitness]
+        parts.append(f"Baselines beaten: {', '.join(beaten) if beaten else 'none'} "
+                     f"(of {', '.join(b.name for b in baselines)}).")
+    if cand.motivation:
+        parts.append(f"What was tried: {cand.motivation}")
+    store.add_analysis(cand.id, "offline", summary, " ".join(parts))
