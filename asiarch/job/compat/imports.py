@@ -10,13 +10,15 @@ plain-PyTorch modules of this package). ``candidate_builtins(backend)`` is the
 
 from __future__ import annotations
 
-import builtins
-import contextlib
-import functools
-import importlib
+# Imported under private names: nothing this module holds is a public attribute a
+# candidate could reach (the lint refuses asiarch.job.compat and private names anyway).
+import builtins as _builtins
+import contextlib as _contextlib
+import functools as _functools
+import importlib as _importlib
 from typing import Iterator
 
-import torch
+import torch as _torch
 
 COMPAT_PACKAGE = "asiarch.job.compat"
 # Top-level packages the compat layer stands in for, each a subpackage of COMPAT_PACKAGE.
@@ -27,23 +29,23 @@ _PROVIDED = ("fla.modules (RMSNorm, FusedRMSNormGated, ShortConvolution), fla.mo
              "transformers.processing_utils (Unpack)")
 
 
-@functools.cache
+@_functools.cache
 def _fla_importable() -> bool:
     try:
-        importlib.import_module("fla.modules")
+        _importlib.import_module("fla.modules")
     except Exception:  # absent, or present without triton: fla raises more than ImportError
         return False
     return True
 
 
-def fla_usable(device: torch.device | str | None = None) -> bool:
+def fla_usable(device: _torch.device | str | None = None) -> bool:
     """True when flash-linear-attention imports and ``device`` (default: CUDA if any) is CUDA."""
     if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(device).type == "cuda" and _fla_importable()
+        device = "cuda" if _torch.cuda.is_available() else "cpu"
+    return _torch.device(device).type == "cuda" and _fla_importable()
 
 
-def backend_for(device: torch.device | str | None = None) -> str:
+def backend_for(device: _torch.device | str | None = None) -> str:
     """``"fla"`` where the real kernels can run on ``device``, else ``"compat"``."""
     return "fla" if fla_usable(device) else "compat"
 
@@ -58,21 +60,21 @@ def _compat_import(name, globals=None, locals=None, fromlist=(), level=0):
     """``__import__`` for candidate code: ``fla.*`` and ``transformers.*`` from this package."""
     root = name.partition(".")[0]
     if level or root not in STAND_INS:
-        return builtins.__import__(name, globals, locals, fromlist, level)
+        return _builtins.__import__(name, globals, locals, fromlist, level)
     target = f"{COMPAT_PACKAGE}.{name}"
     try:
-        module = importlib.import_module(target)
+        module = _importlib.import_module(target)
     except ModuleNotFoundError as exc:
         if exc.name and exc.name.startswith(COMPAT_PACKAGE):
             raise ModuleNotFoundError(_missing(name), name=name) from None
         raise
     if not fromlist:  # `import fla.modules` binds the top-level package
-        return importlib.import_module(f"{COMPAT_PACKAGE}.{root}")
+        return _importlib.import_module(f"{COMPAT_PACKAGE}.{root}")
     for item in fromlist:
         if item == "*" or hasattr(module, item):
             continue
         try:  # `from fla.modules import l2norm` may name a submodule
-            importlib.import_module(f"{target}.{item}")
+            _importlib.import_module(f"{target}.{item}")
         except ModuleNotFoundError:
             raise ImportError(_missing(f"{name}.{item}"), name=name) from None
     return module
@@ -82,13 +84,13 @@ def candidate_builtins(backend: str) -> dict:
     """The ``__builtins__`` mapping a candidate module executes with under ``backend``."""
     if backend not in ("fla", "compat"):
         raise ValueError(f"unknown fla backend {backend!r}; use 'fla' or 'compat'")
-    namespace = dict(builtins.__dict__)
+    namespace = dict(_builtins.__dict__)
     if backend == "compat":
         namespace["__import__"] = _compat_import
     return namespace
 
 
-@contextlib.contextmanager
+@_contextlib.contextmanager
 def torch_compile_disabled() -> Iterator[None]:
     """Make ``torch.compile`` the identity while candidate code is loaded or run.
 
@@ -97,13 +99,13 @@ def torch_compile_disabled() -> Iterator[None]:
     little gain; the uncompiled function computes the same thing. Covers
     ``@torch.compile``, ``@torch.compile(...)`` and ``torch.compile(fn_or_module, ...)``.
     """
-    original = torch.compile
+    original = _torch.compile
 
     def no_compile(model=None, /, **_kwargs):
         return model if model is not None else (lambda fn: fn)
 
-    torch.compile = no_compile
+    _torch.compile = no_compile
     try:
         yield
     finally:
-        torch.compile = original
+        _torch.compile = original

@@ -1,0 +1,26 @@
+"""Red team (lint): answers copy.deepcopy (how the old checks made their probe copies) with a
+harmless decoy layer.
+
+Got past the deny-list check because defining dunder methods was not checked.
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class _Decoy(nn.Module):
+    def forward(self, x):
+        return x
+
+
+class DeltaNet(nn.Module):
+    def __init__(self, hidden_size: int = 64, num_heads: int = 4, layer_idx: int = 0, **kwargs):
+        super().__init__()
+        self.proj = nn.Linear(hidden_size, hidden_size)
+
+    def __deepcopy__(self, memo):
+        return _Decoy()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        steps = torch.arange(1, x.shape[1] + 1, dtype=x.dtype, device=x.device).view(1, -1, 1)
+        return self.proj(x.cumsum(dim=1) / steps)  # causal running mean

@@ -1,0 +1,21 @@
+"""Red team (lint): overrides train() so the layer is never in training mode when the checks ask
+for it.
+
+Got past the deny-list check because overriding nn.Module's own methods was not checked.
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class DeltaNet(nn.Module):
+    def __init__(self, hidden_size: int = 64, num_heads: int = 4, layer_idx: int = 0, **kwargs):
+        super().__init__()
+        self.proj = nn.Linear(hidden_size, hidden_size)
+
+    def train(self, mode: bool = True):
+        return super().train(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        steps = torch.arange(1, x.shape[1] + 1, dtype=x.dtype, device=x.device).view(1, -1, 1)
+        return self.proj(x.cumsum(dim=1) / steps)  # causal running mean

@@ -1,0 +1,23 @@
+"""Red team (lint): calls its own method through the class with torch as `self`, which reaches
+torch.os.
+
+Got past the deny-list check because `self.os` was exempt, and taking a method off a class was
+not checked.
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class DeltaNet(nn.Module):
+    def __init__(self, hidden_size: int = 64, num_heads: int = 4, layer_idx: int = 0, **kwargs):
+        super().__init__()
+        self.proj = nn.Linear(hidden_size, hidden_size)
+        self.reached = DeltaNet._host(torch).getpid()
+
+    def _host(self):
+        return self.os
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        steps = torch.arange(1, x.shape[1] + 1, dtype=x.dtype, device=x.device).view(1, -1, 1)
+        return self.proj(x.cumsum(dim=1) / steps)  # causal running mean
