@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from asiarch.job.contract import DEFAULT_CLASS_NAME  # standard library only
+
 
 class ConfigError(ValueError):
     """A config file or value is wrong; the message names the key and what is valid."""
@@ -54,7 +56,7 @@ class SearchConfig:
     parent_top: int = _f(10, "The parent is drawn uniformly from ranks 1..parent_top of the pool (ASI-Arch: 10).")
     num_references: int = _f(4, "References shown to the Researcher, drawn from ranks parent_top+1..pool_size (ASI-Arch: 4).")
     pool_rebuild_every: int = _f(50, "Rebuild the pool after this many new results (ASI-Arch: 50).")
-    class_name: str = _f("DeltaNet", "Name of the layer class in candidate code (ASI-Arch's convention: DeltaNet).")
+    class_name: str = _f(DEFAULT_CLASS_NAME, "Name of the layer class in candidate code (ASI-Arch's convention: DeltaNet).")
     max_attempts: int = _f(3, "Training attempts per candidate, repairs included (ASI-Arch: 3).")
     novelty_retries: int = _f(10, "Proposals rejected as duplicates before the proposer gives up for this slot.")
     novelty_threshold: float = _f(0.85, "LLM proposals: similarity (0-1, TF-IDF of code and motivation) to an earlier "
@@ -107,7 +109,9 @@ class TrainConfig:
     vocab_size: int = _f(64, "Vocabulary size (MQAR: keys from the lower half, values from the upper half; "
                                   "LM: at least the largest token + 1, 256 for byte tokens).")
     num_kv_pairs: int = _f(4, "MQAR: key-value pairs per sequence (Zoology: 4 at length 64, 64 at 512).")
-    token_file: str = _f("", "LM task: path of a token file (numpy uint16 memmap; `asiarch tokenize` writes one).")
+    token_file: str = _f("", "LM task: path of a token file, a flat array of uint16 token ids (nanoGPT's train.bin "
+                             "format, read as a memmap); asiarch.job.tasks.write_token_file(path, text_or_tokens) "
+                             "writes one from text (byte tokens, vocab_size 256) or an integer array.")
     lm_eval: list[str] = _f([], "LM task: multiple-choice evaluations after training, as 'NAME=PATH' of a local "
                                 "JSONL file (lines {\"context\", \"choices\", \"label\"}, scored by log-likelihood "
                                 "as lm-eval does); adds NAME/accuracy and NAME/accuracy_norm. Byte tokens only.")
@@ -144,6 +148,15 @@ class ClusterConfig:
     container_network_none: bool = _f(False, "apptainer --net --network none, where the site allows it.")
     modules: list[str] = _f([], "Environment modules loaded before the job runs.")
     python: str = _f("", "Python interpreter jobs use (default: the head's own).")
+    sandbox: str = _f("auto", "The OS sandbox for every process that runs candidate code (pre-flight on the head, "
+                              "training jobs): 'bwrap' (bubblewrap: own user, pid, network, IPC and mount "
+                              "namespaces; system, interpreter, project and layer read-only; only the attempt "
+                              "directory writable; no home, private /tmp, no network, a process limit), "
+                              "'apptainer' (apptainer exec --containall --cleanenv --no-home --net --network none "
+                              "in container_image, only the attempt directory bound writable), 'auto' (apptainer "
+                              "when container_image is set, else bwrap; refuses to run when bwrap does not work "
+                              "here), or 'none' (no sandbox: LLM-written code runs as you, beside your API key; "
+                              "warned on every run).", choices=("auto", "bwrap", "apptainer", "none"))
 
 
 @dataclass
@@ -396,7 +409,8 @@ def validate(cfg: Config) -> Config:
     if not 0 <= t.decay_fraction <= 1:
         raise ConfigError(f"train.decay_fraction must be in [0, 1], got {t.decay_fraction}")
     if t.task == "lm" and not t.token_file:
-        raise ConfigError("train.task = 'lm' needs train.token_file (write one with `asiarch tokenize TEXT OUT`)")
+        raise ConfigError("train.task = 'lm' needs train.token_file: a flat uint16 array of token ids; "
+                          "asiarch.job.tasks.write_token_file(path, text_or_tokens) writes one from text or tokens")
     if t.task == "mqar" and t.seq_len < 4 * t.num_kv_pairs:
         raise ConfigError(f"train.seq_len ({t.seq_len}) must be at least 4 * train.num_kv_pairs ({t.num_kv_pairs})")
     for item in t.mqar_eval:
@@ -424,6 +438,12 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"cluster.scratch_var {c.scratch_var!r} must be an environment variable name")
     if c.nodes > 1 and c.scheduler != "slurm":
         raise ConfigError("cluster.nodes > 1 needs cluster.scheduler = 'slurm'")
+    if c.sandbox == "apptainer" and not c.container_image:
+        raise ConfigError("cluster.sandbox = 'apptainer' needs cluster.container_image (build one with "
+                          "`asiarch container build`), or use sandbox = 'bwrap'")
+    if c.sandbox == "bwrap" and c.container_image:
+        raise ConfigError("cluster.sandbox = 'bwrap' runs jobs without a container, but cluster.container_image "
+                          "is set: use sandbox = 'apptainer' (or 'auto'), or empty container_image")
     if cfg.budget.candidates < 0:
         raise ConfigError(f"budget.candidates must be >= 0, got {cfg.budget.candidates}")
     if not cfg.experiment.name or any(c in cfg.experiment.name for c in "/ \t\n"):

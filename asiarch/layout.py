@@ -10,27 +10,20 @@
       reports/              reports and plots
 
 One name, the run key ``<experiment>-c<id>-a<n>``, names the job, its logs, its
-directory and its result file.
+directory and its result file. The file names inside an attempt directory are the job's
+contract with the head: :class:`asiarch.job.contract.AttemptFiles` declares them.
 """
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from asiarch.job.contract import AttemptFiles  # standard library only
+
 DB_NAME = "asiarch.db"
 CONFIG_NAME = "config.toml"
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same directory and a rename, so
-    that a head killed mid-write leaves the old file or the new one, never half of one."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def slug(name: str, limit: int = 48) -> str:
@@ -41,16 +34,6 @@ def slug(name: str, limit: int = 48) -> str:
 
 def run_key(experiment: str, candidate_id: int, attempt: int) -> str:
     return f"{slug(experiment)}-c{candidate_id:05d}-a{attempt}"
-
-
-@dataclass(frozen=True)
-class AttemptPaths:
-    dir: Path
-    job_script: Path
-    spec: Path
-    result: Path
-    progress: Path
-    log: Path
 
 
 @dataclass(frozen=True)
@@ -82,10 +65,9 @@ class ExperimentDir:
     def layer_file(self, candidate_id: int, name: str) -> Path:
         return self.candidate_dir(candidate_id, name) / "layer.py"
 
-    def attempt(self, candidate_id: int, name: str, n: int) -> AttemptPaths:
-        d = self.candidate_dir(candidate_id, name) / f"attempt-{n}"
-        return AttemptPaths(dir=d, job_script=d / "job.sh", spec=d / "spec.json", result=d / "result.h5",
-                            progress=d / "progress.json", log=d / "job.log")
+    def attempt(self, candidate_id: int, name: str, n: int) -> AttemptFiles:
+        """The files of attempt ``n`` of a candidate (job.sh, spec.json, result.h5, ...)."""
+        return AttemptFiles(self.candidate_dir(candidate_id, name) / f"attempt-{n}")
 
     def relative(self, path: Path) -> str:
         return str(Path(path).resolve().relative_to(self.root.resolve()))

@@ -23,8 +23,8 @@ import json
 import math
 from typing import Iterable, TextIO
 
-from asiarch.store import Store
-from asiarch.analysis.views import LEADERBOARD_COLUMNS, candidate_table, leaderboard_rows, stage_leaderboard_rows
+from asiarch.store import Store, queries
+from asiarch.analysis.views import LEADERBOARD_COLUMNS, leaderboard_rows, stage_leaderboard_rows
 
 FORMATS = ("csv", "jsonl")
 # The header of an export with no candidates yet (task and fitness-term columns appear with data).
@@ -38,17 +38,12 @@ def export_rows(store: Store, *, stage: str | None = None, code: bool = False, r
     score mean with their 95 % interval, the paired loss gain against ``reference``, beats)."""
     rows = leaderboard_rows(store, stage=stage)
     per_stage = {r["id"]: r for r in stage_leaderboard_rows(store, stage, reference)} if stage else {}
-    extra = {c["id"]: c for c in candidate_table(store)}
+    extra = {c["id"]: c for c in queries.candidate_table(store)}
     terms = sorted({t for c in extra.values() for t in (c["scores"].get("terms") or {})})
-    compute = dict(store.conn.execute("SELECT candidate_id, SUM(wall_s * COALESCE(world_size, 1)) FROM results"
-                                      " GROUP BY candidate_id").fetchall())
-    # The best result file of each candidate: its latest ok result, else its latest result of any status.
-    paths: dict[int, str] = {}
-    for cid, status, path in store.conn.execute(
-            "SELECT candidate_id, status, result_path FROM results ORDER BY status = 'ok', attempt_id").fetchall():
-        paths[cid] = path
-    summaries = dict(store.conn.execute("SELECT candidate_id, summary FROM analyses ORDER BY id").fetchall())
-    codes = dict(store.conn.execute("SELECT id, code FROM candidates").fetchall()) if code else {}
+    compute = queries.compute_by_candidate(store)
+    paths = queries.best_result_paths(store)  # each candidate's latest ok result, else its latest of any status
+    summaries = queries.analysis_summaries(store)
+    codes = queries.candidate_codes(store) if code else {}
     out = []
     for row in rows:
         c = extra[row["id"]]

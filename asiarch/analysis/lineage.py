@@ -13,8 +13,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from asiarch.cli.color import PLAIN, Palette
-from asiarch.store import Store, StoreError
+from asiarch.analysis.format import number
+from asiarch.analysis.palette import PLAIN, Palette
+from asiarch.store import Store, StoreError, queries
 
 
 @dataclass
@@ -99,8 +100,7 @@ class Lineage:
 
 def load_lineage(store: Store) -> Lineage:
     """One query for the whole tree (no code, no scores JSON): fast at thousands of candidates."""
-    rows = store.conn.execute("SELECT id, name, parent_id, origin, status, fitness, loss FROM candidates"
-                              " ORDER BY id").fetchall()
+    rows = queries.lineage_rows(store)
     nodes = {r[0]: Node(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows}
     roots = []
     for n in nodes.values():
@@ -116,10 +116,6 @@ def load_lineage(store: Store) -> Lineage:
 
 
 # ---------------------------------------------------------------------------------- text
-
-
-def _fit(x: float | None) -> str:
-    return "-" if x is None else f"{x:.3f}"
 
 
 def render_lineage(lin: Lineage, *, top: int = 10, all_nodes: bool = False, max_depth: int | None = None,
@@ -169,13 +165,13 @@ def render_lineage(lin: Lineage, *, top: int = 10, all_nodes: bool = False, max_
         elif n.origin == "baseline":
             extra = " " + palette.paint("(baseline)", "dim")
         tag = palette.paint(f" [rank {rank[cid]}]", "yellow") if cid in tagged else ""
-        return f"{mark} {text}  {_fit(n.fitness)}{extra}{tag}"
+        return f"{mark} {text}  {number(n.fitness, '.3f')}{extra}{tag}"
 
     def folded(ids: list[int], what: str) -> str:
         count = sum(1 + stats[c][0] for c in ids)
         bests = [stats[c][1] for c in ids if stats[c][1] is not None]
         best = min(bests, key=lambda b: rank[b]) if bests else None
-        tail = f"; best #{best} {_fit(lin.nodes[best].fitness)}" if best is not None else ""
+        tail = f"; best #{best} {number(lin.nodes[best].fitness, '.3f')}" if best is not None else ""
         return "  " + palette.paint(f"(+{len(ids)} {what}: {count} candidates{tail})", "dim")
 
     total = len(lin.nodes)

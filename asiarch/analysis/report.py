@@ -12,21 +12,21 @@ from __future__ import annotations
 import base64
 import difflib
 import math
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from markupsafe import Markup, escape
 
+from asiarch.job.contract import atomic_write
 from asiarch.layout import ExperimentDir
 from asiarch.analysis.lineage import load_lineage, render_lineage
 from asiarch.analysis.show import best_result
 from asiarch.analysis.stages import arm_curves, stage_agreement
-from asiarch.store import Candidate, Store
-from asiarch.analysis.views import (DEFAULT_STAGE, STAGES, failures_by_reason, fmt_ci, fmt_pm, leaderboard_rows,
-                           llm_spend, load_budget, load_reference, open_readonly, stage_leaderboard_rows)
+from asiarch.store import Candidate, Store, queries
+from asiarch.analysis.format import interval, number, plus_minus
+from asiarch.analysis.views import (DEFAULT_STAGE, STAGES, failures_by_reason, leaderboard_rows, load_budget,
+                                    load_reference, open_readonly, stage_leaderboard_rows)
 
 PNG_NAMES = {"discovery_index": "discovery_by_candidate.png", "discovery_compute": "discovery_by_compute.png",
              "curves": "training_curves.png", "tasks": "task_scores.png", "lineage": "lineage.png",
@@ -39,8 +39,7 @@ PNG_NAMES = {"discovery_index": "discovery_by_candidate.png", "discovery_compute
 def discovery_by_index(store: Store) -> tuple[list[float], list[float | None]]:
     """x: 1..N over the new (non-baseline) candidates in the order proposed; y: each one's fitness
     (None when it was not scored: rejected, failed, still training)."""
-    rows = store.conn.execute("SELECT fitness, status FROM candidates WHERE origin != 'baseline'"
-                              " ORDER BY id").fetchall()
+    rows = queries.new_candidate_fitness(store)
     return [float(i) for i in range(1, len(rows) + 1)], [f if s == "done" else None for f, s in rows]
 
 
@@ -48,22 +47,13 @@ def discovery_by_compute(store: Store) -> tuple[list[float], list[float | None]]
     """x: compute-hours spent (wall time x ranks, every recorded result, baselines and failures too)
     when each result came in, in the order they finished; y: the fitness that result brought
     (a new candidate's ok result), else None. The last x is the experiment's total compute."""
-    rows = store.conn.execute(
-        "SELECT r.wall_s, r.world_size, r.status, c.origin, c.status, c.fitness FROM results r"
-        " JOIN attempts a ON a.id = r.attempt_id JOIN candidates c ON c.id = r.candidate_id"
-        " ORDER BY COALESCE(a.finished_at, a.submitted_at, 0), a.id").fetchall()
+    rows = queries.results_by_finish(store)
     xs, ys, total = [], [], 0.0
     for wall, ranks, rstatus, origin, cstatus, fitness in rows:
         total += (wall or 0.0) * (ranks or 1)
         xs.append(total / 3600)
         ys.append(fitness if rstatus == "ok" and origin != "baseline" and cstatus == "done" else None)
     return xs, ys
-
-
-def baseline_fitness(store: Store) -> dict[str, float]:
-    rows = store.conn.execute("SELECT name, fitness FROM candidates WHERE origin = 'baseline' AND status = 'done'"
-                              " AND fitness IS NOT NULL ORDER BY id").fetchall()
-    return {name: f for name, f in rows}
 
 
 def label(c: Candidate) -> str:
@@ -102,18 +92,6 @@ class Report:
     series: dict[str, dict] = field(default_factory=dict)  # what each plot drew (plots.py return values)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _escape_all(obj):
     """Every string in a nested structure HTML-escaped (Markup is kept as it is)."""
     if isinstance(obj, Markup):
@@ -125,10 +103,6 @@ def _escape_all(obj):
     if isinstance(obj, (list, tuple)):
         return [_escape_all(v) for v in obj]
     return obj
-
-
-def _f(x, spec: str = ".3f") -> str:
-    return "-" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, spec)
 
 
 def _diff_html(old: str, new: str) -> Markup:
@@ -161,7 +135,7 @@ def write_report(exp: ExperimentDir, out_dir: str | Path | None = None, *, top: 
 
             xi, fi = discovery_by_index(store)
             xc, fc = discovery_by_compute(store)
-            bfit = baseline_fitness(store)
+            bfit = queries.baseline_fitness(store)
             report.series["discovery_index"] = P.plot_discovery(
                 xi, fi, out / PNG_NAMES["discovery_index"], xlabel="candidate (in the order proposed)",
                 title="Best fitness so far, by candidate", baselines=bfit)
@@ -184,7 +158,7 @@ def write_report(exp: ExperimentDir, out_dir: str | Path | None = None, *, top: 
         context.update(stages_context(store, exp, table_rows))
         context["images"] = images
         html = render_template("report.html.j2", **_escape_all(context))
-        _atomic_write(report.html, html.encode("utf-8"))
+        atomic_write(report.html, html, mode=0o644)  # readable by whoever the report is shared with
         return report
     finally:
         store.close()
@@ -201,9 +175,10 @@ def stages_context(store: Store, exp: ExperimentDir, table_rows: int) -> dict:
             continue
         stages.append({"name": stage, "n": str(len(rows)), "rows": [
             {"rank": str(r["rank"]), "id": str(r["id"]), "name": r["name"], "origin": r["origin"],
-             "seeds": str(r["seeds"]), "fitness": _f(r["fitness"]), "loss": fmt_pm(r["loss"], ".4f"),
-             "score": fmt_pm(r["score"], ".3f"), "gain": fmt_ci(r["loss_vs_ref"], "+.4f"),
-             "score_gain": fmt_ci(r["score_vs_ref"], "+.3f"),
+             "seeds": str(r["seeds"]), "fitness": number(r["fitness"], ".3f"),
+             "loss": plus_minus(r["loss"], ".4f"),
+             "score": plus_minus(r["score"], ".3f"), "gain": interval(r["loss_vs_ref"], "+.4f"),
+             "score_gain": interval(r["score_vs_ref"], "+.3f"),
              "beats": {True: "yes", False: "no", None: "-"}[r["beats_ref"]]} for r in rows[:table_rows]]})
     ag = stage_agreement(store, reference)
     if ag.n >= 3:
@@ -217,20 +192,20 @@ def stages_context(store: Store, exp: ExperimentDir, table_rows: int) -> dict:
     arms = []
     for arm, (hours, best) in sorted(arm_curves(store).items()):
         found = [(h, b) for h, b in zip(hours, best) if b is not None]
-        arms.append(f"{arm}: best fitness {_f(found[-1][1])} after {hours[-1]:.2f} core/GPU-hours" if found
+        arms.append(f"{arm}: best fitness {number(found[-1][1], '.3f')} after {hours[-1]:.2f} core/GPU-hours" if found
                     else f"{arm}: nothing scored yet ({hours[-1]:.2f} core/GPU-hours)")
     return {"stages": stages, "reference": reference, "agreement": agreement,
-            "agreement_pairs": [{"name": n, "explore": _f(a, ".4f"), "verify": _f(b, ".4f")} for n, a, b in ag.pairs],
+            "agreement_pairs": [{"name": n, "explore": number(a, ".4f"), "verify": number(b, ".4f")}
+                                for n, a, b in ag.pairs],
             "arms": arms}
 
 
 def _context(store: Store, exp: ExperimentDir, rows: list[dict], best: list[Candidate], baselines: list[Candidate],
              lin, lineage_top: int, table_rows: int) -> dict:
     budget = load_budget(exp)
-    counts = dict(store.conn.execute("SELECT status, COUNT(*) FROM candidates WHERE origin != 'baseline'"
-                                     " GROUP BY status").fetchall())
+    counts = store.counts()
     hours = store.compute_seconds() / 3600
-    llm = llm_spend(store)
+    llm = queries.llm_spend(store)
     summary = [
         ("experiment", f"{store.get_meta('experiment', '?')} ({exp.root})"),
         ("stage", DEFAULT_STAGE),
@@ -243,22 +218,24 @@ def _context(store: Store, exp: ExperimentDir, rows: list[dict], best: list[Cand
         ("LLM", f"${llm['usd']:,.2f} over {llm['calls']} calls"),
     ]
     if best:
-        summary.append(("best", f"#{best[0].id} {best[0].name}, fitness {_f(best[0].fitness)}"))
+        summary.append(("best", f"#{best[0].id} {best[0].name}, fitness {number(best[0].fitness, '.3f')}"))
     tasks = [k for k in (rows[0] if rows else {}) if "/" in k][:6]
     ranked = [r for r in rows if r["rank"] is not None]
     shown = ranked[:table_rows] + [r for r in ranked[table_rows:] if r["origin"] == "baseline"]
-    table = [{"rank": _f(r["rank"], "d"), "id": str(r["id"]), "name": r["name"], "origin": r["origin"],
-              "parent": _f(r["parent"], "d"), "fitness": _f(r["fitness"]), "loss": _f(r["loss"], ".4f"),
-              "score": _f(r["score"]), "tasks": [_f(r[t]) for t in tasks],
-              "params": _f(r["num_params"], ",d"), "tps": _f(r["tokens_per_s"], ",.0f"),
+    table = [{"rank": number(r["rank"], "d"), "id": str(r["id"]), "name": r["name"], "origin": r["origin"],
+              "parent": number(r["parent"], "d"), "fitness": number(r["fitness"], ".3f"),
+              "loss": number(r["loss"], ".4f"), "score": number(r["score"], ".3f"),
+              "tasks": [number(r[t], ".3f") for t in tasks],
+              "params": number(r["num_params"], ",d"), "tps": number(r["tokens_per_s"], ",.0f"),
               "baseline": r["origin"] == "baseline"} for r in shown]
     details = []
     for c in best:
         parent = store.candidate(c.parent_id) if c.parent_id is not None else None
         analyses = store.analyses(c.id)
         details.append({
-            "id": str(c.id), "name": c.name, "fitness": _f(c.fitness), "loss": _f(c.loss, ".4f"),
-            "score": _f(c.score), "parent": f"#{parent.id} {parent.name} ({_f(parent.fitness)})" if parent else "none",
+            "id": str(c.id), "name": c.name, "fitness": number(c.fitness, ".3f"), "loss": number(c.loss, ".4f"),
+            "score": number(c.score, ".3f"),
+            "parent": f"#{parent.id} {parent.name} ({number(parent.fitness, '.3f')})" if parent else "none",
             "motivation": c.motivation or "(none)",
             "analysis": analyses[-1]["text"] if analyses else "(no analysis)",
             "diff": _diff_html(parent.code, c.code) if parent else Markup("(no parent)"),

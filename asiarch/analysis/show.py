@@ -12,16 +12,13 @@ import textwrap
 import time
 from pathlib import Path
 
-from asiarch.cli.color import PLAIN, Palette
+from asiarch.analysis.palette import PLAIN, Palette
 from asiarch.job import result as rf
+from asiarch.job.contract import AttemptFiles
 from asiarch.layout import ExperimentDir
-from asiarch.store import Candidate, Store, StoreError
-from asiarch.analysis.views import (DEFAULT_STAGE, STAGES, fmt_ci, fmt_pm, load_reference, relative_to_exp,
-                           stage_leaderboard_rows)
-
-
-def _fmt(x, spec: str) -> str:
-    return "-" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, spec)
+from asiarch.store import Candidate, Store, StoreError, queries
+from asiarch.analysis.format import interval, number, plus_minus
+from asiarch.analysis.views import DEFAULT_STAGE, STAGES, load_reference, relative_to_exp, stage_leaderboard_rows
 
 
 def _when(ts: float | None) -> str:
@@ -42,12 +39,10 @@ def result_paths(store: Store, exp: ExperimentDir, cid: int) -> list[tuple[int, 
     """(attempt number, result file) of every attempt of ``cid`` that recorded or may have left one,
     best first: the latest ok result, then the other results newest first, then attempts
     without a recorded result (their file may still be there, e.g. while the head ingests it)."""
-    rows = store.conn.execute(
-        "SELECT a.n, a.dir, r.status, r.result_path FROM attempts a LEFT JOIN results r ON r.attempt_id = a.id"
-        " WHERE a.candidate_id = ? ORDER BY a.n DESC", (cid,)).fetchall()
+    rows = queries.attempt_result_paths(store, cid)
     ok = [(n, relative_to_exp(exp, p)) for n, _, s, p in rows if p and s == "ok"]
     other = [(n, relative_to_exp(exp, p)) for n, _, s, p in rows if p and s != "ok"]
-    unrecorded = [(n, relative_to_exp(exp, d) / "result.h5") for n, d, _, p in rows if not p]
+    unrecorded = [(n, AttemptFiles(relative_to_exp(exp, d)).result) for n, d, _, p in rows if not p]
     return ok + other + unrecorded
 
 
@@ -109,14 +104,13 @@ def show_text(store: Store, exp: ExperimentDir, ref: str, palette: Palette = PLA
              + (f": {cand.reason.splitlines()[0][:120]}" if cand.reason else "")]
     if cand.parent_id is not None:
         p = store.candidate(cand.parent_id)
-        lines.append(f"parent     #{p.id} {p.name} (fitness {_fmt(p.fitness, '.3f')})")
+        lines.append(f"parent     #{p.id} {p.name} (fitness {number(p.fitness, '.3f')})")
     refs = store.reference_ids(cand.id)
     if refs:
         lines.append("references " + " ".join(f"#{r}" for r in refs))
-    kids = store.conn.execute("SELECT COUNT(*), MAX(fitness) FROM candidates WHERE parent_id = ?",
-                              (cand.id,)).fetchone()
+    kids = queries.children_summary(store, cand.id)
     if kids[0]:
-        lines.append(f"children   {kids[0]} (best fitness {_fmt(kids[1], '.3f')})")
+        lines.append(f"children   {kids[0]} (best fitness {number(kids[1], '.3f')})")
     lines += _scores(store, cand)
     lines += _stages(store, exp, cand)
 
@@ -139,10 +133,10 @@ def show_text(store: Store, exp: ExperimentDir, ref: str, palette: Palette = PLA
         if a.error:
             lines += [palette.paint(x, "red") for x in _wrap(a.error.splitlines()[0], "      ")]
         if r:
-            lines.append(f"      loss {_fmt(r['eval_loss'], '.4f')} (train {_fmt(r['final_loss'], '.4f')}), "
-                         f"{_fmt(r['tokens_per_s'], ',.0f')} tok/s, peak "
-                         f"{_fmt((r['peak_memory_bytes'] or 0) / 2**30, '.2f')} GiB, {r['steps_done']} steps"
-                         + "".join(f", {k} {_fmt(v, '.4f')}" for k, v in r["metrics"].items()))
+            lines.append(f"      loss {number(r['eval_loss'], '.4f')} (train {number(r['final_loss'], '.4f')}), "
+                         f"{number(r['tokens_per_s'], ',.0f')} tok/s, peak "
+                         f"{number((r['peak_memory_bytes'] or 0) / 2**30, '.2f')} GiB, {r['steps_done']} steps"
+                         + "".join(f", {k} {number(v, '.4f')}" for k, v in r["metrics"].items()))
     lines += _failure_tracebacks(store, exp, cand, palette)
     events = store.candidate_events(cand.id)
     if events:  # what happened to it besides its attempts: the Engineer's repairs, promotion, re-attachment
@@ -167,10 +161,10 @@ def _stages(store: Store, exp: ExperimentDir, cand: Candidate) -> list[str]:
                    None)
         if row is None or (row["seeds"] == 1 and stage == DEFAULT_STAGE):
             continue
-        gain = f"   loss gain vs {reference} {fmt_ci(row['loss_vs_ref'], '+.4f')}" if row["loss_vs_ref"] else ""
+        gain = f"   loss gain vs {reference} {interval(row['loss_vs_ref'], '+.4f')}" if row["loss_vs_ref"] else ""
         beats = {True: ", beats it", False: ", does not beat it", None: ""}[row["beats_ref"]]
-        out.append(f"{stage:<10} {row['seeds']} seeds: loss {fmt_pm(row['loss'], '.4f')}   score "
-                   f"{fmt_pm(row['score'], '.3f')}   fitness {_fmt(row['fitness'], '.3f')}{gain}{beats}")
+        out.append(f"{stage:<10} {row['seeds']} seeds: loss {plus_minus(row['loss'], '.4f')}   score "
+                   f"{plus_minus(row['score'], '.3f')}   fitness {number(row['fitness'], '.3f')}{gain}{beats}")
     return out
 
 
@@ -179,32 +173,28 @@ def _scores(store: Store, cand: Candidate) -> list[str]:
         return []
     rank = ""
     if cand.fitness is not None:
-        above = store.conn.execute("SELECT COUNT(*) FROM candidates WHERE status = 'done' AND fitness > ?",
-                                   (cand.fitness,)).fetchone()[0]
-        scored = store.conn.execute("SELECT COUNT(*) FROM candidates WHERE status = 'done' AND fitness IS NOT NULL"
-                                    ).fetchone()[0]
+        above, scored = queries.fitness_rank(store, cand.fitness)
         rank = f"   rank {above + 1} of {scored}"
     terms = (cand.scores or {}).get("terms") or {}
     metrics = (cand.scores or {}).get("metrics") or {}
-    out = [f"fitness    {_fmt(cand.fitness, '.3f')}"
+    out = [f"fitness    {number(cand.fitness, '.3f')}"
            + (" (" + ", ".join(f"{k} term {v:.3f}" for k, v in terms.items()) + ")" if terms else "") + rank,
-           f"loss       {_fmt(cand.loss, '.4f')}   score {_fmt(cand.score, '.3f')}   "
-           + "  ".join(f"{k} {_fmt(v, '.3f')}" for k, v in metrics.items() if k != "eval/loss")]
+           f"loss       {number(cand.loss, '.4f')}   score {number(cand.score, '.3f')}   "
+           + "  ".join(f"{k} {number(v, '.3f')}" for k, v in metrics.items() if k != "eval/loss")]
     s = cand.scores or {}
-    out.append(f"params     {_fmt(cand.num_params, ',d')} (mixer {_fmt(s.get('mixer_params'), ',d')})   "
-               f"{_fmt(s.get('tokens_per_s'), ',.0f')} tok/s   peak memory "
-               f"{_fmt((s.get('peak_memory_bytes') or 0) / 2**30, '.2f')} GiB")
+    out.append(f"params     {number(cand.num_params, ',d')} (mixer {number(s.get('mixer_params'), ',d')})   "
+               f"{number(s.get('tokens_per_s'), ',.0f')} tok/s   peak memory "
+               f"{number((s.get('peak_memory_bytes') or 0) / 2**30, '.2f')} GiB")
     return out
 
 
 def _failure_tracebacks(store: Store, exp: ExperimentDir, cand: Candidate, palette: Palette) -> list[str]:
     """The tail of the traceback kept in the result file of the last failed attempt."""
-    rows = store.conn.execute("SELECT result_path FROM results WHERE candidate_id = ? AND status != 'ok'"
-                              " ORDER BY attempt_id DESC LIMIT 1", (cand.id,)).fetchall()
-    if not rows or cand.status == "done":
+    path = queries.last_failed_result_path(store, cand.id)
+    if path is None or cand.status == "done":
         return []
     try:
-        rec = rf.read_result(relative_to_exp(exp, rows[0][0]))
+        rec = rf.read_result(relative_to_exp(exp, path))
     except rf.ResultFileError as exc:
         return ["", f"  (cannot read the failed attempt's result: {exc})"]
     tb = (rec.traceback or rec.error).rstrip().splitlines()[-12:]
@@ -219,16 +209,15 @@ def _curve_section(store: Store, exp: ExperimentDir, cand: Candidate, palette: P
         n, rec = found
         c = rec.curve
         title = (f"Training curve (attempt {n}, {rec.status}; loss against step, {len(c)} points; "
-                 f"final {_fmt(c.loss[-1] if c.loss else None, '.4f')})")
+                 f"final {number(c.loss[-1] if c.loss else None, '.4f')})")
         return [head(title)] + text_chart(c.step, c.loss)
     # Nothing finished yet: a running job's progress record carries its curve so far.
-    rows = store.conn.execute("SELECT n, dir FROM attempts WHERE candidate_id = ? ORDER BY n DESC LIMIT 1",
-                              (cand.id,)).fetchall()
-    if rows:
-        p = rf.read_progress(relative_to_exp(exp, rows[0][1]) / "progress.json")
+    last = queries.last_attempt_dir(store, cand.id)
+    if last:
+        p = rf.read_progress(AttemptFiles(relative_to_exp(exp, last[1])).progress)
         if p and p.get("curve"):
             pts = [pt for pt in p["curve"] if isinstance(pt, (list, tuple)) and len(pt) >= 2]
-            return [head(f"Training curve so far (attempt {rows[0][0]}, live progress record, step "
+            return [head(f"Training curve so far (attempt {last[0]}, live progress record, step "
                          f"{p.get('step')}/{p.get('steps')})")] + text_chart([x for x, *_ in pts], [y for _, y, *_ in pts])
     return [head("Training curve"), "  (no result file yet)"]
 
@@ -246,8 +235,8 @@ def diff_text(store: Store, a: str, b: str | None = None, palette: Palette = PLA
     else:
         old, new = ca, store.find_candidate(b)
     lines = list(difflib.unified_diff(old.code.splitlines(), new.code.splitlines(),
-                                      f"#{old.id} {old.name} (fitness {_fmt(old.fitness, '.3f')})",
-                                      f"#{new.id} {new.name} (fitness {_fmt(new.fitness, '.3f')})",
+                                      f"#{old.id} {old.name} (fitness {number(old.fitness, '.3f')})",
+                                      f"#{new.id} {new.name} (fitness {number(new.fitness, '.3f')})",
                                       lineterm="", n=context))
     if not lines:
         return f"#{old.id} {old.name} and #{new.id} {new.name} have the same code"

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from asiarch.search.fitness import Reference, bench_score, compute_fitness
 from asiarch.analysis.stats import Interval, Paired, paired_difference, spearman, summarize
-from asiarch.store import Candidate, Store
+from asiarch.store import Candidate, Store, queries
 
 STAGES = ("explore", "verify")
 
@@ -150,13 +150,7 @@ def arm_curves(store: Store) -> dict[str, tuple[list[float], list[float | None]]
     """Per proposer arm ('llm', 'offline', ...; baselines and imports left out): the device-hours
     spent by that arm's exploration attempts, in the order they finished, against the best
     exploration fitness of the arm so far. The ablation plot draws one line per arm."""
-    rows = store.conn.execute(
-        "SELECT c.origin, c.id, c.fitness, a.finished_at,"
-        " CASE WHEN a.gpu_seconds > 0 THEN a.gpu_seconds WHEN a.cpu_seconds > 0 THEN a.cpu_seconds"
-        " ELSE r.wall_s * COALESCE(r.world_size, 1) END"
-        " FROM attempts a JOIN candidates c ON c.id = a.candidate_id LEFT JOIN results r ON r.attempt_id = a.id"
-        " WHERE a.stage = 'explore' AND c.origin IN ('llm', 'offline') AND a.finished_at IS NOT NULL"
-        " ORDER BY a.finished_at, a.id").fetchall()
+    rows = queries.arm_attempts(store)
     last = {cid: i for i, (_, cid, _, _, _) in enumerate(rows)}  # a candidate counts once all its seeds are in
     spent: dict[str, float] = {}
     best: dict[str, float | None] = {}

@@ -16,9 +16,11 @@ import re
 import time
 from pathlib import Path
 
-from asiarch.cli.color import PLAIN, Palette
+from asiarch.analysis.format import NAME_WIDTH, interval, number, plus_minus
+from asiarch.analysis.palette import PLAIN, Palette
+from asiarch.job.contract import AttemptFiles
 from asiarch.layout import ExperimentDir
-from asiarch.store import Store, StoreError
+from asiarch.store import Store, StoreError, queries
 
 # The stage the candidates' own figures (fitness, loss, score: seed means) come from; the
 # verification stage has its figures in the stage leaderboard (`leaderboard --stage verify`).
@@ -65,23 +67,6 @@ def task_names(score_dicts) -> list[str]:
     return sorted(names)
 
 
-def candidate_table(store: Store) -> list[dict]:
-    """Every candidate's columns except its code, in id order, with its scores JSON parsed."""
-    rows = store.conn.execute(
-        "SELECT id, name, origin, parent_id, round, status, reason, fitness, loss, score, scores, num_params,"
-        " code_sha256, genome_key, motivation, created_at, updated_at FROM candidates ORDER BY id").fetchall()
-    out = []
-    for r in rows:
-        d = dict(r)
-        d["scores"] = json.loads(d["scores"] or "{}")
-        out.append(d)
-    return out
-
-
-def attempt_counts(store: Store) -> dict[int, int]:
-    return dict(store.conn.execute("SELECT candidate_id, COUNT(*) FROM attempts GROUP BY candidate_id").fetchall())
-
-
 def ranked_order(table: list[dict]) -> list[dict]:
     """Scored candidates best first (fitness desc, then loss asc, then id), then the rest by id,
     the same order as ``Store.ranked``."""
@@ -101,12 +86,12 @@ def leaderboard_rows(store: Store, *, stage: str | None = None) -> list[dict]:
     stage are :func:`stage_leaderboard_rows`').
     """
     check_stage(stage)
-    table = candidate_table(store)
+    table = queries.candidate_table(store)
     if stage not in (None, DEFAULT_STAGE):
         trained = {r["candidate_id"] for r in store.seed_results(stage=stage)}
         table = [c for c in table if c["id"] in trained]
     tasks = task_names(c["scores"] for c in table)
-    attempts = attempt_counts(store)
+    attempts = queries.attempt_counts(store)
     rows = []
     rank = 0
     for c in ranked_order(table):
@@ -123,10 +108,6 @@ def leaderboard_rows(store: Store, *, stage: str | None = None) -> list[dict]:
                     "reason": c["reason"]})
         rows.append(row)
     return rows
-
-
-def _fmt(x, spec: str) -> str:
-    return "-" if x is None else format(x, spec)
 
 
 def _task_label(name: str) -> str:
@@ -148,21 +129,21 @@ def render_leaderboard(rows: list[dict], fmt: str = "table", limit: int | None =
         writer.writerows(rows)
         return buf.getvalue()
     tasks = [k for k in (rows[0] if rows else {}) if k not in _HEAD and k not in _TAIL][:max_task_columns]
-    header = (f"{'rank':>4} {'id':>5} {'name':<34} {'origin':<8} {'parent':>6} {'status':<8} {'fitness':>7} "
+    header = (f"{'rank':>4} {'id':>5} {'name':<{NAME_WIDTH}} {'origin':<8} {'parent':>6} {'status':<8} {'fitness':>7} "
               f"{'loss':>7} {'score':>6} " + "".join(f"{_task_label(t):>9} " for t in tasks) +
               f"{'params':>9} {'tok/s':>8}")
     lines = [palette.paint(header, "bold"), "-" * len(header)]
     for r in rows:
-        name = r["name"][:34].ljust(34)
+        name = r["name"][:NAME_WIDTH].ljust(NAME_WIDTH)
         if r["rank"] == 1:
             name = palette.paint(name, "bold")
         reason = r["reason"].splitlines()[0][:70] if r["reason"] else ""
         lines.append(
-            f"{_fmt(r['rank'], 'd'):>4} {r['id']:>5} {name} {r['origin'][:8]:<8} "
-            f"{_fmt(r['parent'], 'd'):>6} {palette.status(r['status'][:8].ljust(8), r['status'])} "
-            f"{_fmt(r['fitness'], '.3f'):>7} {_fmt(r['loss'], '.4f'):>7} {_fmt(r['score'], '.3f'):>6} "
-            + "".join(f"{_fmt(r[t], '.3f'):>9} " for t in tasks)
-            + f"{_fmt(r['num_params'], ',d'):>9} {_fmt(r['tokens_per_s'], ',.0f'):>8}"
+            f"{number(r['rank'], 'd'):>4} {r['id']:>5} {name} {r['origin'][:8]:<8} "
+            f"{number(r['parent'], 'd'):>6} {palette.status(r['status'][:8].ljust(8), r['status'])} "
+            f"{number(r['fitness'], '.3f'):>7} {number(r['loss'], '.4f'):>7} {number(r['score'], '.3f'):>6} "
+            + "".join(f"{number(r[t], '.3f'):>9} " for t in tasks)
+            + f"{number(r['num_params'], ',d'):>9} {number(r['tokens_per_s'], ',.0f'):>8}"
             + (f"  {palette.paint(reason, 'dim')}" if r["status"] in ("failed", "rejected") and reason else ""))
     return "\n".join(lines)
 
@@ -209,24 +190,6 @@ def stage_leaderboard_rows(store: Store, stage: str, reference: str, fitness_cfg
     return out
 
 
-def fmt_pm(iv: dict | None, spec: str) -> str:
-    """'mean ± half-width' (just the mean with one seed)."""
-    if not iv or iv["mean"] is None:
-        return "-"
-    if iv["low"] is None:
-        return format(iv["mean"], spec)
-    return f"{format(iv['mean'], spec)}±{format((iv['high'] - iv['low']) / 2, spec)}"
-
-
-def fmt_ci(iv: dict | None, spec: str) -> str:
-    """'mean [low, high]' of a paired difference."""
-    if not iv or iv["mean"] is None:
-        return "-"
-    if iv["low"] is None:
-        return format(iv["mean"], spec) + " [n<2]"
-    return f"{format(iv['mean'], spec)} [{format(iv['low'], spec)}, {format(iv['high'], spec)}]"
-
-
 def render_stage_leaderboard(rows: list[dict], fmt: str = "table", limit: int | None = None,
                              palette: Palette = PLAIN, reference: str = "", stage: str = "") -> str:
     """The stage leaderboard as a table, JSON, or CSV (intervals flattened to _mean/_low/_high)."""
@@ -254,8 +217,9 @@ def render_stage_leaderboard(rows: list[dict], fmt: str = "table", limit: int | 
     for r in rows:
         beats = {True: palette.paint("yes", "green"), False: "no", None: "-"}[r["beats_ref"]]
         lines.append(f"{r['rank']:>4} {r['id']:>5} {r['name'][:30]:<30} {r['origin'][:8]:<8} {r['seeds']:>5} "
-                     f"{_fmt(r['fitness'], '.3f'):>7} {fmt_pm(r['loss'], '.4f'):>17} {fmt_pm(r['score'], '.3f'):>13}  "
-                     f"{fmt_ci(r['loss_vs_ref'], '+.4f'):<34} {fmt_ci(r['score_vs_ref'], '+.3f'):<28} {beats}")
+                     f"{number(r['fitness'], '.3f'):>7} {plus_minus(r['loss'], '.4f'):>17} "
+                     f"{plus_minus(r['score'], '.3f'):>13}  "
+                     f"{interval(r['loss_vs_ref'], '+.4f'):<34} {interval(r['score_vs_ref'], '+.3f'):<28} {beats}")
     lines.append("")
     lines.append(f"gains are paired differences against {reference} over the same seeds (positive = better); "
                  "'beats' when the 95 % interval of the loss gain excludes zero and the score is not significantly worse")
@@ -286,8 +250,7 @@ _OUTCOMES = ("failed", "diverged", "timeout", "preempted", "cancelled", "lost")
 
 def failures_by_reason(store: Store) -> list[dict]:
     """Failed and rejected candidates grouped by :func:`reason_class`, most frequent first."""
-    rows = store.conn.execute("SELECT id, status, reason FROM candidates WHERE status IN ('failed', 'rejected')"
-                              " ORDER BY id").fetchall()
+    rows = queries.failed_reasons(store)
     groups: dict[tuple[str, str], dict] = {}
     for cid, status, reason in rows:
         g = groups.setdefault((status, reason_class(reason)),
@@ -299,24 +262,14 @@ def failures_by_reason(store: Store) -> list[dict]:
 
 def in_flight(store: Store, exp: ExperimentDir | None = None, limit: int = 8) -> list[dict]:
     """Attempts pending, submitted or running, with their live progress record where one exists."""
-    rows = store.conn.execute(
-        "SELECT a.id, a.candidate_id, a.n, a.status, a.job_id, a.dir, a.submitted_at, c.name FROM attempts a"
-        " JOIN candidates c ON c.id = a.candidate_id WHERE a.status IN ('pending', 'submitted', 'running')"
-        " ORDER BY a.status = 'running' DESC, a.id").fetchall()
+    rows = queries.in_flight_attempts(store)
     from asiarch.job.result import read_progress
 
     out = []
-    for i, r in enumerate(rows):
-        d = dict(r)
-        d["progress"] = read_progress(exp.root / d["dir"] / "progress.json") if exp and i < limit else None
+    for i, d in enumerate(rows):
+        d["progress"] = read_progress(AttemptFiles(exp.root / d["dir"]).progress) if exp and i < limit else None
         out.append(d)
     return out
-
-
-def llm_spend(store: Store) -> dict:
-    row = store.conn.execute("SELECT COUNT(*), COALESCE(SUM(cost_usd), 0),"
-                             " COALESCE(SUM(prompt_tokens + completion_tokens), 0) FROM llm_calls").fetchone()
-    return {"calls": row[0], "usd": float(row[1]), "tokens": int(row[2])}
 
 
 def _ago(seconds: float) -> str:
@@ -330,6 +283,18 @@ def _ago(seconds: float) -> str:
     return f"{seconds / 86400:.1f} days"
 
 
+def status_figures(store: Store, exp: ExperimentDir | None = None) -> dict:
+    """Everything ``asiarch status`` shows, read from the store (and the in-flight attempts' progress
+    records) in one step: :func:`asiarch.store.queries.status_overview`'s figures plus the experiment's
+    name and directory, the attempts in flight, compute seconds, LLM spend, the best new candidate
+    (or None), failures by reason and the last eight events."""
+    best = store.ranked(1, include_baselines=False)
+    return {**queries.status_overview(store), "experiment": store.get_meta("experiment", "?"),
+            "directory": store.path.parent, "in_flight": in_flight(store, exp),
+            "compute_seconds": store.compute_seconds(), "llm": queries.llm_spend(store),
+            "best": best[0] if best else None, "failures": failures_by_reason(store), "events": store.events(8)}
+
+
 def status_text(store: Store, budget=None, palette: Palette = PLAIN, exp: ExperimentDir | None = None,
                 now: float | None = None) -> str:
     """Where a run stands: candidates by status, what is in flight, compute and LLM spend against the
@@ -337,7 +302,11 @@ def status_text(store: Store, budget=None, palette: Palette = PLAIN, exp: Experi
 
     ``budget`` is the config's ``[budget]`` section (or an int: the candidate budget), or None.
     """
-    c = store.conn
+    return render_status(status_figures(store, exp), budget, palette, now)
+
+
+def render_status(figures: dict, budget=None, palette: Palette = PLAIN, now: float | None = None) -> str:
+    """:func:`status_figures` as the text of ``asiarch status`` (pure: no store, no files)."""
     now = time.time() if now is None else now
     if isinstance(budget, int):
         budget_candidates, budget_hours, budget_usd = budget, 0.0, 0.0
@@ -346,11 +315,8 @@ def status_text(store: Store, budget=None, palette: Palette = PLAIN, exp: Experi
     else:
         budget_candidates, budget_hours, budget_usd = None, 0.0, 0.0
     b = lambda s: palette.paint(s, "bold")  # noqa: E731
-    lines = [f"{b('experiment:')} {store.get_meta('experiment', '?')}  ({store.path.parent})"]
-    by_status = dict(c.execute("SELECT status, COUNT(*) FROM candidates WHERE origin != 'baseline'"
-                               " GROUP BY status").fetchall())
-    base = dict(c.execute("SELECT status, COUNT(*) FROM candidates WHERE origin = 'baseline'"
-                          " GROUP BY status").fetchall())
+    lines = [f"{b('experiment:')} {figures['experiment']}  ({figures['directory']})"]
+    by_status, base = figures["candidates"], figures["baselines"]
     total = sum(by_status.values())
     of = f" of budget {budget_candidates}" if budget_candidates else ""
     counts = ", ".join(palette.status(f"{n} {s}", s) for s, n in sorted(by_status.items()))
@@ -358,7 +324,7 @@ def status_text(store: Store, budget=None, palette: Palette = PLAIN, exp: Experi
     lines.append(f"{b('baselines:')}  " + (", ".join(palette.status(f"{n} {s}", s) for s, n in sorted(base.items()))
                                           or "none"))
 
-    flying = in_flight(store, exp)
+    flying = figures["in_flight"]
     by_attempt = {}
     for a in flying:
         by_attempt[a["status"]] = by_attempt.get(a["status"], 0) + 1
@@ -368,38 +334,35 @@ def status_text(store: Store, budget=None, palette: Palette = PLAIN, exp: Experi
         p = a["progress"]
         live = ""
         if p:
-            live = (f"step {p.get('step', '?')}/{p.get('steps', '?')}  loss {_fmt(_num(p.get('loss')), '.3f')}  "
-                    f"{_fmt(_num(p.get('tokens_per_s')), ',.0f')} tok/s  (updated {_ago(now - p['updated_at'])} ago)"
+            live = (f"step {p.get('step', '?')}/{p.get('steps', '?')}  loss {number(p.get('loss'), '.3f')}  "
+                    f"{number(p.get('tokens_per_s'), ',.0f')} tok/s  (updated {_ago(now - p['updated_at'])} ago)"
                     if isinstance(p.get("updated_at"), (int, float)) else "")
-        lines.append(f"  #{a['candidate_id']:<5} {a['name'][:34]:<34} attempt {a['n']} "
+        lines.append(f"  #{a['candidate_id']:<5} {a['name'][:NAME_WIDTH]:<{NAME_WIDTH}} attempt {a['n']} "
                      f"{palette.status(a['status'].ljust(9), a['status'])} job {a['job_id'] or '-':<10} {live}")
     if len(flying) > 8:
         lines.append(f"  ... and {len(flying) - 8} more")
 
-    secs = store.compute_seconds()
-    n_results = c.execute("SELECT COUNT(*) FROM results").fetchone()[0]
+    secs = figures["compute_seconds"]
     spent = f"{secs / 3600:,.2f} core/GPU-hours"
     if budget_hours:
         spent += f" of budget {budget_hours:,g} ({100 * secs / 3600 / budget_hours:.1f} %)"
-    lines.append(f"{b('compute:')}    {spent} over {n_results} results")
-    llm = llm_spend(store)
+    lines.append(f"{b('compute:')}    {spent} over {figures['results']} results")
+    llm = figures["llm"]
     usd = f"${llm['usd']:,.2f} over {llm['calls']} calls ({llm['tokens']:,} tokens)"
     if budget_usd:
         usd += f" of budget ${budget_usd:,.2f}"
     lines.append(f"{b('LLM:')}        {usd}")
-    first, last = c.execute("SELECT MIN(created_at), MAX(created_at) FROM candidates"
-                            " WHERE origin != 'baseline'").fetchone()
+    first, last = figures["first_proposed"], figures["last_proposed"]
     if first and total:
         span = last - first
         rate = f"{total / (span / 3600):.1f} proposals/hour over {_ago(span)}" if total > 1 and span > 0 else \
             f"{total} proposal(s)"
         lines.append(f"{b('rate:')}       {rate}; the last one {_ago(now - last)} ago")
-    best = store.ranked(1, include_baselines=False)
-    if best:
-        x = best[0]
+    x = figures["best"]
+    if x is not None:
         lines.append(f"{b('best:')}       #{x.id} {palette.paint(x.name, 'bold')}  fitness {x.fitness:.3f}  "
-                     f"loss {_fmt(_num(x.loss), '.4f')}  score {_fmt(_num(x.score), '.3f')}")
-    groups = failures_by_reason(store)
+                     f"loss {number(x.loss, '.4f')}  score {number(x.score, '.3f')}")
+    groups = figures["failures"]
     if groups:
         lines.append(b("failures:") + " (by reason)")
         for g in groups[:8]:
@@ -407,7 +370,7 @@ def status_text(store: Store, budget=None, palette: Palette = PLAIN, exp: Experi
                          f"e.g. #{g['example_id']}: {g['example'][:80]}")
         if len(groups) > 8:
             lines.append(f"  ... {len(groups) - 8} more reasons, {sum(g['count'] for g in groups[8:])} candidates")
-    events = store.events(8)
+    events = figures["events"]
     if events:
         lines.append(b("last events:"))
         for e in events:

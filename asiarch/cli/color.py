@@ -1,7 +1,8 @@
 """Colour for terminal output: on when stdout is a terminal, off in pipes, files and logs.
 
 Follows https://no-color.org: a non-empty ``NO_COLOR`` turns colour off; ``TERM=dumb`` too.
-Text is padded before it is painted, so columns line up with or without escape codes.
+The palette itself (the styles, :class:`Palette`) is :mod:`asiarch.analysis.palette`, which the
+renderers take; this module decides whether a stream gets colour, and writes text out.
 """
 
 from __future__ import annotations
@@ -10,14 +11,9 @@ import os
 import sys
 from typing import TextIO
 
-_CODES = {"bold": "1", "dim": "2", "red": "31", "green": "32", "yellow": "33", "blue": "34", "magenta": "35",
-          "cyan": "36"}
+from asiarch.analysis.palette import PLAIN, STATUS_STYLE, Palette
 
-# How each candidate or attempt status is painted.
-STATUS_STYLE = {"done": ("green",), "ok": ("green",), "failed": ("red",), "diverged": ("red",),
-                "rejected": ("yellow",), "timeout": ("yellow",), "preempted": ("yellow",), "lost": ("yellow",),
-                "cancelled": ("yellow",), "running": ("cyan",), "queued": ("blue",), "submitted": ("blue",),
-                "pending": ("blue",), "checked": ("dim",), "proposed": ("dim",)}
+__all__ = ["PLAIN", "STATUS_STYLE", "Palette", "emit", "palette_for", "unicode_ok", "wants_color"]
 
 
 def wants_color(stream: TextIO | None = None) -> bool:
@@ -28,28 +24,9 @@ def wants_color(stream: TextIO | None = None) -> bool:
     return bool(getattr(stream, "isatty", None) and stream.isatty())
 
 
-class Palette:
-    """Paints text with ANSI styles when enabled; returns it unchanged otherwise."""
-
-    def __init__(self, enabled: bool = False):
-        self.enabled = enabled
-
-    @classmethod
-    def for_stream(cls, stream: TextIO | None = None) -> "Palette":
-        return cls(wants_color(stream))
-
-    def paint(self, text: str, *styles: str) -> str:
-        if not self.enabled or not styles or not text:
-            return text
-        codes = ";".join(_CODES[s] for s in styles)
-        return f"\033[{codes}m{text}\033[0m"
-
-    def status(self, text: str, status: str) -> str:
-        """``text`` (usually the status itself, padded) in the colour of ``status``."""
-        return self.paint(text, *STATUS_STYLE.get(status, ()))
-
-
-PLAIN = Palette(False)
+def palette_for(stream: TextIO | None = None) -> Palette:
+    """The palette for text written to ``stream`` (default stdout): colour iff :func:`wants_color`."""
+    return Palette(wants_color(stream))
 
 
 def unicode_ok(stream: TextIO | None = None) -> bool:

@@ -7,24 +7,28 @@ through exactly the job path the search uses.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 from asiarch.config import ClusterConfig, TrainConfig
 from asiarch.dispatch.base import JobRequest
-from asiarch.layout import AttemptPaths, write_atomic
+from asiarch.job.contract import AttemptFiles, JobIdentity, JobSpec, atomic_write
 from asiarch.dispatch.render import JobScriptSpec, Raw, apptainer_command, render_job_script, torchrun_command
+from asiarch.dispatch.sandbox import SandboxSpec, apptainer_argv, attempt_sandbox
 
 
 def job_command(spec_path: Path, *, train: TrainConfig, cluster: ClusterConfig, python: str,
-                binds: list[str], env: tuple[tuple[str, str], ...]) -> tuple[str, ...]:
-    """torchrun for one attempt, inside ``apptainer exec`` when a container image is configured."""
+                binds: list[str], env: tuple[tuple[str, str], ...],
+                sandbox: SandboxSpec | None = None) -> tuple[str, ...]:
+    """torchrun for one attempt, inside ``apptainer exec`` when a container image is configured
+    (with the sandbox's flags and binds when ``sandbox`` is Apptainer's)."""
     # several nodes: one torchrun per node (srun starts them), meeting at the allocation's first host
     rdzv = Raw('"$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)":29500') if cluster.nodes > 1 else None
     if not cluster.container_image:
         return torchrun_command(python, train.nproc, str(spec_path), nnodes=cluster.nodes, rdzv_endpoint=rdzv)
     inner = torchrun_command(cluster.python or "python3", train.nproc, str(spec_path), nnodes=cluster.nodes,
                              rdzv_endpoint=rdzv)
+    if sandbox is not None and sandbox.kind == "apptainer":
+        return tuple(apptainer_argv(sandbox, inner))
     data = [str(Path(train.token_file).resolve().parent)] if train.token_file else []
     return apptainer_command(inner, image=cluster.container_image, binds=binds + data + list(cluster.binds),
                              env=env, nv=cluster.gpus_per_node > 0, cleanenv=cluster.container_cleanenv,
@@ -32,36 +36,43 @@ def job_command(spec_path: Path, *, train: TrainConfig, cluster: ClusterConfig, 
                              network_none=cluster.container_network_none)
 
 
-def write_attempt_files(paths: AttemptPaths, *, layer_path: Path, identity: dict, train: TrainConfig,
+def write_attempt_files(paths: AttemptFiles, *, layer_path: Path, identity: JobIdentity | dict, train: TrainConfig,
                         cluster: ClusterConfig, class_name: str, python: str,
                         bind_root: Path | None = None, checkpoint_name: str = "checkpoint.pt") -> JobRequest:
-    """Write spec.json and job.sh for one attempt; return the request to submit.
+    """Write spec.json (a :class:`~asiarch.job.contract.JobSpec`) and job.sh for one attempt; return
+    the request to submit. ``identity`` as a dict is checked like the job checks it (unknown or
+    missing keys are a JobSpecError naming them).
 
     ``bind_root`` is the directory a container must see (the experiment directory); by
     default the attempt's candidate directory and the layer's. The checkpoint lives in the
     candidate's directory under ``checkpoint_name`` (one per stage and seed), so that a
     requeued job or a retry of the same run resumes from it."""
     paths.dir.mkdir(parents=True, exist_ok=True)
-    spec = {
-        "identity": identity,
-        "layer_path": str(Path(layer_path).resolve()),
-        "class_name": class_name,
-        "result_path": str(paths.result.resolve()),
-        "progress_path": str(paths.progress.resolve()),
+    if not isinstance(identity, JobIdentity):
+        identity = JobIdentity.from_dict(identity, source=f"identity of {paths.spec}")
+    spec = JobSpec(
+        identity=identity,
+        layer_path=str(Path(layer_path).resolve()),
+        class_name=class_name,
+        result_path=str(paths.result.resolve()),
+        progress_path=str(paths.progress.resolve()),
         # per candidate, not per attempt: a requeued job or a retry of the same code resumes from it
-        "checkpoint_path": str((paths.dir.parent / checkpoint_name).resolve()),
-        "train": dataclasses.asdict(train),
-    }
-    write_atomic(paths.spec, json.dumps(spec, indent=2))
+        checkpoint_path=str((paths.dir.parent / checkpoint_name).resolve()),
+        train=dataclasses.asdict(train),
+    )
+    spec.write(paths.spec)
     env = (("OMP_NUM_THREADS", str(train.threads_per_rank)), ("PYTHONUNBUFFERED", "1"))
     if cluster.scratch_var:  # node-local scratch as the job's TMPDIR, /tmp where the variable is unset
         env += (("TMPDIR", Raw(f'"${{{cluster.scratch_var}:-/tmp}}"')),)
     roots = [bind_root] if bind_root else [paths.dir.parent, Path(layer_path).parent, paths.result.parent]
+    sandbox = attempt_sandbox(cluster, train=train, python=python, attempt_dir=paths.dir, env=env,
+                              checkpoint_path=spec.checkpoint_path,
+                              protected=(layer_path, paths.spec, paths.job_script))  # cluster.sandbox
     command = job_command(paths.spec.resolve(), train=train, cluster=cluster, python=python,
-                          binds=[str(Path(r).resolve()) for r in roots], env=env)
+                          binds=[str(Path(r).resolve()) for r in roots], env=env, sandbox=sandbox)
     script = render_job_script(JobScriptSpec(
-        run_key=identity["run_key"], attempt_dir=str(paths.dir.resolve()), command=command, env=env,
-        modules=tuple(cluster.modules)))
-    write_atomic(paths.job_script, script)
-    return JobRequest(run_key=identity["run_key"], script=paths.job_script.resolve(), log=paths.log.resolve(),
+        run_key=identity.run_key, attempt_dir=str(paths.dir.resolve()), command=command, env=env,
+        modules=tuple(cluster.modules), sandbox=sandbox if sandbox and sandbox.kind == "bwrap" else None))
+    atomic_write(paths.job_script, script)
+    return JobRequest(run_key=identity.run_key, script=paths.job_script.resolve(), log=paths.log.resolve(),
                       nproc=train.nproc, gpus=cluster.gpus_per_node)

@@ -3,19 +3,29 @@
 A backend takes a batch of job requests (one round: an array job on Slurm), returns
 one job id per request at once, reports the states of many jobs with one query, and
 cancels. Ids are strings the store keeps, so a restarted head can ask about the same
-jobs again.
+jobs again. :class:`Scheduler` declares every capability the loop uses; backends are
+registered by name (:mod:`asiarch.dispatch.registry`) and built from the config.
 """
 
 from __future__ import annotations
 
+import abc
 import enum
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import TYPE_CHECKING, Iterator
 
-from asiarch.dispatch.payload import is_secret
+from asiarch.job.contract import is_secret
+
+if TYPE_CHECKING:
+    from asiarch.config import Config
+    from asiarch.layout import ExperimentDir
+
+
+class SchedulerError(RuntimeError):
+    """The scheduler refused a request; the message carries its own words."""
 
 
 class JobState(str, enum.Enum):
@@ -46,23 +56,45 @@ class JobRequest:
     gpus: int = 0
 
 
-class Scheduler(Protocol):
-    name: str
-    max_poll_s: float  # the loop's polls back off up to this many seconds while nothing changes
+class Scheduler(abc.ABC):
+    """A backend: where the loop's jobs run. Subclasses implement the four abstract methods and,
+    to be named in ``cluster.scheduler``, :meth:`from_config` and ``@register("name")``."""
 
+    name: str = ""          # the backend's name, as recorded with each job id in the store
+    max_poll_s: float = 0.0  # the loop's polls back off up to this many seconds while nothing changes
+
+    @classmethod
+    def from_config(cls, exp: ExperimentDir, cfg: Config) -> Scheduler:
+        """The backend for experiment ``exp`` as ``cfg`` ([cluster], [train], [llm]) asks for it."""
+        raise NotImplementedError(f"{cls.__name__} cannot be built from a config; construct it and pass it "
+                                  "to Search.open(..., scheduler=...)")
+
+    def check(self) -> None:
+        """Refuse early (:class:`SchedulerError`, in the scheduler's own words) when jobs could not
+        run as configured; by default there is nothing to check."""
+
+    @abc.abstractmethod
     def submit(self, requests: list[JobRequest]) -> list[str]:
         """Submit a round; returns one job id per request, in order."""
 
+    @abc.abstractmethod
     def states(self, job_ids: list[str]) -> dict[str, JobState]:
         """Current state of each job, with one scheduler query whatever the number of ids."""
 
+    @abc.abstractmethod
     def cancel(self, job_ids: list[str]) -> None:
         """Ask the scheduler to stop these jobs."""
 
+    @abc.abstractmethod
     def adopt(self, marker: dict, attempt_dir: Path) -> str | None:
         """The id under which to watch the job that wrote ``marker`` into ``attempt_dir`` when it
         started (a head restarted without that job's id), or None when this scheduler has no such
         live job."""
+
+    def accounting(self, job_ids: list[str]) -> dict[str, dict[str, float]]:
+        """What the scheduler charged finished jobs, by job id: ``elapsed_s``, ``cpu_seconds``,
+        ``gpu_seconds`` (one query for all of them). By default nothing is known: ``{}``."""
+        return {}
 
 
 def job_environment(extra_secrets: tuple[str, ...] = (), base: dict[str, str] | None = None) -> dict[str, str]:

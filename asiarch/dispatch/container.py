@@ -1,16 +1,20 @@
-"""`asiarch container build|check`: the job image, driven through spython (no sudo: fakeroot).
+"""The Apptainer job image: build and check it, driven through spython (no sudo: fakeroot).
 
 spython calls the `singularity` command, which Apptainer installs as a compatibility name.
+Library functions: they return what they made or saw and raise :class:`ContainerError` with
+a message saying what to do; the command (`asiarch container build|check`) is
+:mod:`asiarch.cli.container`.
 """
 
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFINITION = ROOT / "containers" / "asiarch.def"
+#: the image built and checked when none is named (relative: in the current directory)
+DEFAULT_IMAGE = Path("asiarch.sif")
 
 # What a job needs from its image: the job side of asiarch, torch, h5py; and whether a GPU shows.
 CHECK = ("import torch, h5py, asiarch.job.train; "
@@ -19,7 +23,7 @@ CHECK = ("import torch, h5py, asiarch.job.train; "
 
 
 class ContainerError(RuntimeError):
-    pass
+    """The image cannot be built or checked here; the message says why and what to do."""
 
 
 def _client():
@@ -34,8 +38,9 @@ def _client():
     return Client
 
 
-def build(definition: Path = DEFINITION, image: Path = Path("asiarch.sif"), *, force: bool = False) -> Path:
-    """Build the job image without root (--fakeroot), from the project root so %files finds it."""
+def build(definition: Path = DEFINITION, image: Path = DEFAULT_IMAGE, *, force: bool = False) -> Path:
+    """Build the job image without root (--fakeroot), from the project root so %files finds it;
+    returns the image's absolute path."""
     import os
 
     definition = Path(definition).resolve()
@@ -67,15 +72,3 @@ def check(image: Path, *, python: str = "python3", nv: bool = False) -> str:
     if isinstance(out, dict) and out.get("return_code", 0) != 0 or "asiarch job image ok" not in message:
         raise ContainerError(f"{image} cannot run asiarch jobs: {message.strip()[-2000:]}")
     return message.strip()
-
-
-def main(action: str, target: str | None, *, definition: str | None, force: bool, python: str, nv: bool) -> int:
-    try:
-        if action == "build":
-            print(f"built {build(Path(definition) if definition else DEFINITION, Path(target or 'asiarch.sif'), force=force)}")
-        else:
-            print(check(Path(target or "asiarch.sif"), python=python, nv=nv))
-    except ContainerError as exc:
-        print(f"asiarch container: {exc}", file=sys.stderr)
-        return 1
-    return 0

@@ -22,14 +22,24 @@ import socket
 import time
 from collections import deque
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import submitit
 
-from asiarch.dispatch.base import JobRequest, JobState, secrets_hidden
-from asiarch.dispatch.payload import JOB_EXIT, process_start_time, run_job_script
+from asiarch.dispatch.base import JobRequest, JobState, Scheduler, secrets_hidden
+from asiarch.dispatch.payload import process_start_time, run_job_script
+from asiarch.dispatch.registry import register
+from asiarch.job.contract import AttemptFiles
+
+if TYPE_CHECKING:
+    from asiarch.config import Config
+    from asiarch.layout import ExperimentDir
 
 
-class LocalScheduler:
+@register("local")
+class LocalScheduler(Scheduler):
+    """Jobs on this machine, ``max_in_flight`` at a time (submitit's local executor)."""
+
     name = "local"
 
     max_poll_s = 0.0  # states are answered in-process: polls never back off
@@ -48,6 +58,12 @@ class LocalScheduler:
         self._final: dict[str, JobState] = {}
         self._adopted: dict[str, tuple[int, str, Path]] = {}  # job id -> (pid, pid start, attempt dir)
         self._epoch = f"{int(time.time()):x}"  # ids stay unique across head restarts
+
+    @classmethod
+    def from_config(cls, exp: ExperimentDir, cfg: Config) -> LocalScheduler:
+        """[cluster]'s max_in_flight, timeout_min and python; the LLM key is kept from every job."""
+        return cls(exp.jobs, max_in_flight=cfg.cluster.max_in_flight, timeout_min=cfg.cluster.timeout_min,
+                   secret_env=(cfg.llm.api_key_env,), python=cfg.cluster.python or None)
 
     # ------------------------------------------------------------------ interface
     def submit(self, requests: list[JobRequest]) -> list[str]:
@@ -128,7 +144,7 @@ class LocalScheduler:
         if process_start_time(pid) == start:
             return JobState.RUNNING
         try:
-            code = json.loads((attempt_dir / JOB_EXIT).read_text()).get("code")
+            code = json.loads(AttemptFiles(attempt_dir).job_exit.read_text()).get("code")
         except (OSError, ValueError):
             code = None
         # no exit record: the job was killed (machine, OOM killer, a signal to the group)

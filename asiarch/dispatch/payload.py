@@ -8,38 +8,27 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
 
-from asiarch.layout import write_atomic  # standard library only, like this module
+from asiarch.job.contract import AttemptFiles, atomic_write, is_secret  # standard library only
 
-_SECRET = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL)", re.IGNORECASE)
-
-#: Written by the job into its attempt directory when it starts: who runs it (host, pid and the
-#: pid's start time, the Slurm job id), so that a head restarted without the job's id can find
-#: it and watch it instead of training the candidate again.
-JOB_MARKER = "job.json"
-#: Written by the job when its script ends: the exit code (absent when the job was killed).
-JOB_EXIT = "job-exit.json"
-#: Written by a restarted head into an attempt it gives up on (and retries): a job of that
-#: attempt that starts later -- still pending when the old head died -- exits without training.
-ABANDONED = "abandoned"
-#: The trainer's progress record in the attempt directory (asiarch.layout names it too): once it
-#: exists, the trainer's signal handlers do.
-PROGRESS = "progress.json"
+# The attempt files this module reads and writes (asiarch.job.contract.AttemptFiles declares them):
+# the job's marker (host, pid and the pid's start time, the Slurm id: a head restarted without the
+# job's id finds it and watches it instead of training the candidate again), its exit record, a
+# restarted head's tombstone (a job of an abandoned attempt that starts later exits untrained), and
+# the trainer's progress record (once it exists, the trainer's signal handlers do).
+JOB_MARKER = AttemptFiles.JOB_MARKER
+JOB_EXIT = AttemptFiles.JOB_EXIT
+ABANDONED = AttemptFiles.ABANDONED
+PROGRESS = AttemptFiles.PROGRESS
 
 
 class JobScriptFailed(RuntimeError):
     pass
-
-
-def is_secret(name: str, extra: tuple[str, ...] = ()) -> bool:
-    """Variables that must never reach a job: named ones, and anything that looks like a credential."""
-    return name in extra or bool(_SECRET.search(name))
 
 
 def _ignore_warnings() -> None:
@@ -125,12 +114,13 @@ def claim_attempt(attempt_dir: Path) -> bool:
     other: either the job stops here or the head adopts the job. Returns False when the job
     must not run.
     """
-    attempt_dir.mkdir(parents=True, exist_ok=True)
-    (attempt_dir / JOB_EXIT).unlink(missing_ok=True)
-    write_atomic(attempt_dir / JOB_MARKER, json.dumps({
+    files = AttemptFiles(attempt_dir)
+    files.dir.mkdir(parents=True, exist_ok=True)
+    files.job_exit.unlink(missing_ok=True)
+    atomic_write(files.job_marker, json.dumps({
         "host": socket.gethostname(), "pid": os.getpid(), "pid_start": process_start_time(os.getpid()),
         "slurm_job_id": slurm_job_id(), "started_at": time.time()}))
-    return not (attempt_dir / ABANDONED).exists()
+    return not files.abandoned.exists()
 
 
 def run_job_script(script: str, log: str, extra_secrets: tuple[str, ...] = ()) -> int:
@@ -138,20 +128,20 @@ def run_job_script(script: str, log: str, extra_secrets: tuple[str, ...] = ()) -
 
     Before anything runs, the job claims its attempt (see :func:`claim_attempt`); an attempt
     a restarted head has abandoned is not run (the head retried it as a new attempt)."""
-    attempt_dir = Path(script).parent
-    signals = StopSignals(ready=(attempt_dir / PROGRESS).exists)  # before anything that takes time
+    files = AttemptFiles(Path(script).parent)
+    signals = StopSignals(ready=files.progress.exists)  # before anything that takes time
     env = {k: v for k, v in os.environ.items() if not is_secret(k, extra_secrets)}
     Path(log).parent.mkdir(parents=True, exist_ok=True)
-    if not claim_attempt(attempt_dir):
+    if not claim_attempt(files.dir):
         with open(log, "a") as out:
-            out.write(f"asiarch: attempt abandoned by a restarted head (see {attempt_dir / ABANDONED}); "
+            out.write(f"asiarch: attempt abandoned by a restarted head (see {files.abandoned}); "
                       "not running it\n")
         return 0
     code = None
     try:
         code = _run(script, log, env, signals)
     finally:
-        write_atomic(attempt_dir / JOB_EXIT, json.dumps({"code": code, "ended_at": time.time()}))
+        atomic_write(files.job_exit, json.dumps({"code": code, "ended_at": time.time()}))
     if code != 0:
         raise JobScriptFailed(f"{script} exited with status {code}; see {log}")
     return code

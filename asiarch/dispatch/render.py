@@ -5,10 +5,17 @@ Every Jinja template in templates/ is loaded through :func:`environment`, which 
 templates are rendered with :func:`render_shell`, whose environment shell-quotes every
 interpolated value by default: LLM output reaches some of these strings (candidate
 names), so nothing reaches the shell unquoted unless it is wrapped in :class:`Raw`.
+
+A job without a container runs inside bubblewrap: :func:`render_job_script` renders the
+sandbox's command line from the spec's :class:`~asiarch.dispatch.sandbox.SandboxSpec`
+(:func:`~asiarch.dispatch.sandbox.bwrap_argv`) plus the few words the script resolves on the
+node when it runs (scratch, GPU device nodes, Slurm's variables), and passes the scheduler's
+stop signals on to torchrun inside.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shlex
 from dataclasses import dataclass, field
@@ -16,6 +23,8 @@ from functools import lru_cache
 from importlib import resources
 
 import jinja2
+
+from asiarch.dispatch.sandbox import JOB_PASS_ENV, SandboxSpec, bwrap_argv
 
 
 class Raw(str):
@@ -89,11 +98,49 @@ class JobScriptSpec:
     modules: tuple[str, ...] = ()
     log: str = "job.log"
     header: tuple[str, ...] = field(default=())  # scheduler directives, rendered verbatim (already safe)
+    sandbox: SandboxSpec | None = None       # bubblewrap around the command (a job with no container)
+
+
+# What the job script itself resolves when it runs, on the node (templates/job.sh.j2 defines them).
+_RUN_TIME_BWRAP = Raw('"$asiarch_bwrap"')                            # bwrap on the node's PATH
+_RUN_TIME_ENV = Raw('${asiarch_env[@]+"${asiarch_env[@]}"}')         # variables passed on (Slurm's ids, GPUs)
+_RUN_TIME_BINDS = Raw('${asiarch_binds[@]+"${asiarch_binds[@]}"}')   # library dirs and GPU device nodes found there
+_INFO_FD = 9                                                         # bwrap writes the command's pid there
+
+
+def _pass_patterns(names: tuple[str, ...]) -> Raw:
+    """``A|B|NCCL_*``: a case pattern of variable names (fixed in asiarch, checked anyway)."""
+    for name in names:
+        if not re.fullmatch(r"[A-Z_][A-Z0-9_]*\*?", name):
+            raise ValueError(f"not a variable name or NAME_* prefix: {name!r}")
+    return Raw("|".join(names))
+
+
+def _device_globs(devices: tuple[str, ...]) -> tuple[Raw, ...]:
+    """Device-node globs (``/dev/nvidia*``), unquoted so that the shell expands them on the node."""
+    for dev in devices:
+        if not re.fullmatch(r"/dev/[A-Za-z0-9_*-]+", dev):
+            raise ValueError(f"not a device node glob under /dev: {dev!r}")
+    return tuple(Raw(d) for d in devices)
 
 
 def render_job_script(spec: JobScriptSpec) -> str:
-    """The bash script that runs one attempt (templates/job.sh.j2)."""
-    return environment(True).get_template("job.sh.j2").render(spec=spec, env=sorted(spec.env))
+    """The bash script that runs one attempt (templates/job.sh.j2); inside bubblewrap when
+    ``spec.sandbox`` is set (its command then is the sandbox's pid 1, so that the TERM or HUP the
+    script passes on reaches torchrun)."""
+    sandbox = None
+    if spec.sandbox is not None:
+        if spec.sandbox.kind != "bwrap":
+            raise ValueError(f"a job script wraps its command in bwrap only; {spec.sandbox.kind} goes in the command")
+        # device nodes are globs the script expands on the node (/dev/nvidia*), bound where they exist
+        sb = dataclasses.replace(spec.sandbox, executable=_RUN_TIME_BWRAP, as_pid_1=True,
+                                 info_fd=_INFO_FD, devices=(), extra_env=(_RUN_TIME_ENV,) + spec.sandbox.extra_env,
+                                 extra=(_RUN_TIME_BINDS,) + spec.sandbox.extra)
+        sandbox = {"argv": bwrap_argv(sb, spec.command), "info_fd": Raw(str(_INFO_FD)),
+                   "devices": _device_globs(spec.sandbox.devices), "pass_env": _pass_patterns(JOB_PASS_ENV),
+                   "network": Raw("the host's network (a job of several nodes)" if sb.host_network
+                                  else "no network but its own loopback")}
+    return environment(True).get_template("job.sh.j2").render(spec=spec, env=sorted(spec.env), sandbox=sandbox)
 
 
 def torchrun_command(python: str, nproc: int, spec_path: str, *, nnodes: int = 1,

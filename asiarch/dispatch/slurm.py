@@ -13,20 +13,25 @@ missing from both is ``UNKNOWN``, never done.
 
 from __future__ import annotations
 
+import math
 import re
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import submitit
 
-from asiarch.dispatch.base import JobRequest, JobState, environ_without, secrets_hidden
+from asiarch.dispatch.base import JobRequest, JobState, Scheduler, SchedulerError, environ_without, secrets_hidden
 from asiarch.dispatch.payload import run_job_script
+from asiarch.dispatch.registry import register
 
+if TYPE_CHECKING:
+    from asiarch.config import Config
+    from asiarch.layout import ExperimentDir
 
-class SchedulerError(RuntimeError):
-    """The scheduler refused a request; the message carries its own words."""
+__all__ = ["SchedulerError", "SlurmScheduler", "SlurmSpec", "expand_array_id", "parse_state", "parse_tres"]
 
 
 # Slurm's job states (squeue %T, sacct State) -> what the loop acts on.
@@ -109,13 +114,27 @@ class SlurmSpec:
             params["mem"] = f"{int(self.mem_gb * 1024)}MB"
         return params
 
+    @classmethod
+    def from_config(cls, cfg: Config) -> SlurmSpec:
+        """What [cluster] and [train] ask of each job. CPUs per task: train.nproc x
+        train.threads_per_rank on CPU, 4 per GPU (at least 2) with GPUs."""
+        c, t = cfg.cluster, cfg.train
+        extra = tuple((k, v or True) for k, _, v in (x.partition("=") for x in c.sbatch_extra))
+        return cls(
+            job_name=cfg.experiment.name, time_min=max(1, math.ceil(c.timeout_min)), partition=c.partition,
+            account=c.account, qos=c.qos, constraint=c.constraint, nodes=c.nodes,
+            cpus_per_task=t.nproc * t.threads_per_rank if not c.gpus_per_node else max(2, 4 * c.gpus_per_node),
+            gpus_per_node=c.gpus_per_node, gres_name=c.gres_name, mem_gb=c.mem_gb,
+            array_parallelism=c.max_in_flight, additional=extra)
+
 
 def _run(argv: list[str], timeout: float = 30.0) -> subprocess.CompletedProcess:
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
+@register("slurm")
 @dataclass
-class SlurmScheduler:
+class SlurmScheduler(Scheduler):
     """The Scheduler interface over a real Slurm (``sbatch``, ``squeue``, ``sacct``, ``scancel``)."""
 
     folder: Path
@@ -127,6 +146,14 @@ class SlurmScheduler:
     queries: int = 0                     # scheduler commands issued by states(): one per poll or two
     _final: dict[str, JobState] = field(default_factory=dict)
     _checked: bool = False
+
+    @classmethod
+    def from_config(cls, exp: ExperimentDir, cfg: Config) -> SlurmScheduler:
+        """The backend for ``exp`` with :meth:`SlurmSpec.from_config`; polls back off to the larger of
+        cluster.poll_interval_s and cluster.poll_max_interval_s; the LLM key is kept from every job."""
+        c = cfg.cluster
+        return cls(exp.jobs, SlurmSpec.from_config(cfg), secret_env=(cfg.llm.api_key_env,), python=c.python or None,
+                   max_poll_s=max(c.poll_interval_s, c.poll_max_interval_s))
 
     def check(self) -> None:
         """Refuse early, in Slurm's words, when no controller answers or the partition is unknown."""

@@ -1,6 +1,6 @@
 """Load a candidate layer from source, in isolation, and call it uniformly.
 
-The candidate contract (DESIGN.md): one Python source file defining a token-mixing
+The candidate contract (the README, "The pieces"): one Python source file defining a token-mixing
 layer class, by default named ``DeltaNet`` (ASI-Arch's convention). Its constructor
 takes keyword arguments including ``hidden_size`` (or ``d_model``), ``num_heads`` and
 ``layer_idx``; its forward is either ASI-Arch's
@@ -36,8 +36,7 @@ import torch
 from torch import nn
 
 from asiarch.job.compat import backend_for, candidate_builtins, torch_compile_disabled
-
-DEFAULT_CLASS_NAME = "DeltaNet"
+from asiarch.job.contract import DEFAULT_CLASS_NAME  # re-exported: the loaders' default
 
 
 class CandidateError(Exception):

@@ -4,9 +4,12 @@ What is here is what both sides must agree on, declared once:
 
 - the attempt directory's file names (:class:`AttemptFiles`), which the head renders and
   polls and the job writes;
-- :func:`atomic_write`, the one way either side writes a file that a reader may look at
-  while it is written (temp file in the same directory, fsync, rename, fsync of the
-  directory), so that a reader sees the old file or the new one, never half of one;
+- the job spec (:class:`JobSpec`, the attempt's ``spec.json``): what the head asks of the job,
+  checked on both sides, so that a key one side renamed is an error naming it, not a default;
+- :func:`atomic_write` (and :func:`atomic_path` for writers that need a path, such as h5py),
+  the one way either side writes a file that a reader may look at while it is written (temp
+  file in the same directory, fsync, rename, fsync of the directory), so that a reader sees
+  the old file or the new one, never half of one;
 - the secret rule (:func:`is_secret`), which names the environment variables that never
   reach a job, a check or a sandbox;
 - :data:`DEFAULT_CLASS_NAME`, the candidate layer's class name by ASI-Arch's convention.
@@ -14,11 +17,14 @@ What is here is what both sides must agree on, declared once:
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import re
-import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Iterator
 
 #: The class a candidate file defines, by ASI-Arch's convention (configurable: search.class_name).
 DEFAULT_CLASS_NAME = "DeltaNet"
@@ -49,21 +55,51 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str | Path, data: str | bytes, *, durable: bool = True) -> None:
-    """Write ``data`` (text as UTF-8, or bytes) to ``path`` through a temporary file in the same
-    directory and a rename, so that a process killed mid-write leaves the old file or the new one,
-    never half of one. With ``durable`` (the default) the file and the rename are fsynced; pass
-    ``durable=False`` for records rewritten every few seconds (progress), where a lost update on
-    power loss is harmless and an fsync per update is not."""
-    path = Path(path)
-    payload = data.encode() if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-            if durable:
-                fh.flush()
-                os.fsync(fh.fileno())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _temp_beside(path: Path) -> Path:
+    """A new empty file ``.<name>.<pid>.<random>.tmp`` in ``path``'s directory (same filesystem, so
+    the rename is atomic), created with the mode a plain ``open(path, "w")`` gives (0o666 less the
+    umask: job scripts, specs and results stay readable by whoever may read the experiment;
+    ``tempfile.mkstemp`` would make them 0o600)."""
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(f"no free temporary name beside {path}")
+
+
+@contextmanager
+def atomic_path(path: str | Path, *, durable: bool = True, mode: int | None = None) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write the new file to; when the block ends without an
+    exception it is renamed onto ``path`` (fsynced first, and the directory after, with
+    ``durable``; given the permissions ``mode`` first, when one is given).
+
+    On an exception the temporary file is removed and ``path`` is untouched; a process killed
+    inside the block leaves ``path`` as it was (and a hidden ``.<name>.*.tmp`` beside it). For
+    writers that open the file themselves (``h5py.File(tmp, "w")``, ``torch.save(obj, tmp)``)::
+
+        with atomic_path(result) as tmp:
+            with h5py.File(tmp, "w") as f:
+                ...
+    """
+    path = Path(path)
+    tmp = _temp_beside(path)
+    try:
+        yield tmp
+        if mode is not None:
+            os.chmod(tmp, mode)
+        if durable:
+            _fsync_file(tmp)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -73,6 +109,19 @@ def atomic_write(path: str | Path, data: str | bytes, *, durable: bool = True) -
         raise
     if durable:
         _fsync_dir(path.parent)
+
+
+def atomic_write(path: str | Path, data: str | bytes, *, durable: bool = True, mode: int | None = None) -> None:
+    """Write ``data`` (text as UTF-8, or bytes) to ``path`` through a temporary file in the same
+    directory and a rename (:func:`atomic_path`), so that a process killed mid-write leaves the
+    old file or the new one, never half of one. With ``durable`` (the default) the file and the
+    rename are fsynced; pass ``durable=False`` for records rewritten every few seconds (progress),
+    where a lost update on power loss is harmless and an fsync per update is not. ``mode``: the
+    file's permissions (default: 0o666 less the umask, as ``open`` gives)."""
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    with atomic_path(path, durable=durable, mode=mode) as tmp:
+        with open(tmp, "wb") as fh:
+            fh.write(payload)
 
 
 @dataclass(frozen=True)
@@ -130,3 +179,171 @@ class AttemptFiles:
     @property
     def abandoned(self) -> Path:
         return self.dir / self.ABANDONED
+
+
+# --------------------------------------------------------------------------- the job spec
+
+
+class JobSpecError(ValueError):
+    """A job spec (``spec.json``) that does not keep the contract: the message names the file,
+    the keys that are unknown or missing, and the valid ones."""
+
+
+#: The keys of the resolved [train] section the trainer reads (asiarch.config.TrainConfig declares
+#: them with their defaults and meaning; the head writes every field of it). A spec without one is
+#: refused before training starts, instead of a KeyError after the model was built.
+TRAIN_KEYS = (
+    "task", "seed", "steps", "batch_size", "seq_len", "vocab_size", "num_kv_pairs", "token_file",
+    "hidden_size", "num_layers", "num_heads", "mlp_ratio",
+    "lr", "weight_decay", "warmup_steps", "decay_fraction", "grad_clip", "precision",
+    "log_every", "divergence_factor", "eval_batches", "lm_eval", "mqar_eval", "threads_per_rank",
+)
+
+
+def _check_keys(data: Any, cls: type, where: str, source: str) -> dict:
+    """``data`` as a dict holding every required field of the dataclass ``cls`` and no other key;
+    otherwise a :class:`JobSpecError` naming the offending keys and the valid ones."""
+    prefix = f"{where}." if where else ""
+    if not isinstance(data, dict):
+        raise JobSpecError(f"{source}: {where or 'the spec'} must be a JSON object, got {type(data).__name__}")
+    fields = dataclasses.fields(cls)
+    valid = [f.name for f in fields]
+    required = [f.name for f in fields
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    unknown = [k for k in data if k not in valid]
+    missing = [k for k in required if k not in data]
+    problems = []
+    if unknown:
+        problems.append(f"unknown key(s) {', '.join(prefix + k for k in unknown)}")
+    if missing:
+        problems.append(f"missing required key(s) {', '.join(prefix + k for k in missing)}")
+    if problems:
+        raise JobSpecError(f"{source}: {'; '.join(problems)}. Valid keys: {', '.join(prefix + k for k in valid)} "
+                           "(the head and the job must run the same asiarch; re-render the attempt)")
+    return data
+
+
+def _check_types(obj: Any, where: str, source: str) -> None:
+    """The scalar fields of the dataclass ``obj`` have the type their annotation names (str or int)."""
+    prefix = f"{where}." if where else ""
+    for f in dataclasses.fields(obj):
+        kind = {"str": str, "int": int}.get(str(f.type))
+        value = getattr(obj, f.name)
+        if kind is not None and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
+            raise JobSpecError(f"{source}: {prefix}{f.name} must be {'a string' if kind is str else 'an integer'}, "
+                               f"got {value!r}")
+
+
+@dataclass(frozen=True)
+class JobIdentity:
+    """Who the job is: the names its result file records (asiarch.job.result.ResultRecord)."""
+
+    experiment: str
+    candidate_id: int
+    attempt: int
+    run_key: str          # <experiment>-c<id>-a<n>: names the job, its logs, its directory, its result
+    code_sha256: str      # of the layer file as trained (a checkpoint of other code is not resumed)
+    stage: str = "explore"
+    seed: int = 0         # the seed index within the stage (the train section holds the seed used)
+
+    @classmethod
+    def from_dict(cls, data: Any, *, source: str = "job spec") -> JobIdentity:
+        ident = cls(**_check_keys(data, cls, "identity", source))
+        _check_types(ident, "identity", source)
+        return ident
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What the head asks of one job: the attempt's ``spec.json``, written by
+    :func:`asiarch.dispatch.attempt.write_attempt_files`, read by :mod:`asiarch.job.train`.
+
+    Paths are absolute (the job runs in another working directory, maybe another container).
+    :meth:`from_dict` refuses unknown and missing keys by name, so a key renamed on one side
+    fails the job at once with the reason, instead of training with a default."""
+
+    identity: JobIdentity
+    layer_path: str       # the candidate's layer file
+    result_path: str      # the HDF5 result (asiarch.job.result)
+    progress_path: str    # the live progress record, rewritten every few seconds
+    train: dict           # the resolved [train] section (asiarch.config.TrainConfig): TRAIN_KEYS at least
+    class_name: str = DEFAULT_CLASS_NAME
+    checkpoint_path: str = ""   # where a requeued or retried run resumes from; empty: no checkpoint
+
+    @classmethod
+    def from_dict(cls, data: Any, *, source: str = "job spec") -> JobSpec:
+        """The spec in ``data`` (spec.json's object); :class:`JobSpecError` names what is wrong.
+        ``source`` names the file in messages."""
+        data = dict(_check_keys(data, cls, "", source))
+        data["identity"] = JobIdentity.from_dict(data["identity"], source=source)
+        if not isinstance(data["train"], dict):
+            raise JobSpecError(f"{source}: train must be a JSON object (the resolved [train] section), "
+                               f"got {type(data['train']).__name__}")
+        missing = [k for k in TRAIN_KEYS if k not in data["train"]]
+        if missing:
+            raise JobSpecError(f"{source}: missing required key(s) {', '.join('train.' + k for k in missing)} "
+                               "(the head and the job must run the same asiarch; re-render the attempt)")
+        spec = cls(**data)
+        _check_types(spec, "", source)
+        return spec
+
+    @classmethod
+    def from_json(cls, text: str, *, source: str = "job spec") -> JobSpec:
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise JobSpecError(f"{source}: not JSON ({exc}); re-render the attempt") from None
+        return cls.from_dict(data, source=source)
+
+    @classmethod
+    def load(cls, path: str | Path) -> JobSpec:
+        """Read and check the spec at ``path`` (errors name the file)."""
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise JobSpecError(f"{path}: cannot read the job spec ({exc.strerror or exc})") from None
+        return cls.from_json(text, source=str(path))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def write(self, path: str | Path) -> None:
+        """Write the spec atomically (a requeued job of the attempt may read it at any time)."""
+        atomic_write(path, self.to_json())
+
+
+# ------------------------------------------------------------------------------------------
+# redaction: secret values never leave a check or a job in the text that comes out of it
+
+#: Secret values shorter than this are not redacted: a value that short would match ordinary
+#: text (a variable such as ``MONKEY_COUNT=3`` is "secret" by name), and no real credential is.
+MIN_SECRET_LENGTH = 8
+#: What a secret value is replaced by.
+REDACTED = "[redacted]"
+
+
+def secret_values(environ, extra_names=()) -> tuple[str, ...]:
+    """The values of the secret variables of ``environ`` (a mapping such as ``os.environ``): those
+    whose name :func:`is_secret` selects, ``extra_names`` (e.g. ``llm.api_key_env``) included;
+    distinct, at least :data:`MIN_SECRET_LENGTH` characters long, longest first (so that a value
+    containing another is replaced whole)."""
+    extra = tuple(extra_names)
+    values = {v for k, v in environ.items() if v and len(v) >= MIN_SECRET_LENGTH and is_secret(k, extra)}
+    return tuple(sorted(values, key=lambda v: (-len(v), v)))
+
+
+def redact(text: str, values) -> str:
+    """``text`` with every occurrence of each of ``values`` (from :func:`secret_values`) replaced
+    by :data:`REDACTED`. Applied to everything that comes out of a check or a job (reasons,
+    tracebacks, log tails) before it is stored, shown or sent to an LLM: the sandbox keeps the key
+    from candidate code, this keeps it from the text if anything else ever let it through."""
+    if not text:
+        return text
+    for value in values:
+        if value and value in text:
+            text = text.replace(value, REDACTED)
+    return text

@@ -18,7 +18,9 @@ Layout of a result file (schema version 1)::
     /metrics/values         float64 [m]
 
 Atomicity: :func:`write_result` writes a hidden temporary file in the same directory,
-fsyncs it and renames it onto the final path, so a reader sees the whole file or none.
+fsyncs it and renames it onto the final path (:func:`asiarch.job.contract.atomic_path`), so a
+reader sees the whole file or none. The progress record is the attempt's ``progress.json``
+(:class:`asiarch.job.contract.AttemptFiles`), beside ``result.h5``.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,8 +37,11 @@ from typing import Any
 import h5py
 import numpy as np
 
+from asiarch.job.contract import AttemptFiles, atomic_path, atomic_write
+
 SCHEMA_VERSION = 1
-STATUSES = ("ok", "failed", "timeout", "preempted", "diverged")
+# leak: the in-job probe saw the layer read future tokens (asiarch.job.probe); the candidate is refused
+STATUSES = ("ok", "failed", "timeout", "preempted", "diverged", "leak")
 
 # Root attribute "asiarch_result" holds this value; any other HDF5 file is not ours.
 MARKER = "asiarch-result"
@@ -75,7 +79,7 @@ class ResultFileError(Exception):
         if self.reason == "missing":
             return (
                 f"result file {p} is missing: the job wrote no result{what}; check the job's log "
-                f"in {p.parent} and its progress record {progress_path(p).name}, then re-run the attempt"
+                f"in {p.parent} and its progress record {progress_path(p)}, then re-run the attempt"
             )
         if self.reason == "schema":
             return f"result file {p} has an unsupported schema{what}; upgrade (or match) asiarch to read it"
@@ -108,7 +112,7 @@ class Curve:
 
 @dataclass
 class ResultRecord:
-    """Everything one attempt leaves behind; see DESIGN.md, "Result file"."""
+    """Everything one attempt leaves behind; the file's layout is in this module's docstring."""
 
     experiment: str
     candidate_id: int
@@ -198,26 +202,6 @@ def _write_h5(f: h5py.File, record: ResultRecord) -> None:
     metrics.create_dataset("values", data=np.array([float(record.metrics[n]) for n in names], dtype=np.float64))
 
 
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename durable; best effort (some filesystems refuse fsync on directories)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _atomic_temp(path: Path) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
-
-
 def write_result(path: str | os.PathLike, record: ResultRecord) -> None:
     """Write ``record`` to ``path`` atomically (temp file, fsync, rename).
 
@@ -225,22 +209,10 @@ def write_result(path: str | os.PathLike, record: ResultRecord) -> None:
     behind and ``path`` is untouched.
     """
     _validate(record)
-    path = Path(path)
-    tmp = _atomic_temp(path)
-    try:
+    with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             _write_h5(f, record)
             f.flush()
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
 
 
 # --------------------------------------------------------------------------- reading
@@ -400,9 +372,9 @@ def summary(record: ResultRecord) -> dict[str, Any]:
 
 
 def progress_path(result_path: str | os.PathLike) -> Path:
-    """Where the progress record of a result file lives: ``result.h5`` -> ``result.progress.json``."""
-    result_path = Path(result_path)
-    return result_path.with_name(f"{result_path.stem}.progress.json")
+    """Where the job keeps the progress record of a result file: ``progress.json`` beside it
+    (:attr:`asiarch.job.contract.AttemptFiles.PROGRESS`)."""
+    return AttemptFiles(Path(result_path).parent).progress
 
 
 def write_progress(path: str | os.PathLike, **fields: Any) -> None:
@@ -413,16 +385,8 @@ def write_progress(path: str | os.PathLike, **fields: Any) -> None:
     a watcher can tell a stalled run. No fsync: this is rewritten every few seconds on
     shared filesystems; the rename alone guarantees readers see a whole record.
     """
-    path = Path(path)
     fields.setdefault("updated_at", time.time())
-    text = json.dumps(fields, default=_json_default)
-    tmp = _atomic_temp(path)
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write(path, json.dumps(fields, default=_json_default), durable=False)
 
 
 def _json_default(value: Any) -> Any:

@@ -12,12 +12,13 @@ from __future__ import annotations
 import inspect
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from asiarch.job.contract import atomic_write
 
 IGNORE_INDEX = -100
 
@@ -184,16 +185,7 @@ def write_token_file(path: str | os.PathLike, text_or_array, dtype: str = "uint1
     if arr.size and (arr.min() < info.min or arr.max() > info.max):
         raise ValueError(f"tokens range [{arr.min()}, {arr.max()}] does not fit dtype {dtype!r}; use a wider dtype such as 'uint32'")
     data = np.ascontiguousarray(arr.reshape(-1), dtype=np_dtype)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data.tobytes())
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, data.tobytes())
     return path
 
 

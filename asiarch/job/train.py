@@ -2,8 +2,8 @@
 
     python -m torch.distributed.run --standalone --nproc_per_node=2 -m asiarch.job.train SPEC.json
 
-SPEC.json is written by the head (see ``asiarch.layout``): the candidate's identity,
-the path of its layer file, the resolved [train] config, and where to write the
+SPEC.json is written by the head (:class:`asiarch.job.contract.JobSpec`): the candidate's
+identity, the path of its layer file, the resolved [train] config, and where to write the
 result and progress files. Every rank trains a shard of the global batch under DDP
 (gloo on CPU, NCCL on GPU); rank 0 evaluates and writes the HDF5 result atomically.
 Whatever happens -- an exception in the candidate, NaN, divergence, SIGTERM from the
@@ -28,13 +28,17 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from asiarch.job import result as rf
 from asiarch.job.candidate import load_layer_file
+from asiarch.job.contract import JobSpec, JobSpecError, atomic_path
 from asiarch.job.model import LanguageModel
-from asiarch.job.tasks import load_choice_task, make_task, masked_accuracy
+# The figures are computed with functions captured here, before the candidate's module executes
+# (it could reassign F.cross_entropy or torch.Tensor.item); see asiarch.job.trusted.
+from asiarch.job import trusted
+from asiarch.job.probe import Leak, LeakProbe
+from asiarch.job.tasks import load_choice_task, make_task
 
 
 class Diverged(Exception):
@@ -103,24 +107,24 @@ def all_reduce_sum(values: list[float], d: Dist) -> list[float]:
     if d.world == 1:
         return values
     t = torch.tensor(values, dtype=torch.float64, device=d.device)
-    dist.all_reduce(t)
-    return t.tolist()
+    trusted.all_reduce(t)
+    return trusted.tolist(t)
 
 
 def all_reduce_mean(value: float, d: Dist) -> float:
     if d.world == 1:
         return value
     t = torch.tensor([value], dtype=torch.float64, device=d.device)
-    dist.all_reduce(t)
-    return float(t.item()) / d.world
+    trusted.all_reduce(t)
+    return float(trusted.item(t)) / d.world
 
 
 def all_reduce_max(value: int, d: Dist) -> int:
     if d.world == 1:
         return value
     t = torch.tensor([value], dtype=torch.float64, device=d.device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return int(t.item())
+    trusted.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(trusted.item(t))
 
 
 def build_task(cfg: dict):
@@ -136,10 +140,10 @@ def _eval_task(model, task, n_batches, per_rank, d: Dist, autocast, mqar: bool) 
     with torch.no_grad(), autocast():
         for inputs, targets in task.eval_batches(n_batches, per_rank):
             inputs, targets = inputs.to(d.device), targets.to(d.device)
-            logits = model(inputs).float()
-            losses.append(F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100).item())
+            logits = model(inputs)
+            losses.append(trusted.item(trusted.cross_entropy(logits, targets)))
             if mqar:
-                accs.append(masked_accuracy(logits, targets))
+                accs.append(trusted.masked_accuracy(logits, targets))
     return sum(losses) / len(losses), (sum(accs) / len(accs) if accs else None)
 
 
@@ -156,8 +160,8 @@ def choice_accuracy(model: torch.nn.Module, items, seq_len: int, d: Dist, autoca
                 n = min(len(choice), len(tokens) - 1)
                 x = torch.as_tensor(tokens[:-1].astype(np.int64), device=d.device)[None]
                 y = torch.as_tensor(tokens[1:].astype(np.int64), device=d.device)[None]
-                logp = F.log_softmax(model(x).float(), dim=-1).gather(-1, y[..., None])[0, -n:, 0]
-                scores.append(logp.sum().item())
+                logp = trusted.log_softmax(model(x)).gather(-1, y[..., None])[0, -n:, 0]
+                scores.append(trusted.item(logp.sum()))
                 norms.append(scores[-1] / len(choice))
             right += int(np.argmax(scores)) == item.label
             right_norm += int(np.argmax(norms)) == item.label
@@ -175,12 +179,12 @@ def evaluate(model: torch.nn.Module, task, cfg: dict, d: Dist, autocast) -> dict
     metrics = {"eval/loss": loss}
     if acc is not None:
         metrics["mqar/accuracy"] = acc
-    for spec_item in cfg.get("lm_eval", []) if cfg["task"] == "lm" else []:
+    for spec_item in cfg["lm_eval"] if cfg["task"] == "lm" else []:
         name, _, path = spec_item.partition("=")
         acc, acc_norm = choice_accuracy(model, load_choice_task(path), cfg["seq_len"], d, autocast)
         metrics[f"{name}/accuracy"] = acc
         metrics[f"{name}/accuracy_norm"] = acc_norm
-    for item in cfg.get("mqar_eval", []) if mqar else []:
+    for item in cfg["mqar_eval"] if mqar else []:
         pairs, length = (int(x) for x in item.lower().split("x"))
         harder = make_task("mqar", vocab_size=cfg["vocab_size"], seq_len=length, num_kv_pairs=pairs)
         # keep the tokens per batch of the main evaluation: longer rows, fewer of them
@@ -192,13 +196,13 @@ def evaluate(model: torch.nn.Module, task, cfg: dict, d: Dist, autocast) -> dict
     return metrics
 
 
-def train(spec: dict, d: Dist, record: rf.ResultRecord, stop: dict) -> None:
+def train(spec: JobSpec, d: Dist, record: rf.ResultRecord, stop: dict) -> None:
     """Train in place of ``record``: fills its curve, metrics and throughput; raises on failure."""
-    cfg = spec["train"]
+    cfg = spec.train
     torch.manual_seed(cfg["seed"])  # same initialisation on every rank
     # The device picks fla or its compat stand-ins; off CUDA the layer's @torch.compile is a no-op
     # (compiling on CPU costs minutes per new sequence length for little gain).
-    layer_cls = load_layer_file(spec["layer_path"], spec.get("class_name", "DeltaNet"), device=d.device)
+    layer_cls = load_layer_file(spec.layer_path, spec.class_name, device=d.device)
     task = build_task(cfg)
     model = LanguageModel(layer_cls, vocab_size=task.vocab_size, hidden_size=cfg["hidden_size"],
                           num_layers=cfg["num_layers"], num_heads=cfg["num_heads"],
@@ -214,11 +218,13 @@ def train(spec: dict, d: Dist, record: rf.ResultRecord, stop: dict) -> None:
         return torch.autocast(device_type=d.device.type, dtype=torch.bfloat16, enabled=use_bf16)
 
     start = resume(spec, model, opt, record, d)
+    leak_probe = LeakProbe.plan(steps=cfg["steps"], start=start, rank=d.rank, world=d.world, device=d.device,
+                                precision=cfg["precision"], vocab_size=task.vocab_size, record=record)
     # distinct data per rank; a resumed run draws a fresh, still deterministic, stream
     gen = torch.Generator().manual_seed(cfg["seed"] * 1000 + d.rank + 7919 * start)
     per_rank = cfg["batch_size"] // d.world
     tokens_per_step = per_rank * cfg["seq_len"] * d.world
-    progress_path = spec["progress_path"]
+    progress_path = spec.progress_path
     t0 = time.time()
     t_measure, step_measure = None, 0  # throughput excludes the first step (allocation, warm-up)
     first_loss, last_progress = None, 0.0
@@ -230,9 +236,10 @@ def train(spec: dict, d: Dist, record: rf.ResultRecord, stop: dict) -> None:
             group["lr"] = lr
         inputs, targets = task.batch(per_rank, gen)
         inputs, targets = inputs.to(d.device), targets.to(d.device)
+        leak_probe.at_step(step, model, inputs, autocast)  # raises Leak (on every rank) if it sees one
         with autocast():
             logits = ddp(inputs)
-        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
+        loss = trusted.cross_entropy(logits, targets)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg["grad_clip"] > 0:
@@ -241,7 +248,7 @@ def train(spec: dict, d: Dist, record: rf.ResultRecord, stop: dict) -> None:
         # One collective per step carries the loss and any stop request, so every rank sees the same
         # mean loss and stop flag and all take the same decision at the same step (no rank left
         # waiting in a collective its peers abandoned).
-        loss_value, stopping = all_reduce_sum([float(loss.item()) / d.world, 1.0 if stop["signal"] else 0.0], d)
+        loss_value, stopping = all_reduce_sum([float(trusted.item(loss)) / d.world, 1.0 if stop["signal"] else 0.0], d)
         if stopping:
             save_checkpoint(spec, model, opt, record, step + 1, d)
             raise Interrupted(f"received {stop['signal'] or 'a stop signal on a peer rank'} at step {step + 1}")
@@ -271,29 +278,29 @@ def train(spec: dict, d: Dist, record: rf.ResultRecord, stop: dict) -> None:
     train_time = time.time() - t_measure if t_measure else float("nan")
     record.tokens_per_s = tokens_per_step * step_measure / train_time if step_measure else float("nan")
     record.final_loss = record.curve.loss[-1] if record.curve.loss else float("nan")
+    leak_probe.before_eval(model, task, max(1, cfg["batch_size"] // d.world), autocast)
     metrics = evaluate(model, task, cfg, d, autocast)
     # average the evaluation over ranks (each rank scored its own shard of the eval set size)
     record.metrics = {k: all_reduce_mean(v, d) for k, v in metrics.items()}
     record.eval_loss = record.metrics["eval/loss"]
 
 
-def save_checkpoint(spec: dict, model: torch.nn.Module, opt: torch.optim.Optimizer, record: rf.ResultRecord,
+def save_checkpoint(spec: JobSpec, model: torch.nn.Module, opt: torch.optim.Optimizer, record: rf.ResultRecord,
                     steps_done: int, d: Dist) -> None:
     """Rank 0 saves what a requeued job needs to go on from ``steps_done`` (atomic: temp + rename)."""
-    path = spec.get("checkpoint_path")
+    path = spec.checkpoint_path
     if path and d.main:
-        tmp = f"{path}.tmp-{os.getpid()}"
-        torch.save({"step": steps_done, "model": model.state_dict(), "opt": opt.state_dict(),
-                    "curve": vars(record.curve), "code_sha256": record.code_sha256}, tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            torch.save({"step": steps_done, "model": model.state_dict(), "opt": opt.state_dict(),
+                        "curve": vars(record.curve), "code_sha256": record.code_sha256}, tmp)
     if d.world > 1:
         dist.barrier()
 
 
-def resume(spec: dict, model: torch.nn.Module, opt: torch.optim.Optimizer, record: rf.ResultRecord,
+def resume(spec: JobSpec, model: torch.nn.Module, opt: torch.optim.Optimizer, record: rf.ResultRecord,
            d: Dist) -> int:
     """Load the checkpoint a preempted or requeued run left, if any; returns the step to start from."""
-    path = spec.get("checkpoint_path")
+    path = spec.checkpoint_path
     if not path or not os.path.exists(path):
         return 0
     state = torch.load(path, map_location=d.device, weights_only=False)
@@ -318,15 +325,15 @@ def install_signal_handlers(stop: dict) -> None:
 
 
 def run(spec_path: str) -> int:
-    spec = json.loads(Path(spec_path).read_text())
-    cfg = spec["train"]
+    spec = JobSpec.load(spec_path)
+    cfg = spec.train
     stop = {"signal": None}
     install_signal_handlers(stop)
-    d = setup_distributed(cfg.get("threads_per_rank", 1))
-    ident = spec["identity"]
+    d = setup_distributed(cfg["threads_per_rank"])
+    ident = spec.identity
     record = rf.ResultRecord(
-        experiment=ident["experiment"], candidate_id=ident["candidate_id"], attempt=ident["attempt"],
-        run_key=ident["run_key"], code_sha256=ident["code_sha256"], **job_ids(),
+        experiment=ident.experiment, candidate_id=ident.candidate_id, attempt=ident.attempt,
+        run_key=ident.run_key, code_sha256=ident.code_sha256, **job_ids(),
         config=cfg, curve=rf.Curve(step=[], tokens=[], loss=[], lr=[], time=[]),
         env={"torch": torch.__version__, "python": platform.python_version(), "device": str(d.device),
              "world_size": d.world, "hostname": socket.gethostname(),
@@ -337,6 +344,9 @@ def run(spec_path: str) -> int:
     try:
         train(spec, d, record, stop)
         record.status = "ok"
+    except Leak as exc:  # the candidate is refused: see asiarch.job.probe
+        record.status, record.error = "leak", str(exc)
+        record.env["leak_probe"] = exc.figures["probes"]
     except Diverged as exc:
         record.status, record.error = "diverged", str(exc)
     except Interrupted as exc:
@@ -355,10 +365,10 @@ def run(spec_path: str) -> int:
     # rank 0 writes; a rank that failed alone writes too, so the reason is never lost -- but a rank
     # that only saw its peer die ("connection closed by peer") never overwrites the peer's reason
     peer_died = code != 0 and "closed by peer" in record.error.lower()
-    if (d.main or code != 0) and not (peer_died and os.path.exists(spec["result_path"])):
-        rf.write_result(spec["result_path"], record)
-    if d.main and record.status == "ok" and spec.get("checkpoint_path"):
-        Path(spec["checkpoint_path"]).unlink(missing_ok=True)  # done: nothing to resume any more
+    if (d.main or code != 0) and not (peer_died and os.path.exists(spec.result_path)):
+        rf.write_result(spec.result_path, record)
+    if d.main and record.status == "ok" and spec.checkpoint_path:
+        Path(spec.checkpoint_path).unlink(missing_ok=True)  # done: nothing to resume any more
     if code != 0 and d.world > 1:
         sys.stderr.write(record.traceback)
         sys.stderr.flush()
@@ -380,7 +390,11 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) != 1:
         print("usage: torchrun ... -m asiarch.job.train SPEC.json", file=sys.stderr)
         return 2
-    code = run(argv[0])
+    try:
+        code = run(argv[0])
+    except JobSpecError as exc:  # before training: nothing to record but the reason
+        print(f"asiarch: {exc}", file=sys.stderr)
+        return 2
     # Skip interpreter teardown: C++ destructors of the process group's threads can still abort
     # the process after the result is safely written.
     sys.stdout.flush()

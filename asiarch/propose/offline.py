@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Protocol
 
 
+from asiarch.job.contract import DEFAULT_CLASS_NAME
 from asiarch.propose.genome import GENES, PRESETS, LayerGenome, active_genes, genome_from_code
 from asiarch.dispatch.render import render_template
 
@@ -30,7 +31,6 @@ __all__ = [
 ]
 
 TEMPLATE_NAME = "layer.py.j2"
-DEFAULT_CLASS_NAME = "DeltaNet"
 _DOC_WIDTH = 88
 
 #: One-paragraph motivations of the baselines (the docstrings of their renderings).

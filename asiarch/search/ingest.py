@@ -3,20 +3,24 @@
 This is the LLM-free Analyst: it reads the HDF5 result through the project's reader,
 computes ASI-Arch's fitness against the reference baseline, compares the candidate with
 its parent, the baselines and its siblings, writes a short analysis to the store and
-returns one line for the console. The LLM Analyst (asiarch.propose.llm, called by the loop)
+returns an Outcome: what the loop does next, and the figures of its console line
+(asiarch.search.messages.outcome_line composes it). The LLM Analyst (asiarch.propose.llm, called by the loop)
 adds prose on top of the same figures, and its judge score when fitness.judge_weight > 0.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from asiarch.analysis import format as fmt
 from asiarch.config import Config, stage_seeds
 from asiarch.dispatch.base import JobState
 from asiarch.search.fitness import Reference, bench_score, compute_fitness
 from asiarch.job import result as rf
+from asiarch.job.contract import redact, secret_values
 from asiarch.layout import ExperimentDir
 from asiarch.store import Attempt, Candidate, Store
 
@@ -29,10 +33,24 @@ class Outcome:
     attempt_status: str         # what the store records for the attempt
     candidate_status: str       # 'done' or 'failed' -- 'queued' when another attempt follows, 'partial' when
                                 # other seeds of the stage are still to come, 'verify' for a verification
-                                # seed, 'stale' for a result of code that has since been repaired
-    line: str                   # one line for the console
+                                # seed, 'stale' for a result of code that has since been repaired,
+                                # 'rejected' when the job's leak probe refused it (already set in the store)
     retry: bool = False         # infrastructure failure: try again with the same code
     error: str = ""             # what went wrong, for the Engineer and the store
+    # what the attempt showed, for its console line (asiarch.search.messages.outcome_line)
+    candidate_id: int = 0
+    name: str = ""
+    stage: str = "explore"
+    seed: int = 0
+    seeds: int = 1              # seeds of the stage
+    has_result: bool = False    # the job wrote a readable result file
+    message: str = ""           # the job's error message, or why there is no result
+    loss: float | None = None   # evaluation loss: the seed's, or (candidate_status 'done') the candidate's mean
+    acc: float | None = None    # task score (fitness.bench_score), likewise
+    fitness: float | None = None
+    averaged: int = 0           # seeds the candidate's figures are the mean of ('done')
+    tokens_per_s: float | None = None
+    wall_s: float | None = None
 
 
 def log_tail(path: Path, lines: int = 15) -> str:
@@ -45,22 +63,10 @@ def log_tail(path: Path, lines: int = 15) -> str:
 
 def reference_for(store: Store, cfg: Config) -> Reference | None:
     """The reference baseline's loss and task score, once it has a result."""
-    row = store.conn.execute(
-        "SELECT loss, score FROM candidates WHERE origin = 'baseline' AND name = ? AND status = 'done'"
-        " AND loss IS NOT NULL ORDER BY id LIMIT 1", (cfg.baselines.reference,)).fetchone()
-    if row is None:
+    base = store.scored_baseline(cfg.baselines.reference)
+    if base is None:
         return None
-    return Reference(loss=row[0], bench=row[1])
-
-
-def _fmt(x: float | None, spec: str = ".4f") -> str:
-    return "-" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, spec)
-
-
-def _delta(a: float | None, b: float | None, spec: str = "+.4f") -> str:
-    if a is None or b is None:
-        return "n/a"
-    return format(a - b, spec)
+    return Reference(loss=base.loss, bench=base.score)
 
 
 def score_candidate(store: Store, cfg: Config, cand: Candidate, ref: Reference | None) -> None:
@@ -81,7 +87,8 @@ def ingest_attempt(store: Store, exp: ExperimentDir, cfg: Config, attempt: Attem
     """Read the result of a finished job and record what it says."""
     cand = store.candidate(attempt.candidate_id)
     paths = exp.attempt(cand.id, cand.name, attempt.n)
-    label = f"#{cand.id:<4d} {cand.name[:34]:<34s}"
+    shown = dict(candidate_id=cand.id, name=cand.name, stage=attempt.stage, seed=attempt.seed,
+                 seeds=stage_seeds(cfg, attempt.stage))
     # a result of code that has since been repaired, or of a candidate already settled: kept, not acted on
     stale = attempt.code_sha256 != cand.code_sha256 or (attempt.stage == "explore" and cand.status in ("done", "failed"))
     try:
@@ -92,13 +99,15 @@ def ingest_attempt(store: Store, exp: ExperimentDir, cfg: Config, attempt: Attem
             why = f"result file {exc.reason}: {exc} (moved to {moved.name})"
         else:
             why = f"job ended {state.value} without writing {paths.result.name}; log tail:\n{log_tail(paths.log)}"
+        why = redact(why, secret_values(os.environ, (cfg.llm.api_key_env,)))  # job output: never the key
         retry = state in INFRASTRUCTURE and not stale
         status = {JobState.TIMEOUT: "timeout", JobState.PREEMPTED: "preempted",
                   JobState.CANCELLED: "cancelled"}.get(state, "failed")
-        head = why.splitlines()[0]
-        return Outcome(status, "stale" if stale else "queued" if retry else "failed",
-                       f"{label} {status.upper():9s} {head}", retry, why)
+        return Outcome(status, "stale" if stale else "queued" if retry else "failed", retry, why, message=why,
+                       **shown)
 
+    secrets = secret_values(os.environ, (cfg.llm.api_key_env,))  # what the job wrote: never the key
+    rec.error, rec.traceback = redact(rec.error, secrets), redact(rec.traceback, secrets)
     metrics = dict(rec.metrics)
     wall = (rec.finished_at - rec.started_at) if rec.finished_at and rec.started_at else None
     store.add_result(attempt.id, cand.id, status=rec.status, result_path=exp.relative(paths.result),
@@ -106,26 +115,25 @@ def ingest_attempt(store: Store, exp: ExperimentDir, cfg: Config, attempt: Attem
                      tokens_per_s=rec.tokens_per_s, peak_memory_bytes=rec.peak_memory_bytes,
                      num_params=rec.num_params, steps_done=rec.steps_done, wall_s=wall,
                      world_size=int(rec.env.get("world_size", 1) or 1))
-    seeds = stage_seeds(cfg, attempt.stage)
-    seed_label = f" {attempt.stage} seed {attempt.seed + 1}/{seeds}" if seeds > 1 or attempt.stage != "explore" else ""
+    shown["has_result"] = True
     if stale:
-        return Outcome(rec.status, "stale", f"{label} {rec.status.upper():9s}{seed_label} (kept; the candidate has "
-                       "moved on: its code was repaired or it is settled)")
+        return Outcome(rec.status, "stale", **shown)
     if rec.status != "ok":
         retry = rec.status in ("timeout", "preempted")
         error = f"{rec.status}: {rec.error}" + (("\n" + rec.traceback) if rec.traceback else "")
-        return Outcome(rec.status, "queued" if retry else "failed",
-                       f"{label} {rec.status.upper():9s}{seed_label} {rec.error.splitlines()[0] if rec.error else ''}"[:160],
-                       retry, error)
+        if rec.status == "leak":  # the job's probe saw the layer read future tokens: refused, never repaired
+            first = error.splitlines()[0]
+            store.set_candidate_status(cand.id, "rejected", first[:500], event=f"attempt {attempt.n}: {first}"[:1000])
+            return Outcome("leak", "rejected", False, error, message=rec.error, **shown)
+        return Outcome(rec.status, "queued" if retry else "failed", retry, error, message=rec.error, **shown)
 
-    acc = bench_score(metrics)
-    seed_line = (f"{label} OK       {seed_label} loss {_fmt(rec.eval_loss)} acc {_fmt(acc, '.3f')}"
-                 f"  ({_fmt(rec.tokens_per_s, ',.0f')} tok/s, {_fmt(wall, '.0f')} s)")
+    shown.update(tokens_per_s=rec.tokens_per_s, wall_s=wall)
+    one_seed = dict(shown, loss=rec.eval_loss, acc=bench_score(metrics))
     runs = [r for r in store.seed_results(stage=attempt.stage, cid=cand.id) if r["code_sha256"] == cand.code_sha256]
     if attempt.stage != "explore":
-        return Outcome("ok", "verify", seed_line)
-    if len(runs) < seeds:
-        return Outcome("ok", "partial", seed_line)
+        return Outcome("ok", "verify", **one_seed)
+    if len(runs) < shown["seeds"]:
+        return Outcome("ok", "partial", **one_seed)
 
     # every seed of the exploration stage is in: the candidate's figures are their means
     metrics = mean_metrics([r["metrics"] for r in runs])
@@ -141,11 +149,7 @@ def ingest_attempt(store: Store, exp: ExperimentDir, cfg: Config, attempt: Attem
     score_candidate(store, cfg, cand, ref)
     cand = store.candidate(cand.id)
     write_analysis(store, cand)
-    acc = f"acc {_fmt(bench, '.3f')}" if bench is not None else ""
-    mean = f" (mean of {len(runs)} seeds)" if len(runs) > 1 else ""
-    line = (f"{label} OK        loss {_fmt(cand.loss)} {acc}  fitness {_fmt(cand.fitness, '.3f')}{mean}"
-            f"  ({_fmt(rec.tokens_per_s, ',.0f')} tok/s, {_fmt(wall, '.0f')} s)")
-    return Outcome("ok", "done", line)
+    return Outcome("ok", "done", loss=cand.loss, acc=bench, fitness=cand.fitness, averaged=len(runs), **shown)
 
 
 def mean_metrics(runs: list[dict]) -> dict[str, float]:
@@ -165,16 +169,17 @@ def write_analysis(store: Store, cand: Candidate) -> None:
     """The offline Analyst's report: the figures against parent, baselines and siblings, in words."""
     if cand.fitness is None:
         return
-    parts = [f"{cand.name} reached evaluation loss {_fmt(cand.loss)} and task score {_fmt(cand.score, '.3f')}, "
-             f"fitness {_fmt(cand.fitness, '.3f')}."]
-    summary = f"fitness {_fmt(cand.fitness, '.3f')}"
+    parts = [f"{cand.name} reached evaluation loss {fmt.number(cand.loss)} and task score "
+             f"{fmt.number(cand.score, '.3f')}, fitness {fmt.number(cand.fitness, '.3f')}."]
+    summary = f"fitness {fmt.number(cand.fitness, '.3f')}"
     if cand.parent_id is not None:
         parent = store.candidate(cand.parent_id)
         if parent.fitness is not None:
             better = cand.fitness > parent.fitness
-            parts.append(f"Against its parent {parent.name} (#{parent.id}): loss {_delta(cand.loss, parent.loss)}, "
-                         f"task score {_delta(cand.score, parent.score, '+.3f')}, fitness "
-                         f"{_delta(cand.fitness, parent.fitness, '+.3f')}: the change "
+            parts.append(f"Against its parent {parent.name} (#{parent.id}): loss "
+                         f"{fmt.difference(cand.loss, parent.loss)}, "
+                         f"task score {fmt.difference(cand.score, parent.score, '+.3f')}, fitness "
+                         f"{fmt.difference(cand.fitness, parent.fitness, '+.3f')}: the change "
                          f"{'helped' if better else 'did not help'}.")
             summary += f", {'beats' if better else 'trails'} parent #{parent.id} by " \
                        f"{abs(cand.fitness - parent.fitness):.3f}"

@@ -26,7 +26,7 @@ class Sample:
 
 def current_pool(store: Store, *, pool_size: int, rebuild_every: int) -> list[int]:
     """Ids of the pool, best first, rebuilt by ASI-Arch's rule and remembered in the store."""
-    n_results = store.conn.execute("SELECT COUNT(*) FROM candidates WHERE status = 'done'").fetchone()[0]
+    n_results = store.count("done")
     saved = store.get_meta(POOL_KEY)
     if saved:
         pool = json.loads(saved)

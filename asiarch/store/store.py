@@ -5,6 +5,10 @@ time. Because clusters keep experiment directories on NFS or Lustre, the store u
 the rollback journal (``journal_mode=DELETE``, never WAL, which needs shared memory
 that network filesystems do not provide), short transactions, and a busy timeout so
 a reader and the head retry instead of failing with "database is locked".
+
+The tables are declared in :mod:`asiarch.store.schema`; the read-only queries the views
+and tools run are in :mod:`asiarch.store.queries`. This module holds the :class:`Store`:
+its connection, every write, and the reads the search loop and the agents make.
 """
 
 from __future__ import annotations
@@ -16,117 +20,19 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
-SCHEMA_VERSION = 1
+from asiarch.store.schema import (ATTEMPT_STATUSES, CANDIDATE_STATUSES, SCHEMA_VERSION, StoreError, has_table,
+                                  migrate)
 
-# Candidate life cycle: proposed -> checked -> queued -> running -> done
-#                                 \-> rejected (pre-flight)     \-> failed (after max attempts)
-CANDIDATE_STATUSES = ("proposed", "checked", "rejected", "queued", "running", "done", "failed")
-ATTEMPT_STATUSES = ("pending", "submitted", "running", "ok", "failed", "timeout", "preempted", "diverged",
-                    "cancelled", "lost")
+__all__ = ["ATTEMPT_STATUSES", "CANDIDATE_STATUSES", "SCHEMA_VERSION", "Attempt", "Candidate", "Store", "StoreError",
+           "to_json"]
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS candidates (
-    id            INTEGER PRIMARY KEY,
-    name          TEXT NOT NULL,
-    origin        TEXT NOT NULL,              -- baseline | offline | llm | asi-arch | manual
-    parent_id     INTEGER REFERENCES candidates(id),
-    round         INTEGER NOT NULL DEFAULT 0,
-    status        TEXT NOT NULL,
-    reason        TEXT NOT NULL DEFAULT '',   -- why it was rejected or failed
-    code          TEXT NOT NULL,
-    code_sha256   TEXT NOT NULL,
-    genome_key    TEXT NOT NULL DEFAULT '',
-    motivation    TEXT NOT NULL DEFAULT '',
-    fitness       REAL,
-    loss          REAL,                       -- evaluation loss of the best ok attempt
-    score         REAL,                       -- mean task score (e.g. MQAR accuracy)
-    scores        TEXT NOT NULL DEFAULT '{}', -- JSON: fitness terms and per-task metrics
-    num_params    INTEGER,
-    created_at    REAL NOT NULL,
-    updated_at    REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS candidates_status ON candidates(status);
-CREATE INDEX IF NOT EXISTS candidates_fitness ON candidates(fitness);
-CREATE INDEX IF NOT EXISTS candidates_sha ON candidates(code_sha256);
-CREATE INDEX IF NOT EXISTS candidates_parent ON candidates(parent_id);
-CREATE INDEX IF NOT EXISTS candidates_origin ON candidates(origin);
-CREATE TABLE IF NOT EXISTS candidate_refs (
-    candidate_id  INTEGER NOT NULL REFERENCES candidates(id),
-    ref_id        INTEGER NOT NULL REFERENCES candidates(id),
-    PRIMARY KEY (candidate_id, ref_id)
-);
-CREATE TABLE IF NOT EXISTS attempts (
-    id            INTEGER PRIMARY KEY,
-    candidate_id  INTEGER NOT NULL REFERENCES candidates(id),
-    n             INTEGER NOT NULL,           -- 1-based attempt number
-    run_key       TEXT NOT NULL UNIQUE,
-    status        TEXT NOT NULL,
-    scheduler     TEXT NOT NULL DEFAULT '',
-    job_id        TEXT NOT NULL DEFAULT '',
-    dir           TEXT NOT NULL,              -- relative to the experiment directory
-    code_sha256   TEXT NOT NULL,
-    error         TEXT NOT NULL DEFAULT '',
-    submitted_at  REAL,
-    finished_at   REAL,
-    elapsed_s     REAL,                       -- the scheduler's accounting, where it has one (sacct)
-    cpu_seconds   REAL,
-    gpu_seconds   REAL,
-    stage         TEXT NOT NULL DEFAULT 'explore', -- explore | verify
-    seed          INTEGER NOT NULL DEFAULT 0,      -- seed index within the stage (train.seed + seed)
-    UNIQUE (candidate_id, n)
-);
-CREATE INDEX IF NOT EXISTS attempts_status ON attempts(status);
-CREATE INDEX IF NOT EXISTS attempts_candidate ON attempts(candidate_id);
-CREATE TABLE IF NOT EXISTS results (
-    attempt_id        INTEGER PRIMARY KEY REFERENCES attempts(id),
-    candidate_id      INTEGER NOT NULL REFERENCES candidates(id),
-    status            TEXT NOT NULL,
-    final_loss        REAL,
-    eval_loss         REAL,
-    metrics           TEXT NOT NULL DEFAULT '{}',
-    tokens_per_s      REAL,
-    peak_memory_bytes INTEGER,
-    num_params        INTEGER,
-    steps_done        INTEGER,
-    wall_s            REAL,
-    world_size        INTEGER,
-    result_path       TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS analyses (
-    id            INTEGER PRIMARY KEY,
-    candidate_id  INTEGER NOT NULL REFERENCES candidates(id),
-    author        TEXT NOT NULL,              -- offline | llm model name
-    summary       TEXT NOT NULL,
-    text          TEXT NOT NULL,
-    created_at    REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS events (
-    id            INTEGER PRIMARY KEY,
-    ts            REAL NOT NULL,
-    kind          TEXT NOT NULL,
-    candidate_id  INTEGER,
-    attempt_id    INTEGER,
-    message       TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS llm_calls (
-    id                INTEGER PRIMARY KEY,
-    ts                REAL NOT NULL,
-    agent             TEXT NOT NULL,
-    model             TEXT NOT NULL,
-    prompt_tokens     INTEGER NOT NULL DEFAULT 0,
-    completion_tokens INTEGER NOT NULL DEFAULT 0,
-    cost_usd          REAL NOT NULL DEFAULT 0,
-    latency_s         REAL NOT NULL DEFAULT 0,
-    outcome           TEXT NOT NULL
-);
-"""
-
-
-class StoreError(RuntimeError):
-    pass
+# The device-seconds an attempt used, as SQL over ``attempts a`` joined with ``results r``: the
+# scheduler's GPU-seconds (or CPU-seconds on CPU jobs) where it accounted the attempt, else the
+# result's wall seconds x world size.
+DEVICE_SECONDS = ("CASE WHEN a.gpu_seconds > 0 THEN a.gpu_seconds WHEN a.cpu_seconds > 0 THEN a.cpu_seconds"
+                  " ELSE r.wall_s * COALESCE(r.world_size, 1) END")
 
 
 @dataclass
@@ -209,24 +115,7 @@ class Store:
         conn.execute("PRAGMA foreign_keys = ON")
         store = cls(conn, path, readonly=False)
         with store.transaction():
-            for stmt in _SCHEMA.split(";"):
-                if stmt.strip():
-                    conn.execute(stmt)
-            have = {r[1] for r in conn.execute("PRAGMA table_info(attempts)")}
-            for column in ("elapsed_s", "cpu_seconds", "gpu_seconds"):  # stores made before accounting
-                if column not in have:
-                    conn.execute(f"ALTER TABLE attempts ADD COLUMN {column} REAL")
-            if "stage" not in have:  # stores made before stages and seeds
-                conn.execute("ALTER TABLE attempts ADD COLUMN stage TEXT NOT NULL DEFAULT 'explore'")
-                conn.execute("ALTER TABLE attempts ADD COLUMN seed INTEGER NOT NULL DEFAULT 0")
-            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-            if row is None:
-                conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-            elif int(row[0]) != SCHEMA_VERSION:
-                raise StoreError(
-                    f"{path}: store schema version {row[0]}, this asiarch uses {SCHEMA_VERSION}; "
-                    "use the asiarch version that created it"
-                )
+            migrate(conn, path)
         return store
 
     @classmethod
@@ -386,9 +275,44 @@ class Store:
                 keys.add(key)
         return shas, keys
 
-    def counts(self) -> dict[str, int]:
-        rows = self.conn.execute("SELECT status, COUNT(*) FROM candidates WHERE origin != 'baseline' GROUP BY status")
+    def counts(self, *, baselines: bool = False) -> dict[str, int]:
+        """Status -> how many of the new candidates (with ``baselines``: of the baselines) have it."""
+        op = "=" if baselines else "!="
+        rows = self.conn.execute(f"SELECT status, COUNT(*) FROM candidates WHERE origin {op} 'baseline'"
+                                 " GROUP BY status")
         return {s: n for s, n in rows}
+
+    def count(self, status: str) -> int:
+        """How many candidates, baselines included, have ``status``."""
+        return int(self.conn.execute("SELECT COUNT(*) FROM candidates WHERE status = ?", (status,)).fetchone()[0])
+
+    def scored_baseline(self, name: str) -> Candidate | None:
+        """The first baseline called ``name`` that is done and has a loss (the fitness reference), or None."""
+        row = self.conn.execute("SELECT * FROM candidates WHERE origin = 'baseline' AND name = ? AND status = 'done'"
+                                " AND loss IS NOT NULL ORDER BY id LIMIT 1", (name,)).fetchone()
+        return Candidate.from_row(row) if row else None
+
+    def candidate_with_code(self, code_sha256: str, *, other_than: int | None = None) -> Candidate | None:
+        """The oldest candidate whose code has this sha256 (not counting candidate ``other_than``), or None."""
+        row = self.conn.execute("SELECT * FROM candidates WHERE code_sha256 = ? AND id IS NOT ? ORDER BY id LIMIT 1",
+                                (code_sha256, other_than)).fetchone()
+        return Candidate.from_row(row) if row else None
+
+    def candidate_texts(self) -> list[dict]:
+        """id, name, motivation and code of every candidate, in id order (the novelty check's corpus)."""
+        return [dict(r) for r in self.conn.execute("SELECT id, name, motivation, code FROM candidates ORDER BY id")]
+
+    def insert_candidates(self, rows: Iterable[dict]) -> None:
+        """Insert finished candidates as they are, in one transaction and without events: for
+        benchmarks that need a large store fast. Each row gives name, origin, status, code and
+        code_sha256, and may give parent_id, fitness, loss and score."""
+        now = time.time()
+        with self.transaction() as c:
+            c.executemany(
+                "INSERT INTO candidates (name, origin, parent_id, status, code, code_sha256, fitness, loss, score,"
+                " created_at, updated_at) VALUES (:name, :origin, :parent_id, :status, :code, :code_sha256, :fitness,"
+                " :loss, :score, :now, :now)",
+                ({"parent_id": None, "fitness": None, "loss": None, "score": None, **r, "now": now} for r in rows))
 
     def max_round(self) -> int:
         row = self.conn.execute("SELECT MAX(round) FROM candidates").fetchone()
@@ -472,9 +396,7 @@ class Store:
         (the last ok attempt of a seed wins), with candidate_id, stage, seed, eval_loss, metrics,
         attempt_id, finished_at, the attempt's code_sha256 and the device-seconds it used."""
         sql = ("SELECT r.candidate_id, a.stage, a.seed, r.eval_loss, r.metrics, r.attempt_id, a.finished_at,"
-               " a.code_sha256,"
-               " CASE WHEN a.gpu_seconds > 0 THEN a.gpu_seconds WHEN a.cpu_seconds > 0 THEN a.cpu_seconds"
-               " ELSE r.wall_s * COALESCE(r.world_size, 1) END AS device_s"
+               f" a.code_sha256, {DEVICE_SECONDS} AS device_s"
                " FROM results r JOIN attempts a ON a.id = r.attempt_id WHERE r.status = 'ok'")
         args: list = []
         if stage is not None:
@@ -509,10 +431,7 @@ class Store:
         """Device-seconds spent on training: the scheduler's GPU-seconds (or CPU-seconds on CPU jobs)
         where it accounted the attempt, else the result's wall seconds x world size."""
         row = self.conn.execute(
-            "SELECT SUM(CASE WHEN a.gpu_seconds > 0 THEN a.gpu_seconds"
-            " WHEN a.cpu_seconds > 0 THEN a.cpu_seconds"
-            " ELSE r.wall_s * COALESCE(r.world_size, 1) END)"
-            " FROM attempts a LEFT JOIN results r ON r.attempt_id = a.id").fetchone()
+            f"SELECT SUM({DEVICE_SECONDS}) FROM attempts a LEFT JOIN results r ON r.attempt_id = a.id").fetchone()
         return float(row[0] or 0.0)
 
     # ----------------------------------------------------------------- LLM calls (asiarch.propose.llm)
@@ -529,6 +448,55 @@ class Store:
         """Dollars spent on LLM calls so far (budget.llm_dollars is checked against it)."""
         row = self.conn.execute("SELECT COALESCE(SUM(cost_usd), 0) FROM llm_calls").fetchone()
         return float(row[0])
+
+    # ----------------------------------------------------------------- the Engineer's repairs
+    def add_repairs(self, candidate_id: int, stage: str, attempts: Iterable[dict]) -> None:
+        """Keep repair attempts of a candidate (stage 'preflight' or 'job'): each a dict with n, error
+        (its last 4,000 characters are kept), diff, outcome and explanation."""
+        now = time.time()
+        with self.transaction() as c:
+            c.executemany("INSERT INTO repairs (candidate_id, stage, n, error, diff, outcome, explanation, created_at)"
+                          " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                          [(candidate_id, stage, a["n"], a["error"][-4000:], a["diff"], a["outcome"],
+                            a["explanation"], now) for a in attempts])
+
+    def repairs(self, candidate_id: int) -> list[dict]:
+        """The repair attempts recorded for a candidate, oldest first (all the table's columns)."""
+        if not has_table(self.conn, "repairs"):  # a read-only store made before the table was in the schema
+            return []
+        return [dict(r) for r in self.conn.execute("SELECT * FROM repairs WHERE candidate_id = ? ORDER BY id",
+                                                   (candidate_id,))]
+
+    # ----------------------------------------------------------------- knowledge (asiarch.propose.llm.knowledge)
+    def put_knowledge(self, entries: Iterable[dict]) -> int:
+        """Insert or replace (by key) knowledge entries, each a dict of the knowledge table's columns
+        key, origin, title, source, tags (a list), problem, idea, when_to_use, how, candidate_id;
+        returns how many were written."""
+        now = time.time()
+        rows = [(e["key"], e["origin"], e["title"], e["source"], json.dumps(e["tags"]), e["problem"], e["idea"],
+                 e["when_to_use"], e["how"], e["candidate_id"], now) for e in entries]
+        with self.transaction() as c:
+            c.executemany("INSERT INTO knowledge (key, origin, title, source, tags, problem, idea, when_to_use, how,"
+                          " candidate_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                          " ON CONFLICT(key) DO UPDATE SET origin = excluded.origin, title = excluded.title,"
+                          " source = excluded.source, tags = excluded.tags, problem = excluded.problem,"
+                          " idea = excluded.idea, when_to_use = excluded.when_to_use, how = excluded.how,"
+                          " candidate_id = excluded.candidate_id", rows)
+        return len(rows)
+
+    def knowledge(self, *, origin: str | None = None) -> list[dict]:
+        """Stored knowledge entries (optionally of one origin) in id order, tags parsed."""
+        if not has_table(self.conn, "knowledge"):  # a read-only store made before the table was in the schema
+            return []
+        sql, args = "SELECT * FROM knowledge", ()
+        if origin:
+            sql, args = sql + " WHERE origin = ?", (origin,)
+        out = []
+        for r in self.conn.execute(sql + " ORDER BY id", args):
+            d = dict(r)
+            d["tags"] = json.loads(d["tags"])
+            out.append(d)
+        return out
 
 
 def _json_default(obj: Any) -> Any:

@@ -33,6 +33,7 @@ from difflib import get_close_matches
 from pathlib import Path
 from typing import Iterable
 
+from asiarch.analysis import format as fmt
 from asiarch.job.candidate import code_sha256
 from asiarch.store import Store
 
@@ -257,10 +258,6 @@ def _record(layer: PublishedLayer, tree: dict[int, TreeNode] | None) -> dict:
     }
 
 
-def _fmt(x: float | None, spec: str = ".4f") -> str:
-    return "n/a" if x is None else format(x, spec)
-
-
 def _motivation(layer: PublishedLayer, record: dict, parent_id: int | None) -> str:
     parent = ""
     if layer.parent is not None:
@@ -270,8 +267,10 @@ def _motivation(layer: PublishedLayer, record: dict, parent_id: int | None) -> s
     head = (f"[Imported from ASI-Arch: #{layer.index} {layer.name}"
             + (f" ({layer.display_name})" if layer.display_name else "")
             + f". Reported there ({REPORTED_SETTING}; not comparable with this experiment's numbers): "
-            f"fitness {_fmt(layer.score, '.3f')}, final train loss {_fmt(layer.final_train_loss)}, benchmark "
-            f"average {_fmt(layer.benchmark_average)}, {layer.parameters or 'n/a'} parameters.{parent}"
+            f"fitness {fmt.number(layer.score, '.3f', missing='n/a')}, "
+            f"final train loss {fmt.number(layer.final_train_loss, missing='n/a')}, "
+            f"benchmark average {fmt.number(layer.benchmark_average, missing='n/a')}, "
+            f"{layer.parameters or 'n/a'} parameters.{parent}"
             + (f" Summary: {layer.summary}" if layer.summary else "") + "]")
     return f"{head}\n\n{layer.motivation}".strip()
 
@@ -289,11 +288,6 @@ def _depth_order(layers: list[PublishedLayer]) -> list[PublishedLayer]:
         return d
 
     return sorted(layers, key=lambda l: (depth(l), l.index))
-
-
-def _candidate_with_code(store: Store, sha: str):
-    row = store.conn.execute("SELECT id FROM candidates WHERE code_sha256 = ? ORDER BY id LIMIT 1", (sha,)).fetchone()
-    return store.candidate(row[0]) if row else None
 
 
 # The head of an imported candidate's motivation; it names the ASI-Arch index even where the
@@ -325,7 +319,7 @@ def import_layers(store: Store, layers: list[PublishedLayer], tree: dict[int, Tr
         record = _record(layer, tree)
         parent_id = ids.get(layer.parent) if layer.parent is not None else None
         if sha in shas:
-            existing = _candidate_with_code(store, sha)
+            existing = store.candidate_with_code(sha)
             if existing is not None:
                 ids.setdefault(layer.index, existing.id)  # its children link to it
                 if existing.origin == ORIGIN and "asi_arch" not in existing.scores and existing.status == "proposed":

@@ -26,6 +26,7 @@ from asiarch.config import demo_config
 from asiarch.dispatch.base import JobState
 from asiarch.job import result as rf
 from asiarch.job.candidate import code_sha256
+from asiarch.job.contract import DEFAULT_CLASS_NAME
 from asiarch.layout import ExperimentDir, run_key
 from asiarch.propose.offline import OfflineProposer, baseline_sources
 from asiarch.search.sampling import sample_parents
@@ -37,21 +38,17 @@ def populate(store: Store, n: int, seed: int = 0) -> None:
     rng = random.Random(seed)
     sources = baseline_sources(("deltanet",))
     codes = list(sources.values())
-    parents = []
-    with store.transaction() as c:
-        now = time.time()
-        c.execute("INSERT INTO candidates (name, origin, status, code, code_sha256, fitness, loss, score, created_at,"
-                  " updated_at) VALUES ('deltanet', 'baseline', 'done', ?, ?, 0.5, 3.0, 0.5, ?, ?)",
-                  (codes[0], code_sha256(codes[0]), now, now))
-        parents.append(1)
-        for i in range(n):
-            code = codes[i % len(codes)] + f"\n# variant {i}\n"
-            loss = 3.0 + rng.gauss(0, 0.2)
-            c.execute("INSERT INTO candidates (name, origin, parent_id, status, code, code_sha256, fitness, loss, score,"
-                      " created_at, updated_at) VALUES (?, 'offline', ?, 'done', ?, ?, ?, ?, ?, ?, ?)",
-                      (f"cand_{i}", rng.choice(parents), code, code_sha256(code), rng.random(), loss, rng.random(),
-                       now, now))
-            parents.append(i + 2)
+    rows = [{"name": "deltanet", "origin": "baseline", "status": "done", "code": codes[0],
+             "code_sha256": code_sha256(codes[0]), "fitness": 0.5, "loss": 3.0, "score": 0.5}]
+    parents = [1]
+    for i in range(n):
+        code = codes[i % len(codes)] + f"\n# variant {i}\n"
+        loss = 3.0 + rng.gauss(0, 0.2)
+        rows.append({"name": f"cand_{i}", "origin": "offline", "parent_id": rng.choice(parents), "status": "done",
+                     "code": code, "code_sha256": code_sha256(code), "fitness": rng.random(), "loss": loss,
+                     "score": rng.random()})
+        parents.append(i + 2)
+    store.insert_candidates(rows)
 
 
 def _fake_result(path: Path, cid: int, n: int, rng: random.Random) -> None:
@@ -103,7 +100,7 @@ def measure(n_store: int, rounds: int, per_round: int = 4) -> dict[str, list[flo
                 layer.write_text(cand.code)
                 write_attempt_files(paths, layer_path=layer, identity={"experiment": "bench", "candidate_id": cid,
                                     "attempt": 1, "run_key": key, "code_sha256": cand.code_sha256},
-                                    train=cfg.train, cluster=cfg.cluster, class_name="DeltaNet",
+                                    train=cfg.train, cluster=cfg.cluster, class_name=DEFAULT_CLASS_NAME,
                                     python=sys.executable)
                 aid = store.add_attempt(cid, 1, key, exp.relative(paths.dir), cand.code_sha256)
                 store.mark_submitted(aid, "local", f"job-{cid}")
@@ -143,6 +140,51 @@ def bench_overhead(candidates: int = 1000, rounds: int = 5, preflight: bool = Tr
     return 0
 
 
+# ----------------------------------------------------------------------------- pre-flight
+
+
+def bench_preflight(sample: int = 10, architectures: str | Path | None = None, *, every: bool = False,
+                    sandbox: str = "auto") -> int:
+    """Pre-flight time per layer, as the loop runs it: ``run_preflight`` in the sandboxed child, at the
+    demo experiment's training settings (train.seq_len, batch per rank, hidden size, heads; bf16
+    autocast for the layers that cast to bf16), on the good layers of tests/layers and ``sample``
+    of ASI-Arch's published layers (spread over the file; ``every``: all of them). Prints one line per
+    layer (seconds, verdict, the first failed check) and the median; returns 0.
+    """
+    from asiarch.search.preflight import run_preflight
+    from asiarch.tools.asi_arch import casts_to_bf16, read_architectures
+
+    repo = Path(__file__).resolve().parents[2]
+    layers = [(p.stem, p.read_text(), False) for p in sorted((repo / "tests" / "layers").glob("good_*.py"))]
+    path = Path(architectures) if architectures else repo.parent / "shared" / "asi-arch" / "architectures.json"
+    if path.exists():
+        published = read_architectures(path)
+        step = 1 if every or sample >= len(published) else max(1, len(published) // max(1, sample))
+        chosen = published[::step] if every else published[::step][:sample]
+        layers += [(p.name, p.code, casts_to_bf16(p.code)) for p in chosen]
+    else:
+        print(f"(no ASI-Arch data at {path}: the good layers only)")
+    t = demo_config("bench").train
+    batch = max(1, t.batch_size // t.nproc)
+    print(f"asiarch bench preflight: {len(layers)} layers through the sandboxed child (sandbox {sandbox}), training "
+          f"length {t.seq_len}, batch {batch} per rank, hidden {t.hidden_size}, {t.num_heads} heads; this machine")
+    print(f"{'layer':<40} {'s':>6}  verdict")
+    times, verdicts = [], {}
+    for name, code, bf16 in layers:
+        start = time.perf_counter()
+        report = run_preflight(code, hidden_size=t.hidden_size, num_heads=t.num_heads, seq_len=t.seq_len,
+                               batch_size=batch, precision="bf16" if bf16 else t.precision, filename=f"{name}.py",
+                               sandbox=sandbox)
+        seconds = time.perf_counter() - start
+        times.append(seconds)
+        verdicts[name] = "ok" if report.ok else report.reason
+        print(f"{name:<40} {seconds:6.1f}  {'ok' if report.ok else report.reason[:110]}", flush=True)
+    refused = [n for n, v in verdicts.items() if v != "ok"]
+    print(f"median {statistics.median(times):.1f} s, max {max(times):.1f} s per layer; {len(layers) - len(refused)} "
+          f"of {len(layers)} pass; refused: {', '.join(refused) or 'none'}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- Slurm
 
 
@@ -179,7 +221,9 @@ def _round_jobs(folder: Path, n: int) -> list:
 def bench_slurm(candidates: int = 64, poll_s: float = 1.0) -> int:
     """Controller RPCs per candidate and submit-to-done time for one round on the Slurm at SLURM_CONF:
     asiarch (one array sbatch, one squeue per poll, backing off) against one sbatch per candidate
-    with a squeue per job per poll, measured in the same run."""
+    with a squeue per job per poll, measured in the same run. ``candidates``: jobs in the round (>= 1)."""
+    if candidates < 1:
+        raise ValueError(f"bench_slurm: candidates={candidates}; a round needs at least 1 job")
     import subprocess
 
     import submitit

@@ -27,10 +27,10 @@ from collections import Counter
 from pathlib import Path
 
 from asiarch.config import demo_config, render_toml
-from asiarch.dispatch.payload import ABANDONED
 from asiarch.job import result as rf
+from asiarch.job.contract import AttemptFiles
 from asiarch.layout import ExperimentDir
-from asiarch.store import Store
+from asiarch.store import Store, queries
 
 __all__ = ["stress_config", "kill_head_stress", "audit", "format_stress"]
 
@@ -57,11 +57,10 @@ def _snapshot(db: Path) -> str:
         return "no store yet"
     try:
         with Store.open_readonly(db) as s:
-            rows = s.conn.execute("SELECT status, COUNT(*) FROM candidates WHERE origin != 'baseline'"
-                                  " GROUP BY status").fetchall()
+            counts = s.counts()
     except Exception as exc:  # a reader must never fail the run; say what it saw
         return f"store unreadable ({exc})"
-    return ", ".join(f"{n} {st}" for st, n in sorted(map(tuple, rows))) or "no candidates yet"
+    return ", ".join(f"{n} {st}" for st, n in sorted(counts.items())) or "no candidates yet"
 
 
 def _head(root: Path, log, python: str) -> subprocess.Popen:
@@ -116,22 +115,22 @@ def audit(root: Path, budget: int) -> dict:
     with Store.open_readonly(exp.db) as s:
         cands = [c for c in s.candidates() if c.origin != "baseline"]
         attempts = {c.id: s.attempts(c.id) for c in cands}
-        adopted = s.conn.execute("SELECT COUNT(*) FROM events WHERE kind = 'adopted'").fetchone()[0]
+        adopted = queries.event_count(s, "adopted")
     statuses = Counter(c.status for c in cands)
     settled = statuses.get("done", 0) + statuses.get("failed", 0)
     trained_twice, wasted, abandoned_started = [], [], 0
     for c in cands:
         ran_ok = 0
         for a in attempts[c.id]:
-            d = exp.root / a.dir
-            if (d / "result.h5").exists():
+            f = AttemptFiles(exp.root / a.dir)
+            if f.result.exists():
                 try:
-                    ran_ok += rf.read_result(d / "result.h5").status == "ok"
+                    ran_ok += rf.read_result(f.result).status == "ok"
                 except rf.ResultFileError:
                     pass
-            if a.status == "lost" and (d / "progress.json").exists():
+            if a.status == "lost" and f.progress.exists():
                 wasted.append(f"{c.name} attempt {a.n}")
-            if (d / ABANDONED).exists() and (d / "progress.json").exists():
+            if f.abandoned.exists() and f.progress.exists():
                 abandoned_started += 1
         if ran_ok > 1:
             trained_twice.append(c.name)

@@ -115,7 +115,7 @@ def test_search_through_slurm_trains_a_round_as_one_array(slurm_cluster, tmp_pat
     cfg.cluster.max_in_flight = 2
     cfg.cluster.timeout_min = 10
     cfg.search.round_size = 4
-    search = Search(ExperimentDir(tmp_path), cfg, console=Console(verbose=False))
+    search = Search.open(ExperimentDir(tmp_path), cfg, console=Console(verbose=False))
     search.run()
     store = search.store
     offline = [c for c in store.candidates() if c.origin == "offline"]
@@ -272,7 +272,7 @@ def _slurm_search(tmp_path, **cluster):
     cfg.cluster.timeout_min = 10
     for k, v in cluster.items():
         setattr(cfg.cluster, k, v)
-    search = Search(ExperimentDir(tmp_path), cfg, console=Console(verbose=False))
+    search = Search.open(ExperimentDir(tmp_path), cfg, console=Console(verbose=False))
     search.register_baselines()
     return search
 
@@ -287,7 +287,7 @@ def test_a_running_job_whose_id_was_never_recorded_is_adopted_from_its_marker(sl
 
     first = _slurm_search(tmp_path)
     base = first.store.candidates(origin="baseline")[0]
-    attempt_id, request = first.prepare_attempt(base, 1)
+    attempt_id, request = first.submitter.prepare_attempt(base, 1)
     (job_id,) = first.scheduler.submit([request])  # the id never reaches the store
     first.close()
     marker = request.script.parent / JOB_MARKER
@@ -314,7 +314,7 @@ def test_a_pending_job_whose_id_was_never_recorded_does_not_train_when_it_starts
 
     first = _slurm_search(tmp_path, sbatch_extra=["hold"])
     base = first.store.candidates(origin="baseline")[0]
-    attempt_id, request = first.prepare_attempt(base, 1)
+    attempt_id, request = first.submitter.prepare_attempt(base, 1)
     (job_id,) = first.scheduler.submit([request])
     first.close()
 

@@ -302,7 +302,7 @@ def test_summary_is_scalar_and_json_ready(written):
 
 def test_progress_round_trip(tmp_path):
     path = progress_path(tmp_path / "result.h5")
-    assert path == tmp_path / "result.progress.json"
+    assert path == tmp_path / "progress.json"  # the name the job writes (asiarch.job.contract.AttemptFiles)
     assert read_progress(path) is None
     write_progress(path, step=10, tokens=40960, loss=np.float32(3.5), tokens_per_s=1e5, lr=3e-4, elapsed=2.5,
                    curve=[[0, 0, 9.0], [10, 40960, 3.5]])
@@ -310,7 +310,7 @@ def test_progress_round_trip(tmp_path):
     got = read_progress(path)
     assert got["step"] == 20 and math.isnan(got["loss"]) and "curve" not in got
     assert isinstance(got["updated_at"], float)
-    assert [p.name for p in tmp_path.iterdir()] == ["result.progress.json"]
+    assert [p.name for p in tmp_path.iterdir()] == ["progress.json"]
 
 
 def test_progress_unreadable_is_none(tmp_path):

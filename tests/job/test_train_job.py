@@ -16,7 +16,7 @@ from asiarch.dispatch.payload import JobScriptFailed, run_job_script
 from asiarch.job import result as rf
 from asiarch.job.tasks import write_token_file
 from asiarch.job.train import wsd_lr
-from asiarch.layout import AttemptPaths
+from asiarch.job.contract import AttemptFiles
 
 pytestmark = pytest.mark.slow
 
@@ -40,8 +40,7 @@ def _attempt(tmp_path, source, *, steps=20, task="mqar", nproc=2, **train_kw):
     work = tmp_path / "attempt-1"
     layer = tmp_path / "layer.py"
     layer.write_text(source)
-    paths = AttemptPaths(dir=work, job_script=work / "job.sh", spec=work / "spec.json", result=work / "result.h5",
-                         progress=work / "progress.json", log=work / "job.log")
+    paths = AttemptFiles(work)
     train = TrainConfig(steps=steps, task=task, nproc=nproc, batch_size=8, log_every=5, warmup_steps=2, **train_kw)
     ident = {"experiment": "t", "candidate_id": 1, "attempt": 1, "run_key": "t-c00001-a1", "code_sha256": "x"}
     req = write_attempt_files(paths, layer_path=layer, identity=ident, train=train, cluster=ClusterConfig(),
@@ -187,15 +186,15 @@ def test_training_inside_a_container_through_the_apptainer_stand_in(tmp_path, mo
     work = tmp_path / "attempt-1"
     layer = tmp_path / "layer.py"
     layer.write_text(CUMSUM.format(extra=""))
-    paths = AttemptPaths(dir=work, job_script=work / "job.sh", spec=work / "spec.json", result=work / "result.h5",
-                         progress=work / "progress.json", log=work / "job.log")
+    paths = AttemptFiles(work)
     cluster = ClusterConfig(container_image=str(image), python=sys.executable, binds=[str(tmp_path)])
     train = TrainConfig(steps=6, nproc=2, batch_size=8, log_every=3, warmup_steps=1)
     ident = {"experiment": "t", "candidate_id": 1, "attempt": 1, "run_key": "t-c00001-a1", "code_sha256": "x"}
     req = write_attempt_files(paths, layer_path=layer, identity=ident, train=train, cluster=cluster,
                               class_name="DeltaNet", python="/host/python/not/used", bind_root=tmp_path)
     script = req.script.read_text()
-    assert "exec apptainer exec --cleanenv --bind" in script and str(image) in script
+    assert "exec apptainer exec --containall --cleanenv --no-home --net --network none" in script  # the sandbox
+    assert str(image) in script
     assert _run(req) == 0, paths.log.read_text()[-3000:]
     rec = rf.read_result(paths.result)
     assert rec.status == "ok" and rec.env["container_image"] == str(image)

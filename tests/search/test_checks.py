@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from asiarch.search.preflight import (CheckResult, PreflightReport, check_command, child_env, run_preflight,
-                            run_sandboxed)
+from asiarch.cli.check import check_command
+from asiarch.search.preflight import (CheckResult, PreflightReport, Sandboxing, child_env, preflight_settings,
+                                      run_preflight, run_sandboxed)
 from asiarch.job.preflight import CHECK_NAMES, run_checks
 from asiarch.job.static_check import ALLOWED_IMPORTS, Finding, static_check
 
@@ -76,8 +77,8 @@ def test_static_check_names_line_rule_and_what_to_do():
     ("compile('1', 'f', 'eval')", "builtin"),
     ("g = getattr", "getattr"),
     ("getattr(x, name)", "getattr"),
-    ("getattr(x, '__globals__')", "getattr"),
-    ("setattr(x, '__class__', y)", "getattr"),
+    ("getattr(x, '__globals__')", "dunder"),  # a literal name is checked as the attribute would be
+    ("setattr(x, '__class__', y)", "dunder"),
     ("f.__globals__['os']", "dunder"),
     ("self.__dict__.update(d)", "dunder"),
     ("x.__class__", "dunder"),
@@ -86,7 +87,7 @@ def test_static_check_names_line_rule_and_what_to_do():
     ("print(sys.argv)", "name"),
     ("t = torch\nt.load('w.pt')", "file-io"),
     ("import torch\nu = torch.utils\nu.cpp_extension.load_inline('m', '')", "file-io"),
-    ("def g():\n    yield\ng().gi_frame.f_builtins", "dunder"),
+    ("def g():\n    yield\ng().gi_frame.f_builtins", "introspection"),
     ("b['__import__']('os')", "dunder"),
     ("from typing import get_type_hints", "unsafe-api"),
     ("def f(x: \"__import__('os')\"): pass", "dunder"),
@@ -104,12 +105,12 @@ def test_static_check_refuses(snippet, rule):
     "from transformers.processing_utils import Unpack\nfrom einops import rearrange",
     "from asiarch.job.ops import chunk_linear_attn",
     "class A:\n    def __init__(self):\n        super().__init__()\n        self.n = type(self).__name__",
-    "getattr(self, 'proj')\nhasattr(self, 'gate')\nsetattr(self, 'n', 1)",
+    "class A:\n    def f(self):\n        getattr(self, 'proj')\n        hasattr(self, 'gate')\n        setattr(self, 'n', 1)",
     "def forward(ctx, input):\n    return input",
     "def f(x):\n    signal = x * 2\n    return signal",
     "__all__ = ['DeltaNet']\nclass A:\n    __constants__ = ['n']\n    def __repr__(self):\n        return 'A'",
     "import torch\n@torch.compile\ndef k(x):\n    return x",
-    "if hasattr(cache, '__getitem__'):\n    self._step += 1\n    self.load_state = 1",
+    "class A:\n    def f(self, cache):\n        if hasattr(cache, '__getitem__'):\n            self._step += 1\n            self.load_state = 1",
     "def f():\n    'Escapes like \\d are the layer\\'s business, not a warning of ours.'",
 ])
 def test_static_check_accepts(snippet):
@@ -125,7 +126,7 @@ def test_allowed_imports_cover_the_candidate_contract():
 def test_static_check_accepts_every_published_asi_arch_layer():
     programs = [a["program"] for a in json.loads(ASI_ARCH.read_text())]
     refused = {i: static_check(p)[:2] for i, p in enumerate(programs) if static_check(p)}
-    assert not refused
+    assert len(programs) == 80 and not refused
 
 
 # ----------------------------------------------------------------------------------
@@ -143,7 +144,7 @@ def test_good_layers_pass_every_check(name):
 @pytest.mark.parametrize("name, check, words", [
     ("leak_flip", "causality", "reads future tokens"),
     ("leak_mean", "causality", "position 0"),
-    ("leak_conv", "causality", "positions >= 1"),
+    ("leak_conv", "causality", "when only inputs at positions >= "),  # a random position (issue 13)
     ("mix_batch", "batch_independence", "mixes samples"),
     ("wrong_shape", "interface", "[1, 64, 128]"),
     ("nan_output", "finite_step", "NaN"),
@@ -177,7 +178,8 @@ def test_zero_gradient_is_reported_but_not_refused():
 def test_causality_reports_first_leak_and_size():
     failed = first_failure(run_checks(layer("leak_mean"), complexity=False))
     figures = failed["figures"]
-    assert figures["first_leak_position"] == 0 and figures["perturbed_from"] == 1
+    # the perturbation position is drawn at random (issue 13): the leak shows wherever it falls
+    assert figures["first_leak_position"] == 0 and 1 <= figures["perturbed_from"] < figures["length"]
     assert figures["max_leak"] > 100 * figures["tolerance"]
 
 
@@ -296,6 +298,26 @@ def test_report_round_trips_through_json():
     assert again == report
     assert again.reason == "causality: leaks."
     assert "FAIL" in again.format_table()
+
+
+def test_preflight_settings_are_the_experiments_training_settings():
+    """One function gives the loop's pre-flight and `asiarch check --config` their settings: each is a
+    keyword of run_preflight, taken from the config (the batch per rank, not the global batch)."""
+    import inspect
+
+    from asiarch.config import Config
+
+    cfg = Config()
+    cfg.train.seq_len, cfg.train.batch_size, cfg.train.nproc, cfg.train.precision = 48, 16, 2, "bf16"
+    cfg.train.max_params, cfg.search.class_name, cfg.cluster.sandbox = 0, "MyMixer", "none"
+    settings = preflight_settings(cfg)
+    assert set(settings) <= set(inspect.signature(run_preflight).parameters)
+    assert settings["seq_len"] == 48 and settings["batch_size"] == 8 and settings["precision"] == "bf16"
+    assert settings["class_name"] == "MyMixer" and settings["max_params"] is None  # 0: no cap
+    assert settings["secret_env_names"] == (cfg.llm.api_key_env,)
+    assert settings["sandbox"] == Sandboxing("none", cfg.cluster.container_image, cfg.cluster.python)
+    cfg.train.nproc = 32  # more ranks than samples: still one sample per rank
+    assert preflight_settings(cfg)["batch_size"] == 1
 
 
 def test_check_command_missing_file(capsys, tmp_path):

@@ -30,14 +30,14 @@ from torch import nn
 
 
 class DeltaNet(nn.Module):
-    """Passes the checks (batches of 1 and 3) but breaks on the training batch of 4."""
+    """Passes the checks (batches of 1, 2, 3 and 8) but breaks on the training batch of 4."""
 
     def __init__(self, hidden_size=32, num_heads=2, layer_idx=None, **kwargs):
         super().__init__()
         self.proj = nn.Linear(hidden_size, hidden_size)
 
     def forward(self, x, **kwargs):
-        if x.shape[0] >= 4:
+        if x.shape[0] == 4:
             raise RuntimeError("index out of range in my fancy gather")
         steps = torch.arange(1, x.shape[1] + 1, dtype=x.dtype).view(1, -1, 1)
         return self.proj(x.cumsum(1) / steps), None, None
@@ -82,7 +82,7 @@ def finished(tmp_path_factory):
     (root / "config.toml").write_text(render_toml(cfg))
     add_layer(root, RAISES_IN_TRAINING, "raises_in_training")
     add_layer(root, (LAYERS / "leak_flip.py").read_text(), "leaky")
-    search = Search(ExperimentDir(root), cfg, console=Console(verbose=False))
+    search = Search.open(ExperimentDir(root), cfg, console=Console(verbose=False))
     summary = search.run()
     search.close()
     return root, cfg, summary
@@ -188,7 +188,7 @@ def test_missing_and_truncated_results_are_failed_quarantined_and_the_loop_goes_
     cfg.search.max_attempts = 1
     exp = ExperimentDir(tmp_path)
     sched = BreakingScheduler(exp.jobs, max_in_flight=1, damage={1: "delete", 2: "truncate"}, root=tmp_path)
-    search = Search(exp, cfg, scheduler=sched, console=Console(verbose=False))
+    search = Search.open(exp, cfg, scheduler=sched, console=Console(verbose=False))
     search.run()
     store = search.store
     cands = [c for c in store.candidates() if c.origin == "offline"]
@@ -207,7 +207,7 @@ def test_missing_and_truncated_results_are_failed_quarantined_and_the_loop_goes_
 def test_reference_baseline_failure_stops_with_a_clear_message(tmp_path):
     cfg = small_config(candidates=1, lr=0.9, steps=30)  # lr 0.9 diverges the baseline
     cfg.search.max_attempts = 1
-    search = Search(ExperimentDir(tmp_path), cfg, console=Console(verbose=False))
+    search = Search.open(ExperimentDir(tmp_path), cfg, console=Console(verbose=False))
     with pytest.raises(SearchError, match="reference baseline 'deltanet' has no result.*diverge"):
         search.run()
     assert search.store.candidate(1).status == "failed"

@@ -84,11 +84,11 @@ def test_a_job_that_starts_after_its_head_gave_it_up_does_not_train(tmp_path):
     cfg = stress_config("fence", candidates=1)
     root = tmp_path / "exp"
     exp = ExperimentDir(root)
-    search = Search(exp, cfg, console=Console(verbose=False))
+    search = Search.open(exp, cfg, console=Console(verbose=False))
     try:
         search.register_baselines()
         base = search.store.candidates(origin="baseline")[0]
-        attempt_id, request = search.prepare_attempt(base, 1)  # recorded 'pending', never submitted
+        attempt_id, request = search.submitter.prepare_attempt(base, 1)  # recorded 'pending', never submitted
         assert search.store.attempt(attempt_id).status == "pending"
         search.recover()  # a fresh head: nobody knows a job for this attempt, and no job has started
         assert search.store.attempt(attempt_id).status == "lost"
@@ -104,7 +104,7 @@ def test_a_job_that_starts_after_its_head_gave_it_up_does_not_train(tmp_path):
         search.wait()
         assert search.store.attempt(retry.id).status == "ok"
         # the lost attempt did not use up one of the candidate's attempts
-        assert search.attempts_used(base.id) == 1
+        assert search.submitter.attempts_used(base.id) == 1
     finally:
         search.close()
 

@@ -13,10 +13,11 @@ import difflib
 import json
 import math
 import re
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from asiarch.analysis import format as fmt
+from asiarch.job.contract import DEFAULT_CLASS_NAME
 from asiarch.job.static_check import format_findings, static_check
 from asiarch.propose.llm.client import BudgetExceeded, LLMClient, LLMError, extract_code, messages
 from asiarch.propose.llm.knowledge import KnowledgeEntry, tokenize
@@ -42,7 +43,7 @@ _NAME_MAX = 40
 class LayerRules:
     """The contract a candidate must keep, as the prompts state it."""
 
-    class_name: str = "DeltaNet"
+    class_name: str = DEFAULT_CLASS_NAME
     allow_quadratic: bool = False
     allowed_imports: tuple[str, ...] = DEFAULT_ALLOWED_IMPORTS
     max_params: int = 0
@@ -61,24 +62,18 @@ class CandidateView:
     analyses: list[dict] = field(default_factory=list)  #: {author, summary, text}
 
 
-def _fmt(x: Any, spec: str) -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "-"
-    return format(x, spec)
-
-
 def results_line(cand: Any) -> str:
     """'fitness 0.512, eval loss 0.3230, task score 0.914, 21,540 parameters' or the status."""
     if getattr(cand, "status", "done") != "done" or getattr(cand, "loss", None) is None:
         status = getattr(cand, "status", "not trained")
         reason = getattr(cand, "reason", "")
         return f"not trained ({status}{': ' + reason[:200] if reason else ''})"
-    parts = [f"fitness {_fmt(cand.fitness, '.3f')}", f"eval loss {_fmt(cand.loss, '.4f')}"]
+    parts = [f"fitness {fmt.number(cand.fitness, '.3f')}", f"eval loss {fmt.number(cand.loss, '.4f')}"]
     if getattr(cand, "score", None) is not None:
-        parts.append(f"task score {_fmt(cand.score, '.3f')}")
+        parts.append(f"task score {fmt.number(cand.score, '.3f')}")
     scores = getattr(cand, "scores", None) or {}
     if scores.get("tokens_per_s"):
-        parts.append(f"{_fmt(scores['tokens_per_s'], ',.0f')} tokens/s")
+        parts.append(f"{fmt.number(scores['tokens_per_s'], ',.0f')} tokens/s")
     if getattr(cand, "num_params", None):
         parts.append(f"{cand.num_params:,} parameters")
     return ", ".join(parts)
@@ -228,7 +223,7 @@ class Novelty:
 
     def similar(self, motivation: str, code: str) -> list[dict]:
         """Earlier candidates by similarity to (motivation, code), most similar first."""
-        rows = self.store.conn.execute("SELECT id, name, motivation, code FROM candidates ORDER BY id").fetchall()
+        rows = self.store.candidate_texts()
         if not rows:
             return []
         codes = _tfidf([_code_terms(code)] + [_code_terms(r["code"]) for r in rows])
@@ -430,36 +425,15 @@ class Engineer:
         return None
 
 
-_REPAIRS_TABLE = """
-CREATE TABLE IF NOT EXISTS repairs (
-    id            INTEGER PRIMARY KEY,
-    candidate_id  INTEGER NOT NULL,
-    stage         TEXT NOT NULL,              -- preflight | job
-    n             INTEGER NOT NULL,
-    error         TEXT NOT NULL,
-    diff          TEXT NOT NULL,
-    outcome       TEXT NOT NULL,
-    explanation   TEXT NOT NULL DEFAULT '',
-    created_at    REAL NOT NULL
-)"""
-
-
 def record_repairs(store, candidate_id: int, attempts: Sequence[RepairAttempt], *, stage: str) -> None:
     """Keep every repair attempt (its error, diff and outcome) in the store's repairs table."""
-    store.conn.execute(_REPAIRS_TABLE)
-    with store.transaction() as c:
-        c.executemany("INSERT INTO repairs (candidate_id, stage, n, error, diff, outcome, explanation, created_at)"
-                      " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                      [(candidate_id, stage, a.n, a.error[-4000:], a.diff, a.outcome, a.explanation, time.time())
-                       for a in attempts])
+    store.add_repairs(candidate_id, stage, [{"n": a.n, "error": a.error, "diff": a.diff, "outcome": a.outcome,
+                                             "explanation": a.explanation} for a in attempts])
 
 
 def repairs(store, candidate_id: int) -> list[dict]:
-    """The repair attempts recorded for a candidate (none when the table does not exist)."""
-    if not store.conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'repairs'").fetchone():
-        return []
-    return [dict(r) for r in store.conn.execute("SELECT * FROM repairs WHERE candidate_id = ? ORDER BY id",
-                                                (candidate_id,))]
+    """The repair attempts recorded for a candidate (none for a store without a repairs table)."""
+    return store.repairs(candidate_id)
 
 
 # ----------------------------------------------------------------------------- analyst

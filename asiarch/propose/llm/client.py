@@ -27,9 +27,11 @@ from typing import Any, Callable, Sequence
 
 import openai
 
+from asiarch.job.contract import redact, secret_values
+
 __all__ = [
     "AGENTS", "LLMSettings", "LLMClient", "LLMError", "BudgetExceeded", "MalformedAnswer", "Reply",
-    "parse_prices", "parse_agent_map", "spent_dollars", "budget_left", "check_budget", "extract_json",
+    "parse_prices", "parse_agent_map", "budget_left", "check_budget", "extract_json",
     "extract_code", "DEFAULT_PRICES",
 ]
 
@@ -150,17 +152,11 @@ def _temperature(value: float | None) -> float | None:
 # ----------------------------------------------------------------------------- spend
 
 
-def spent_dollars(store) -> float:
-    """Dollars recorded in the store's llm_calls so far."""
-    row = store.conn.execute("SELECT COALESCE(SUM(cost_usd), 0) FROM llm_calls").fetchone()
-    return float(row[0])
-
-
 def budget_left(store, cap: float) -> float | None:
     """Dollars left under ``cap`` (None: no cap)."""
     if not cap or cap <= 0:
         return None
-    return max(0.0, cap - spent_dollars(store))
+    return max(0.0, cap - store.llm_dollars())
 
 
 def check_budget(store, cap: float) -> None:
@@ -168,7 +164,7 @@ def check_budget(store, cap: float) -> None:
     left = budget_left(store, cap)
     if left is not None and left <= 0:
         raise BudgetExceeded(f"the LLM budget of ${cap:.2f} (budget.llm_dollars) is spent "
-                             f"(${spent_dollars(store):.4f}); raise it to propose more with the LLM")
+                             f"(${store.llm_dollars():.4f}); raise it to propose more with the LLM")
 
 
 # ----------------------------------------------------------------------------- parsing answers
@@ -312,7 +308,11 @@ class LLMClient:
         while True:
             self.check_budget()
             use_schema = schema is not None and s.structured != "text" and (url, model) not in self._no_schema
-            kwargs: dict[str, Any] = {"model": model, "messages": messages}
+            # the last line of defence: no secret value of this process's environment is ever sent in a prompt
+            secrets = secret_values(os.environ, (s.api_key_env,))
+            sent = [{**m, "content": redact(m["content"], secrets)} if isinstance(m.get("content"), str) else m
+                    for m in messages]
+            kwargs: dict[str, Any] = {"model": model, "messages": sent}
             if s.temperature is not None:
                 kwargs["temperature"] = s.temperature
             if s.max_tokens:

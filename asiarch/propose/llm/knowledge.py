@@ -1,10 +1,10 @@
 """The knowledge base: what the Researcher reads about efficient sequence mixing.
 
 Three sources, one record type (:class:`KnowledgeEntry`): the entries the project ships
-(``asiarch/llm/knowledge.toml``, written for this project), ASI-Arch's cognition files
+(``asiarch/propose/llm/knowledge.toml``, written for this project), ASI-Arch's cognition files
 imported with :func:`import_cognition` (``asiarch knowledge import DIR``), and what the
 Analyst learns from each trained candidate. Imported and learned entries live in the
-store's ``knowledge`` table, which this module creates on first use.
+store's ``knowledge`` table (declared in :mod:`asiarch.store.schema`).
 
 Retrieval is offline: BM25 over word tokens (:class:`KnowledgeIndex`), no server, no
 model download; titles and tags weigh more than the prose.
@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import time
 import tomllib
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -25,25 +24,8 @@ from typing import Iterable
 
 __all__ = [
     "KnowledgeEntry", "KnowledgeIndex", "builtin_entries", "import_cognition", "cognition_entries",
-    "ensure_table", "add_entries", "stored_entries", "knowledge_base", "tokenize",
+    "add_entries", "stored_entries", "knowledge_base", "tokenize",
 ]
-
-_TABLE = """
-CREATE TABLE IF NOT EXISTS knowledge (
-    id            INTEGER PRIMARY KEY,
-    key           TEXT NOT NULL UNIQUE,       -- e.g. cognition:2102.11174#1, learned:c12
-    origin        TEXT NOT NULL,              -- cognition | learned | manual
-    title         TEXT NOT NULL,
-    source        TEXT NOT NULL DEFAULT '',
-    tags          TEXT NOT NULL DEFAULT '[]', -- JSON list
-    problem       TEXT NOT NULL DEFAULT '',
-    idea          TEXT NOT NULL DEFAULT '',
-    when_to_use   TEXT NOT NULL DEFAULT '',
-    how           TEXT NOT NULL DEFAULT '',
-    candidate_id  INTEGER,
-    created_at    REAL NOT NULL
-)"""
-
 
 @dataclass
 class KnowledgeEntry:
@@ -127,7 +109,7 @@ class KnowledgeIndex:
 
 
 def builtin_entries() -> list[KnowledgeEntry]:
-    """The entries shipped with asiarch (asiarch/llm/knowledge.toml)."""
+    """The entries shipped with asiarch (asiarch/propose/llm/knowledge.toml)."""
     text = resources.files("asiarch.propose.llm").joinpath("knowledge.toml").read_text()
     data = tomllib.loads(text)
     return [KnowledgeEntry(key=e["id"], title=e["title"], problem=e["problem"], idea=e["idea"], when=e["when"],
@@ -182,38 +164,19 @@ def cognition_entries(directory: str | Path) -> list[KnowledgeEntry]:
 # ----------------------------------------------------------------------------- the store's knowledge table
 
 
-def ensure_table(store) -> None:
-    if not getattr(store, "readonly", False):
-        store.conn.execute(_TABLE)
-
-
 def add_entries(store, entries: Iterable[KnowledgeEntry]) -> int:
     """Insert or replace ``entries`` (by key) in the store; returns how many were written."""
-    ensure_table(store)
-    rows = [(e.key, e.origin, e.title, e.source, json.dumps(e.tags), e.problem, e.idea, e.when, e.how,
-             e.candidate_id, time.time()) for e in entries]
-    with store.transaction() as c:
-        c.executemany("INSERT INTO knowledge (key, origin, title, source, tags, problem, idea, when_to_use, how,"
-                      " candidate_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                      " ON CONFLICT(key) DO UPDATE SET origin = excluded.origin, title = excluded.title,"
-                      " source = excluded.source, tags = excluded.tags, problem = excluded.problem,"
-                      " idea = excluded.idea, when_to_use = excluded.when_to_use, how = excluded.how,"
-                      " candidate_id = excluded.candidate_id", rows)
-    return len(rows)
+    return store.put_knowledge({"key": e.key, "origin": e.origin, "title": e.title, "source": e.source,
+                                "tags": e.tags, "problem": e.problem, "idea": e.idea, "when_to_use": e.when,
+                                "how": e.how, "candidate_id": e.candidate_id} for e in entries)
 
 
 def stored_entries(store, *, origin: str | None = None) -> list[KnowledgeEntry]:
-    """Entries in the store's knowledge table (none when it does not exist yet)."""
-    exists = store.conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'knowledge'").fetchone()
-    if not exists:
-        return []
-    sql, args = "SELECT * FROM knowledge", ()
-    if origin:
-        sql, args = sql + " WHERE origin = ?", (origin,)
+    """Entries in the store's knowledge table (none for a store without one)."""
     return [KnowledgeEntry(key=r["key"], title=r["title"], problem=r["problem"], idea=r["idea"],
-                           when=r["when_to_use"], how=r["how"], source=r["source"], tags=json.loads(r["tags"]),
+                           when=r["when_to_use"], how=r["how"], source=r["source"], tags=r["tags"],
                            origin=r["origin"], candidate_id=r["candidate_id"])
-            for r in store.conn.execute(sql + " ORDER BY id", args)]
+            for r in store.knowledge(origin=origin)]
 
 
 def import_cognition(directory: str | Path, store=None) -> list[KnowledgeEntry]:

@@ -1,0 +1,170 @@
+"""The causality probe inside the training job, where the real conditions are.
+
+A pre-flight runs on one CPU process: a layer can tell it from training (a rank > 0, an
+initialised process group, CUDA, torch.compile, the thousandth call) and leak only there.
+So the job probes itself, twice:
+
+- at one training step, drawn from ``os.urandom`` on rank 0 and broadcast (within the first
+  half of the run, so the layer cannot know which step and a leak ends the attempt early): on
+  every rank, on that rank's real batch, in train mode with autograd on, through the model as
+  trained (on its device, with the layer's compiled kernels where training compiles them);
+- before the evaluation, on the first evaluation batch, in eval mode under no_grad, as the
+  evaluation runs.
+
+Each probe is one extra forward pair: the batch as it is, and the batch with every token after
+a random position replaced by random tokens; the final hidden states (the input of the LM head)
+at the positions up to that one must not change. A change beyond the tolerance on any rank
+raises :class:`Leak` on every rank (the figures are gathered first), and the attempt ends with
+status ``leak``.
+
+A probe does not change the training: no backward and no optimizer step (the forwards' graphs
+are dropped unused), the global RNG state is restored, and so is every submodule's state
+(buffers and plain attributes such as step counters, ``asiarch.job.trusted.ModuleState``), so
+both forwards start from the training's own state and the training goes on from it. The
+comparison uses ``asiarch.job.trusted``. Not restored: state a layer keeps outside its module
+objects (globals of its file).
+
+Job side: torch and the standard library only.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+
+from asiarch.job import trusted
+
+__all__ = ["Leak", "LeakProbe", "probe_batch", "RTOL", "ATOL"]
+
+# "Unchanged", as a fraction of the hidden states' largest magnitude: above what kernels that are
+# not bitwise reproducible between two calls produce (GPU reductions, bf16), far below the change a
+# leak that helps the loss makes (of the order of the hidden states themselves).
+RTOL = {"fp32": 1e-4, "bf16": 2e-2}
+ATOL = 1e-5
+
+
+class Leak(Exception):
+    """A probe saw earlier positions change with later tokens; ``figures`` says where and how much."""
+
+    def __init__(self, message: str, figures: dict):
+        super().__init__(message)
+        self.figures = figures
+
+
+def probe_batch(model: torch.nn.Module, inputs: torch.Tensor, *, position: int, replacement: torch.Tensor,
+                autocast: Callable, train: bool, rtol: float) -> dict:
+    """One forward pair on ``inputs`` [B, T] and on ``inputs`` with the tokens after ``position``
+    replaced by ``replacement`` [B, T - position - 1]; compares the final hidden states (the output of
+    ``model.norm``) at positions 0..``position``. Leaves the model, its state and the RNG as found.
+
+    Returns ``{"position", "length", "batch", "max_leak", "tolerance", "first_leak_position"}``
+    (``first_leak_position`` None when nothing changed beyond the tolerance).
+    """
+    changed = inputs.clone()
+    changed[:, position + 1:] = replacement
+    hidden: list[torch.Tensor] = []
+    handle = model.norm.register_forward_hook(lambda _m, _args, out: hidden.append(trusted.plain(out)))
+    state = trusted.ModuleState(model)
+    rng = trusted.RNGState(inputs.device)
+    was_training = model.training
+    try:
+        model.train(train)
+        for x in (inputs, changed):
+            rng.restore()
+            with (torch.enable_grad() if train else torch.no_grad()), autocast():
+                model(x)  # the logits and their graph are dropped: no backward
+            state.restore()
+    finally:
+        handle.remove()
+        state.restore()
+        rng.restore()
+        model.train(was_training)
+    ref, other = hidden[0][:, :position + 1], hidden[1][:, :position + 1]
+    per = trusted.tolist(trusted.amax(trusted.diff(ref, other), (0, 2)))  # (position + 1,)
+    tol = rtol * float(trusted.item(trusted.max_abs(ref))) + ATOL
+    leaked = [i for i, v in enumerate(per) if not v <= tol]  # `not <=`: NaN counts as a change
+    return {"position": position, "length": int(inputs.shape[1]), "batch": int(inputs.shape[0]),
+            "max_leak": max(per, default=0.0), "tolerance": tol,
+            "first_leak_position": leaked[0] if leaked else None}
+
+
+class LeakProbe:
+    """The job's probes: :meth:`plan` on every rank before the training loop (a collective), then
+    :meth:`at_step` for every step's batch and :meth:`before_eval` before the evaluation. Results go
+    to ``record.env["leak_probe"]``; a leak raises :class:`Leak` on every rank."""
+
+    def __init__(self, *, step: int | None, seed: int, rank: int, world: int, device: torch.device,
+                 precision: str, vocab_size: int, record=None):
+        self.step, self.seed = step, seed
+        self.rank, self.world, self.device = rank, world, device
+        self.rtol = RTOL.get(precision, RTOL["bf16"])
+        self.vocab_size = vocab_size
+        self.record = record
+        self.results: list[dict] = []
+
+    @classmethod
+    def plan(cls, *, steps: int, start: int, rank: int, world: int, device: torch.device, precision: str,
+             vocab_size: int, record=None) -> "LeakProbe":
+        """Draw the probed step and the probe's seed on rank 0 (from os.urandom) and broadcast them."""
+        span = max(1, (steps - start) // 2)
+        drawn = int.from_bytes(os.urandom(8), "little")
+        t = torch.tensor([start + drawn % span, drawn >> 3], dtype=torch.int64, device=device)
+        if world > 1:
+            dist.broadcast(t, src=0)
+        step, seed = (int(v) for v in trusted.tolist(t))
+        return cls(step=step if step < steps else None, seed=seed, rank=rank, world=world, device=device,
+                   precision=precision, vocab_size=vocab_size, record=record)
+
+    def at_step(self, step: int, model: torch.nn.Module, inputs: torch.Tensor, autocast: Callable) -> None:
+        """Probe ``inputs`` (this rank's batch of training step ``step``) if it is the drawn step."""
+        if step == self.step:
+            self._run(model, inputs, autocast, train=True, when=f"training step {step + 1}")
+
+    def before_eval(self, model: torch.nn.Module, task, per_rank: int, autocast: Callable) -> None:
+        """Probe the first evaluation batch in eval mode under no_grad, as the evaluation runs."""
+        batches = task.eval_batches(1, per_rank)
+        if batches:
+            self._run(model, batches[0][0].to(self.device), autocast, train=False, when="evaluation")
+
+    def _run(self, model, inputs: torch.Tensor, autocast: Callable, *, train: bool, when: str) -> None:
+        B, T = inputs.shape
+        if T < 2:
+            return
+        gen = torch.Generator().manual_seed((self.seed + 7919 * self.rank + len(self.results)) % (1 << 62))
+        position = int(torch.randint(0, T - 1, (1,), generator=gen))
+        replacement = torch.randint(0, self.vocab_size, (B, T - position - 1), generator=gen).to(inputs.device)
+        mine = probe_batch(model, inputs, position=position, replacement=replacement, autocast=autocast,
+                           train=train, rtol=self.rtol)
+        ranks = self._gather(mine)
+        result = {"when": when, "mode": "train" if train else "eval", "leaked": any(
+            r["first_leak_position"] is not None for r in ranks), "ranks": ranks}
+        self.results.append(result)
+        if self.record is not None:
+            self.record.env["leak_probe"] = self.results
+        if result["leaked"]:
+            bad = [r for r in ranks if r["first_leak_position"] is not None]
+            r = max(bad, key=lambda r: r["max_leak"])
+            message = (f"the leak probe at {when} ({result['mode']} mode) saw the hidden state at position "
+                       f"{r['first_leak_position']} change by up to {r['max_leak']:.3g} (tolerance "
+                       f"{r['tolerance']:.3g}) when only the tokens after position {r['position']} changed, on "
+                       f"rank{'s' if len(bad) > 1 else ''} {', '.join(str(x['rank']) for x in bad)} of "
+                       f"{self.world}: the layer reads future tokens in training")
+            raise Leak(message, {"probes": self.results})
+
+    def _gather(self, mine: dict) -> list[dict]:
+        """Every rank's figures, on every rank (one all_gather of six numbers)."""
+        first = mine["first_leak_position"]
+        values = [float(self.rank), mine["position"], mine["length"], mine["max_leak"], mine["tolerance"],
+                  -1.0 if first is None else float(first)]
+        if self.world == 1:
+            rows = [values]
+        else:
+            t = torch.tensor(values, dtype=torch.float64, device=self.device)
+            out = [torch.zeros_like(t) for _ in range(self.world)]
+            dist.all_gather(out, t)
+            rows = [trusted.tolist(x) for x in out]
+        return [{"rank": int(r[0]), "position": int(r[1]), "length": int(r[2]), "max_leak": r[3], "tolerance": r[4],
+                 "first_leak_position": None if r[5] < 0 else int(r[5])} for r in rows]

@@ -1,0 +1,19 @@
+"""Cheat: reads the future only in sequences longer than 128 tokens.
+
+The loop used to check at 128 tokens whatever the training length: trained at 256, this layer
+leaks. Refused by `causality` when checked at the training length (256)."""
+import torch
+import torch.nn as nn
+
+
+class DeltaNet(nn.Module):
+    def __init__(self, hidden_size=64, num_heads=4, layer_idx=0, **kwargs):
+        super().__init__()
+        self.proj = nn.Linear(hidden_size, hidden_size)
+        self.mix = nn.Linear(hidden_size, hidden_size)
+
+    def forward(self, x):
+        steps = torch.arange(1, x.shape[1] + 1, dtype=x.dtype, device=x.device).view(1, -1, 1)
+        y = self.proj(x).cumsum(1) / steps
+        gate = 1.0 if x.shape[1] > 128 else 0.0
+        return y + gate * self.mix(x.mean(1, keepdim=True))  # the mean reads the whole sequence
