@@ -55,6 +55,31 @@ def slurm_parser(bs) -> None:
     b.set_defaults(func=cmd_bench_slurm)
 
 
+# ---------------------------------------------------------------------- asiarch bench preflight
+
+
+def cmd_bench_preflight(args) -> int:
+    from asiarch.tools.bench import bench_preflight
+
+    if args.sample < 1:
+        return die(f"bench preflight: --sample {args.sample}: measure at least 1 published layer")
+    return bench_preflight(sample=args.sample, architectures=args.architectures, every=args.all,
+                           sandbox=args.sandbox)
+
+
+def preflight_parser(bs) -> None:
+    b = bs.add_parser("preflight", help="pre-flight seconds per layer as the loop runs it (sandboxed child, "
+                                        "the demo's training settings)")
+    b.add_argument("--sample", type=int, default=10, help="ASI-Arch layers measured, spread over the file "
+                                                          "(default 10)")
+    b.add_argument("--all", action="store_true", help="every ASI-Arch layer (80: about 10 minutes on 2 cores)")
+    b.add_argument("--architectures", default=None, metavar="FILE",
+                   help="ASI-Arch's architectures.json (default: ../shared/asi-arch beside the repository; "
+                        "without it, only the good layers of tests/layers)")
+    b.add_argument("--sandbox", default="auto", choices=("auto", "bwrap", "none"), help="cluster.sandbox")
+    b.set_defaults(func=cmd_bench_preflight)
+
+
 # ---------------------------------------------------------------------- asiarch bench kill-head
 
 
@@ -109,5 +134,5 @@ def register(sub) -> None:
     """Add `asiarch bench` and its subcommands, in the order of `asiarch bench --help`."""
     s = sub.add_parser("bench", help="benchmarks that print figures")
     bs = s.add_subparsers(dest="what", required=True, metavar="WHAT")
-    for parser in (overhead_parser, slurm_parser, kill_head_parser, kernels_parser):
+    for parser in (overhead_parser, slurm_parser, kill_head_parser, kernels_parser, preflight_parser):
         parser(bs)

@@ -23,6 +23,7 @@ beside its handler in the module of its concern.
     asiarch bench slurm [--candidates 64]   controller RPCs per candidate on the Slurm at SLURM_CONF
     asiarch bench kernels [--mixers M ...] [--seq-lens T ...]   fwd+bwd tokens/s of the token mixers
     asiarch bench kill-head [--candidates 20] [--kills 10]     SIGKILL the head at random; count what was lost
+    asiarch bench preflight [--sample 10] [--all]           pre-flight seconds per layer, as the loop runs it
     asiarch import-asi-arch ARCHITECTURES.json --into DIR [--tree TREE.json] [--top K | --names A,B]
     asiarch knowledge import COGNITION_DIR DIR   ASI-Arch's cognition/ papers into DIR's knowledge base
 
