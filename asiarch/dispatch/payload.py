@@ -16,16 +16,6 @@ from pathlib import Path
 
 from asiarch.job.contract import AttemptFiles, atomic_write, is_secret  # standard library only
 
-# The attempt files this module reads and writes (asiarch.job.contract.AttemptFiles declares them):
-# the job's marker (host, pid and the pid's start time, the Slurm id: a head restarted without the
-# job's id finds it and watches it instead of training the candidate again), its exit record, a
-# restarted head's tombstone (a job of an abandoned attempt that starts later exits untrained), and
-# the trainer's progress record (once it exists, the trainer's signal handlers do).
-JOB_MARKER = AttemptFiles.JOB_MARKER
-JOB_EXIT = AttemptFiles.JOB_EXIT
-ABANDONED = AttemptFiles.ABANDONED
-PROGRESS = AttemptFiles.PROGRESS
-
 
 class JobScriptFailed(RuntimeError):
     pass

@@ -25,6 +25,7 @@ from importlib import resources
 import jinja2
 
 from asiarch.dispatch.sandbox import JOB_PASS_ENV, SandboxSpec, bwrap_argv
+from asiarch.job.contract import SECRET_PATTERN
 
 
 class Raw(str):
@@ -138,6 +139,7 @@ def render_job_script(spec: JobScriptSpec) -> str:
                                  extra=(_RUN_TIME_BINDS,) + spec.sandbox.extra)
         sandbox = {"argv": bwrap_argv(sb, spec.command), "info_fd": Raw(str(_INFO_FD)),
                    "devices": _device_globs(spec.sandbox.devices), "pass_env": _pass_patterns(JOB_PASS_ENV),
+                   "secret_pattern": Raw(SECRET_PATTERN.pattern.upper()),  # contract.is_secret, in bash ERE
                    "network": Raw("the host's network (a job of several nodes)" if sb.host_network
                                   else "no network but its own loopback")}
     return environment(True).get_template("job.sh.j2").render(spec=spec, env=sorted(spec.env), sandbox=sandbox)

@@ -12,7 +12,6 @@ scheduler -- rank 0 still writes a result file with the status and the curve so 
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform

@@ -151,7 +151,7 @@ def bench_preflight(sample: int = 10, architectures: str | Path | None = None, *
     of ASI-Arch's published layers (spread over the file; ``every``: all of them). Prints one line per
     layer (seconds, verdict, the first failed check) and the median; returns 0.
     """
-    from asiarch.search.preflight import run_preflight
+    from asiarch.search.preflight import preflight_settings, run_preflight
     from asiarch.tools.asi_arch import casts_to_bf16, read_architectures
 
     repo = Path(__file__).resolve().parents[2]
@@ -164,17 +164,17 @@ def bench_preflight(sample: int = 10, architectures: str | Path | None = None, *
         layers += [(p.name, p.code, casts_to_bf16(p.code)) for p in chosen]
     else:
         print(f"(no ASI-Arch data at {path}: the good layers only)")
-    t = demo_config("bench").train
-    batch = max(1, t.batch_size // t.nproc)
+    settings = preflight_settings(demo_config("bench"))  # what the loop's pre-flight runs with
+    settings["sandbox"] = sandbox
     print(f"asiarch bench preflight: {len(layers)} layers through the sandboxed child (sandbox {sandbox}), training "
-          f"length {t.seq_len}, batch {batch} per rank, hidden {t.hidden_size}, {t.num_heads} heads; this machine")
+          f"length {settings['seq_len']}, batch {settings['batch_size']} per rank, hidden {settings['hidden_size']}, "
+          f"{settings['num_heads']} heads; this machine")
     print(f"{'layer':<40} {'s':>6}  verdict")
     times, verdicts = [], {}
     for name, code, bf16 in layers:
         start = time.perf_counter()
-        report = run_preflight(code, hidden_size=t.hidden_size, num_heads=t.num_heads, seq_len=t.seq_len,
-                               batch_size=batch, precision="bf16" if bf16 else t.precision, filename=f"{name}.py",
-                               sandbox=sandbox)
+        report = run_preflight(code, **{**settings, "precision": "bf16" if bf16 else settings["precision"]},
+                               filename=f"{name}.py")
         seconds = time.perf_counter() - start
         times.append(seconds)
         verdicts[name] = "ok" if report.ok else report.reason

@@ -5,7 +5,7 @@ import time
 
 from asiarch.dispatch.base import JobRequest, JobState
 from asiarch.dispatch.local import LocalScheduler
-from asiarch.dispatch.payload import JOB_MARKER
+from asiarch.job.contract import AttemptFiles
 
 
 def _job(tmp_path, name, body):
@@ -76,7 +76,7 @@ def test_cancel_reaches_a_job_whose_head_runs_with_sigint_ignored(tmp_path):
         sched = LocalScheduler(tmp_path / "jobs", max_in_flight=1)
         ids = sched.submit([_job(tmp_path, "long", "exec sleep 60")])
         deadline = time.time() + 30
-        while not (tmp_path / JOB_MARKER).exists() and time.time() < deadline:
+        while not (tmp_path / AttemptFiles.JOB_MARKER).exists() and time.time() < deadline:
             time.sleep(0.1)
         time.sleep(1.0)  # the job's script runs
         assert sched.states(ids)[ids[0]] is JobState.RUNNING

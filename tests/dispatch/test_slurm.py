@@ -283,7 +283,8 @@ def test_a_running_job_whose_id_was_never_recorded_is_adopted_from_its_marker(sl
     the Slurm id in the marker the job wrote, watches it to the end, and trains nothing twice."""
     import json
 
-    from asiarch.dispatch.payload import JOB_MARKER
+    from asiarch.job.contract import AttemptFiles
+    JOB_MARKER = AttemptFiles.JOB_MARKER
 
     first = _slurm_search(tmp_path)
     base = first.store.candidates(origin="baseline")[0]
@@ -310,7 +311,8 @@ def test_a_running_job_whose_id_was_never_recorded_is_adopted_from_its_marker(sl
 def test_a_pending_job_whose_id_was_never_recorded_does_not_train_when_it_starts(slurm_cluster, tmp_path):
     """The same, with the job still pending (held) when the next head recovers: that head abandons the
     attempt and trains a new one; released later, the old job reads the tombstone and exits untrained."""
-    from asiarch.dispatch.payload import ABANDONED
+    from asiarch.job.contract import AttemptFiles
+    ABANDONED = AttemptFiles.ABANDONED
 
     first = _slurm_search(tmp_path, sbatch_extra=["hold"])
     base = first.store.candidates(origin="baseline")[0]

@@ -119,7 +119,8 @@ def test_a_time_limit_warning_before_the_trainer_is_ready_is_held_not_fatal(tmp_
     """Slurm may send --signal up to a minute early, for a short job at its very start: the payload
     holds the warning until the trainer has written its first progress record, then passes it on,
     and the run ends as a timeout with its partial curve instead of dying without a result."""
-    from asiarch.dispatch.payload import JOB_MARKER
+    from asiarch.job.contract import AttemptFiles
+    JOB_MARKER = AttemptFiles.JOB_MARKER
 
     paths, req = _attempt(tmp_path, CUMSUM.format(extra=""), steps=1_000_000, nproc=1)
     payload = subprocess.Popen([sys.executable, "-c", "import sys; from asiarch.dispatch.payload import "

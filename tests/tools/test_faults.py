@@ -11,7 +11,6 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -19,7 +18,8 @@ from asiarch.cli import main as cli_main
 from asiarch.config import render_toml
 from asiarch.cli.console import Console
 from asiarch.dispatch.local import LocalScheduler
-from asiarch.dispatch.payload import ABANDONED, JOB_EXIT, JOB_MARKER, process_start_time, run_job_script
+from asiarch.dispatch.payload import process_start_time, run_job_script
+from asiarch.job.contract import AttemptFiles
 from asiarch.tools.kill_head import audit, kill_head_stress, stress_config
 from asiarch.layout import ExperimentDir
 from asiarch.search.loop import Search
@@ -61,8 +61,8 @@ def test_a_job_training_when_its_head_is_killed_is_adopted_not_trained_again(tmp
     finally:
         head.send_signal(signal.SIGKILL)
         head.wait()
-    assert (attempt_dir / JOB_MARKER).exists()
-    assert not (attempt_dir / JOB_EXIT).exists(), "the job ended before the head was killed; nothing to adopt"
+    assert (attempt_dir / AttemptFiles.JOB_MARKER).exists()
+    assert not (attempt_dir / AttemptFiles.JOB_EXIT).exists(), "the job ended before the head was killed; nothing to adopt"
 
     assert cli_main(["run", str(root), "--quiet"]) == 0
     with Store.open_readonly(root / "asiarch.db") as store:
@@ -72,7 +72,7 @@ def test_a_job_training_when_its_head_is_killed_is_adopted_not_trained_again(tmp
         cid = attempt.candidate_id
         assert [a.status for a in store.attempts(cid)] == ["ok"]  # the same attempt ended it, no second one
         assert store.candidate(cid).status == "done"
-    assert not (attempt_dir / ABANDONED).exists()
+    assert not (attempt_dir / AttemptFiles.ABANDONED).exists()
     result = audit(root, cfg.budget.candidates)
     assert (result["lost"], result["trained_twice"], result["wasted_trainings"]) == (0, 0, 0), result
 
@@ -92,7 +92,7 @@ def test_a_job_that_starts_after_its_head_gave_it_up_does_not_train(tmp_path):
         assert search.store.attempt(attempt_id).status == "pending"
         search.recover()  # a fresh head: nobody knows a job for this attempt, and no job has started
         assert search.store.attempt(attempt_id).status == "lost"
-        assert (request.script.parent / ABANDONED).exists()
+        assert (request.script.parent / AttemptFiles.ABANDONED).exists()
         retry = search.store.attempts(base.id)[-1]
         assert retry.n == 2 and retry.status == "submitted"
         # the orphan job starts now, in a real process, and must not train
