@@ -77,11 +77,31 @@ JOB_MAX_PROCS = 4096
 #: Python, started without site or environment, that sets RLIMIT_NPROC, closes every inherited
 #: descriptor but stdin/stdout/stderr, restores the default action of TERM, HUP and INT (a job
 #: script starts bwrap with them ignored, so that Slurm's TERM to every process of the job cannot
-#: kill bwrap's monitor, and with it the whole sandbox, before the trainer has checkpointed), and
-#: execs the command (same pid): argv is ``-c`` LIMIT COMMAND...
-_LIMIT_SHIM = ("import os,resource,signal,sys;n=int(sys.argv[1]);resource.setrlimit(resource.RLIMIT_NPROC,(n,n));"
-               "[signal.signal(s,signal.SIG_DFL) for s in (1,2,15)];"
-               "os.closerange(3,65536);os.execvp(sys.argv[2],sys.argv[2:])")
+#: kill bwrap's monitor, and with it the whole sandbox), and runs the command: argv is ``-c`` LIMIT
+#: COMMAND... Not the sandbox's pid 1 (a pre-flight), it execs the command. As pid 1 (a job), it
+#: is the sandbox's init: it runs the command as its child, passes TERM/HUP/INT on to it, and waits
+#: for every process of the sandbox, at most 60 s after the command ended. torchrun
+#: hearing TERM twice (from Slurm and from the job script) exits before its ranks have
+#: checkpointed; with torchrun as pid 1 its exit killed them mid-write, now they finish.
+_LIMIT_SHIM = """import os,resource,signal,sys
+n=int(sys.argv[1]);resource.setrlimit(resource.RLIMIT_NPROC,(n,n))
+for s in (1,2,15):signal.signal(s,signal.SIG_DFL)
+os.closerange(3,65536)
+if os.getpid()!=1:os.execvp(sys.argv[2],sys.argv[2:])
+pid=os.fork()
+if pid==0:os.execvp(sys.argv[2],sys.argv[2:])
+def fwd(s,f):
+ try:os.kill(pid,s)
+ except OSError:pass
+for s in (1,2,15):signal.signal(s,fwd)
+rc=0
+while True:
+ try:p,st=os.wait()
+ except ChildProcessError:break
+ if p==pid:
+  rc=os.waitstatus_to_exitcode(st);rc=rc if rc>=0 else 128-rc
+  signal.signal(signal.SIGALRM,lambda s,f:os._exit(rc));signal.alarm(60)
+sys.exit(rc)"""
 
 #: Printed on every run with cluster.sandbox = "none".
 RUN_WARNING = ("WARNING: cluster.sandbox = 'none': LLM-written candidate code runs WITHOUT a sandbox, as you, "

@@ -47,13 +47,34 @@ done
 # dying would kill the sandbox before the trainer checkpoints): the signals reach torchrun below,
 # whose shim restores their default action, and this script forwards them too.
 trap '' TERM HUP INT
-env -i "$asiarch_bwrap" --unshare-all --unshare-user --disable-userns --die-with-parent --new-session --cap-drop ALL --clearenv ${asiarch_env[@]+"${asiarch_env[@]}"} --setenv HOME /tmp --setenv OMP_NUM_THREADS 1 --setenv PYTHONPATH /opt/asiarch --setenv TMPDIR /tmp --ro-bind-try /usr /usr --ro-bind-try /bin /bin --ro-bind-try /sbin /sbin --ro-bind-try /lib /lib --ro-bind-try /lib32 /lib32 --ro-bind-try /lib64 /lib64 --ro-bind-try /libx32 /libx32 --ro-bind-try /etc/ld.so.cache /etc/ld.so.cache --ro-bind-try /etc/ld.so.conf /etc/ld.so.conf --ro-bind-try /etc/ld.so.conf.d /etc/ld.so.conf.d --ro-bind-try /etc/alternatives /etc/alternatives --ro-bind-try /etc/passwd /etc/passwd --ro-bind-try /etc/group /etc/group --ro-bind-try /etc/nsswitch.conf /etc/nsswitch.conf --ro-bind-try /etc/hosts /etc/hosts --ro-bind-try /etc/host.conf /etc/host.conf --ro-bind-try /etc/localtime /etc/localtime --proc /proc --dev /dev --size 1073741824 --tmpfs /tmp --ro-bind-try /opt/venv /opt/venv --ro-bind-try /opt/asiarch/asiarch /opt/asiarch/asiarch --bind /scratch/exp/candidates/00003-delta /scratch/exp/candidates/00003-delta --bind /scratch/exp/candidates/00003-delta/attempt-1 /scratch/exp/candidates/00003-delta/attempt-1 --ro-bind /scratch/exp/candidates/00003-delta/layer.py /scratch/exp/candidates/00003-delta/layer.py ${asiarch_binds[@]+"${asiarch_binds[@]}"} --as-pid-1 --info-fd 9 --chdir /scratch/exp/candidates/00003-delta/attempt-1 -- /opt/venv/bin/python -I -S -c 'import os,resource,signal,sys;n=int(sys.argv[1]);resource.setrlimit(resource.RLIMIT_NPROC,(n,n));[signal.signal(s,signal.SIG_DFL) for s in (1,2,15)];os.closerange(3,65536);os.execvp(sys.argv[2],sys.argv[2:])' 4096 /opt/venv/bin/python -m torch.distributed.run --standalone --nnodes=1 --nproc-per-node=2 -m asiarch.job.train /scratch/exp/candidates/00003-delta/attempt-1/spec.json 9>"$asiarch_run/info.json" &
+env -i "$asiarch_bwrap" --unshare-all --unshare-user --disable-userns --die-with-parent --new-session --cap-drop ALL --clearenv ${asiarch_env[@]+"${asiarch_env[@]}"} --setenv HOME /tmp --setenv OMP_NUM_THREADS 1 --setenv PYTHONPATH /opt/asiarch --setenv TMPDIR /tmp --ro-bind-try /usr /usr --ro-bind-try /bin /bin --ro-bind-try /sbin /sbin --ro-bind-try /lib /lib --ro-bind-try /lib32 /lib32 --ro-bind-try /lib64 /lib64 --ro-bind-try /libx32 /libx32 --ro-bind-try /etc/ld.so.cache /etc/ld.so.cache --ro-bind-try /etc/ld.so.conf /etc/ld.so.conf --ro-bind-try /etc/ld.so.conf.d /etc/ld.so.conf.d --ro-bind-try /etc/alternatives /etc/alternatives --ro-bind-try /etc/passwd /etc/passwd --ro-bind-try /etc/group /etc/group --ro-bind-try /etc/nsswitch.conf /etc/nsswitch.conf --ro-bind-try /etc/hosts /etc/hosts --ro-bind-try /etc/host.conf /etc/host.conf --ro-bind-try /etc/localtime /etc/localtime --proc /proc --dev /dev --size 1073741824 --tmpfs /tmp --ro-bind-try /opt/venv /opt/venv --ro-bind-try /opt/asiarch/asiarch /opt/asiarch/asiarch --bind /scratch/exp/candidates/00003-delta /scratch/exp/candidates/00003-delta --bind /scratch/exp/candidates/00003-delta/attempt-1 /scratch/exp/candidates/00003-delta/attempt-1 --ro-bind /scratch/exp/candidates/00003-delta/layer.py /scratch/exp/candidates/00003-delta/layer.py ${asiarch_binds[@]+"${asiarch_binds[@]}"} --as-pid-1 --info-fd 9 --chdir /scratch/exp/candidates/00003-delta/attempt-1 -- /opt/venv/bin/python -I -S -c 'import os,resource,signal,sys
+n=int(sys.argv[1]);resource.setrlimit(resource.RLIMIT_NPROC,(n,n))
+for s in (1,2,15):signal.signal(s,signal.SIG_DFL)
+os.closerange(3,65536)
+if os.getpid()!=1:os.execvp(sys.argv[2],sys.argv[2:])
+pid=os.fork()
+if pid==0:os.execvp(sys.argv[2],sys.argv[2:])
+def fwd(s,f):
+ try:os.kill(pid,s)
+ except OSError:pass
+for s in (1,2,15):signal.signal(s,fwd)
+rc=0
+while True:
+ try:p,st=os.wait()
+ except ChildProcessError:break
+ if p==pid:
+  rc=os.waitstatus_to_exitcode(st);rc=rc if rc>=0 else 128-rc
+  signal.signal(signal.SIGALRM,lambda s,f:os._exit(rc));signal.alarm(60)
+sys.exit(rc)' 4096 /opt/venv/bin/python -m torch.distributed.run --standalone --nnodes=1 --nproc-per-node=2 -m asiarch.job.train /scratch/exp/candidates/00003-delta/attempt-1/spec.json 9>"$asiarch_run/info.json" &
 asiarch_sandbox=$!
 asiarch_signalled=0
 asiarch_forward() {  # to the sandbox's first process (torchrun), as bwrap reported its pid; else to bwrap
   asiarch_signalled=1
-  local pid
-  pid="$(sed -n 's/.*"child-pid": *\([0-9]*\).*/\1/p' "$asiarch_run/info.json" 2>/dev/null || true)"
+  # builtins only, no $(...): bash can misparse a command substitution a second signal interrupts
+  # (seen: "unexpected EOF while looking for matching `)'", and the script died, taking the sandbox)
+  local info="" pid=""
+  read -r -d '' info < "$asiarch_run/info.json" 2>/dev/null || true
+  [[ "$info" =~ \"child-pid\":\ *([0-9]+) ]] && pid="${BASH_REMATCH[1]}"
   kill -s "$1" "${pid:-$asiarch_sandbox}" 2>/dev/null || true
 }
 trap 'asiarch_forward TERM' TERM
