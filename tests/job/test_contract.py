@@ -73,12 +73,12 @@ def test_attempt_files_follow_from_the_directory(tmp_path):
                              f.abandoned)} == {"job.sh", "spec.json", "result.h5", "progress.json", "job.log",
                                                "job.json", "job-exit.json", "abandoned"}
     assert all(p.parent == f.dir for p in (f.job_script, f.spec, f.result, f.progress, f.log))
-    # the experiment directory hands out the same class, and the payload the same names
+    # the experiment directory hands out the same class, and the payload declares no names of its own
     exp = ExperimentDir(tmp_path)
     a = exp.attempt(7, "my layer", 2)
     assert isinstance(a, AttemptFiles) and a.dir == exp.candidate_dir(7, "my layer") / "attempt-2"
-    assert (payload.JOB_MARKER, payload.JOB_EXIT, payload.ABANDONED, payload.PROGRESS) == (
-        AttemptFiles.JOB_MARKER, AttemptFiles.JOB_EXIT, AttemptFiles.ABANDONED, AttemptFiles.PROGRESS)
+    assert not [n for n in ("JOB_MARKER", "JOB_EXIT", "ABANDONED", "PROGRESS") if hasattr(payload, n)]
+    assert payload.AttemptFiles is AttemptFiles
 
 
 def test_missing_result_names_the_progress_file_the_job_writes(tmp_path):
