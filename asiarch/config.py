@@ -51,7 +51,19 @@ class SearchConfig:
         choices=("offline", "llm", "mixed"),
     )
     llm_fraction: float = _f(0.5, "With proposer = 'mixed': fraction of proposals that come from the LLM.")
-    round_size: int = _f(4, "Candidates proposed, checked and submitted together (one array job on Slurm).")
+    schedule: str = _f(
+        "steady",
+        "How work is scheduled: 'steady' (keep cluster.max_in_flight jobs busy; a slot is refilled as it frees "
+        "from candidates proposed and checked ahead, agents and pre-flights run concurrently) or 'rounds' "
+        "(propose round_size, check, train them all, then the next round: the same order on every run).",
+        choices=("steady", "rounds"),
+    )
+    round_size: int = _f(4, "Candidates proposed, checked and submitted together (one array job on Slurm) with "
+                            "schedule 'rounds'.")
+    ahead: int = _f(-1, "Schedule 'steady': checked candidates kept ready beyond the free slots, so that a "
+                        "slot that frees is refilled at once (-1: half of cluster.max_in_flight, at least 1).")
+    preflight_workers: int = _f(2, "Schedule 'steady': pre-flights run at once, each a sandboxed child "
+                                   "(one CPU core each while it runs; size it for the head's node).")
     pool_size: int = _f(50, "Size of the candidate pool parents are sampled from (ASI-Arch: the 50 best).")
     parent_top: int = _f(10, "The parent is drawn uniformly from ranks 1..parent_top of the pool (ASI-Arch: 10).")
     num_references: int = _f(4, "References shown to the Researcher, drawn from ranks parent_top+1..pool_size (ASI-Arch: 4).")
@@ -127,6 +139,8 @@ class ClusterConfig:
     max_in_flight: int = _f(1, "Jobs running at once (local) or array throttle %K (Slurm).")
     timeout_min: float = _f(30.0, "Wall-clock limit of one training job in minutes.")
     poll_interval_s: float = _f(1.0, "Seconds between state polls of jobs in flight, at first.")
+    submit_window_s: float = _f(2.0, "Schedule 'steady': checked candidates ready within this many seconds of "
+                                     "the first go out together (one sbatch, one array); 0 submits each at once.")
     poll_max_interval_s: float = _f(10.0, "Slurm: polls back off to this while no job changes state (each "
                                           "poll is one squeue for all jobs, 2 controller RPCs).")
     gpus_per_node: int = _f(0, "GPUs per job (0 on CPU).")
@@ -188,6 +202,8 @@ class LLMConfig:
                                "overrides the built-in table, and a model in neither costs 0 (local servers).")
     repair_attempts: int = _f(3, "LLM repairs the Engineer tries per failure, each checked by the pre-flight "
                                  "(0: no repairs).")
+    concurrency: int = _f(4, "LLM calls (Researcher, novelty, Engineer, Analyst) in flight at once with "
+                             "schedule 'steady'; the polling of jobs never waits for them.")
     knowledge_k: int = _f(4, "Knowledge-base entries shown to the Researcher with each request.")
     novelty_reasks: int = _f(3, "Times a proposal too close to earlier candidates is sent back to the Researcher "
                                 "(at most search.novelty_retries).")
@@ -396,10 +412,15 @@ def validate(cfg: Config) -> Config:
         "search.parent_top": s.parent_top, "search.max_attempts": s.max_attempts,
         "cluster.max_in_flight": cfg.cluster.max_in_flight, "train.vocab_size": t.vocab_size,
         "train.seeds": t.seeds, "verify.seeds": cfg.verify.seeds, "verify.top_k": cfg.verify.top_k,
+        "search.preflight_workers": s.preflight_workers, "llm.concurrency": cfg.llm.concurrency,
     }
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{key} must be positive, got {value}")
+    if s.ahead < -1:
+        raise ConfigError(f"search.ahead must be -1 (automatic) or at least 0, got {s.ahead}")
+    if cfg.cluster.submit_window_s < 0:
+        raise ConfigError(f"cluster.submit_window_s must be at least 0, got {cfg.cluster.submit_window_s}")
     if t.hidden_size % t.num_heads:
         raise ConfigError(f"train.hidden_size ({t.hidden_size}) must be divisible by train.num_heads ({t.num_heads})")
     if t.batch_size % t.nproc:
