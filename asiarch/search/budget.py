@@ -45,12 +45,21 @@ def llm_spend_text(cfg: Config, dollars: float) -> str:
     return f"${dollars:.4f} of LLM spent (budget.llm_dollars = {cfg.budget.llm_dollars:g})"
 
 
-def budget_reason(cfg: Config, spend: Spend) -> str | None:
-    """Why the search must stop starting work (a compute or, with proposer 'llm', an LLM budget is
-    spent), or None while there is budget left. budget.candidates is :func:`candidates_left`'s."""
+def compute_reason(cfg: Config, spend: Spend) -> str | None:
+    """Why no more training may start (budget.gpu_hours is spent, counting what is in flight), or None."""
     hours = cfg.budget.gpu_hours
     if hours and (spend.compute_s + spend.in_flight_compute_s) / 3600 >= hours:
         return f"{hours} compute-hours spent"
+    return None
+
+
+def budget_reason(cfg: Config, spend: Spend) -> str | None:
+    """Why the search must stop starting work (a compute or, with proposer 'llm', an LLM budget is
+    spent), or None while there is budget left. budget.candidates is :func:`candidates_left`'s.
+    Candidates already checked may still train when only the LLM budget is spent (:func:`compute_reason`)."""
+    reason = compute_reason(cfg, spend)
+    if reason:
+        return reason
     if cfg.search.proposer == "llm" and spend.llm_exhausted:
         return llm_spend_text(cfg, spend.llm_dollars)
     return None

@@ -49,6 +49,7 @@ from asiarch.search.proposals import Proposals
 from asiarch.search.recovery import Recovery
 from asiarch.search.repair import Checker
 from asiarch.search.submission import InFlight, Submitter, checked_waiting
+from asiarch.search.workers import Inline, MainThread, OnMain, Tasks
 from asiarch.store import Attempt, Candidate, Store
 
 __all__ = ["Search", "SearchError", "Summary", "make_agents", "make_proposer", "make_scheduler"]
@@ -101,9 +102,20 @@ class Search:
         self.agents = agents  # asiarch.propose.llm.LLMAgents, or None (proposer 'offline')
         self.console: Sink = console or Silent()
         self.active: InFlight = {}  # attempt id -> job id, shared by the pieces below
+        self.repairing: set[int] = set()  # candidates whose failed job the Engineer is repairing
+        # The steady schedule runs agents and pre-flights on worker threads (asiarch.search.pipeline):
+        # what those pieces read and write goes through the main thread (asiarch.search.workers).
+        self.main = MainThread()
+        self.tasks: Tasks | Inline = Inline()
+        self.pipeline = None  # the Steady pipeline while it runs
+        shared, said = store, self.console
+        if cfg.search.schedule == "steady":
+            shared, said = OnMain(store, self.main), OnMain(self.console, self.main)
+            if agents is not None:
+                agents.bind_store(shared)
         self.submitter = Submitter(exp, cfg, store, scheduler, self.active, python=python)
-        self.checker = Checker(exp, cfg, store, agents, self.console)
-        self.proposals = Proposals(cfg, store, proposer, agents, self.console)
+        self.checker = Checker(exp, cfg, shared, agents, said)
+        self.proposals = Proposals(cfg, shared, proposer, agents, said)
         self.recovery = Recovery(exp, store, scheduler, self.submitter, self.active, self.console)
         self.poller = Poller(exp, cfg, store, scheduler, self.active, self.console)
 
@@ -141,19 +153,41 @@ class Search:
             self.console.line(RUN_WARNING)
 
     def run(self) -> Summary:
+        """The search to its budget: baselines, then exploration on search.schedule ('steady': the
+        pipeline of asiarch.search.pipeline; 'rounds': below), then the verification stage."""
         t0 = time.time()
-        c = self.console
         self.check_sandbox()
         self.register_baselines()
+        if self.cfg.search.schedule == "steady":
+            from asiarch.search.pipeline import Steady
+
+            with Steady(self) as pipeline:
+                self.start()
+                pipeline.run()
+                if self.cfg.verify.enabled:
+                    self.verify()
+        else:
+            self.start()
+            self.rounds()
+            if self.cfg.verify.enabled:
+                self.verify()
+        return self.summary(time.time() - t0)
+
+    def start(self) -> None:
+        """What a (re)started head does first: recover what the last one left, train the baselines (and
+        seeds a previous head did not get to submit), and require the reference's result."""
         self.recover()
         pending = [b for b in self.store.candidates(origin="baseline") if b.status == "checked"]
         if pending:
             seeds = f", {self.cfg.train.seeds} seeds each" if self.cfg.train.seeds > 1 else ""
-            c.line(f"baselines: training {len(pending)} ({', '.join(b.name for b in pending)}{seeds})")
-        # seeds a previous head did not get to submit (and the new baselines)
+            self.console.line(f"baselines: training {len(pending)} ({', '.join(b.name for b in pending)}{seeds})")
         self.submitter.submit(pending + [x for x in self.store.candidates() if x.status in ("queued", "running")])
         self.wait()
         self.require_reference()
+
+    def rounds(self) -> None:
+        """The round schedule: propose search.round_size, check them, train them all, then the next."""
+        c = self.console
         while True:
             spend = self.spend()
             remaining = candidates_left(self.cfg, spend)
@@ -184,9 +218,6 @@ class Search:
             if proposals_exhausted(self.cfg, self.store.count("rejected")):
                 c.line("too many proposals rejected; stopping (see `asiarch status DIR` for the reasons)")
                 break
-        if self.cfg.verify.enabled:
-            self.verify()
-        return self.summary(time.time() - t0)
 
     def spend(self) -> Spend:
         """What the search has used so far, for the budget predicates (asiarch.search.budget)."""
@@ -197,12 +228,21 @@ class Search:
     def recover(self) -> None:
         """Check candidates left unchecked; re-attach to attempts a previous head left in flight, and
         retry those the scheduler lost (asiarch.search.recovery)."""
-        self.checker.check(self.store.candidates(status="proposed"))
+        unchecked = self.store.candidates(status="proposed")
+        if self.pipeline is not None:
+            for cand in unchecked:
+                self.pipeline.check(cand)
+        else:
+            self.checker.check(unchecked)
         self.recovery.recover(self.ingest)
 
     def wait(self) -> None:
-        """Until no attempt is in flight: poll, and ingest each attempt as its job ends."""
-        self.poller.wait(self.ingest)
+        """Until no attempt is in flight: poll, and ingest each attempt as its job ends (the steady
+        pipeline: and until no task is in flight)."""
+        if self.pipeline is not None:
+            self.pipeline.drain()
+        else:
+            self.poller.wait(self.ingest)
 
     # ------------------------------------------------------------------ verification
     def verify(self) -> None:
@@ -292,29 +332,52 @@ class Search:
             if attempt.stage != "explore":
                 self.store.log_event("seed-failed", f"{attempt.stage} seed {attempt.seed}: {first[:300]}", cid,
                                      attempt.id)
-            elif self.checker.repair_job(attempt, state, out, attempts_used=self.submitter.attempts_used(
-                    cid, attempt.stage, attempt.seed)):
-                self.submitter.submit([self.store.candidate(cid)])  # every seed again, with the repaired code
             else:
-                self.store.set_candidate_status(cid, "failed", first[:500],
-                                                event=f"attempt {attempt.n}: {out.attempt_status}")
+                used = self.submitter.attempts_used(cid, attempt.stage, attempt.seed)
+                if self.checker.wants_job_repair(out, attempts_used=used):
+                    self.repairing.add(cid)
+                    self.tasks.spawn("llm", "repair",
+                                     lambda: self.checker.repair_job(attempt, state, out, attempts_used=used),
+                                     lambda repaired: self.after_job_repair(attempt, out, first, repaired))
+                else:
+                    self.after_job_repair(attempt, out, first, False)
         elif out.candidate_status == "done":
             self.analyse_llm(cid)
 
+    def after_job_repair(self, attempt: Attempt, out, first: str, repaired: bool) -> None:
+        """Train the Engineer's repair of a failed job (every seed again), or fail the candidate."""
+        cid = attempt.candidate_id
+        self.repairing.discard(cid)
+        if repaired:
+            self.submitter.submit([self.store.candidate(cid)])
+        else:
+            self.store.set_candidate_status(cid, "failed", first[:500],
+                                            event=f"attempt {attempt.n}: {out.attempt_status}")
+
     def analyse_llm(self, cid: int) -> None:
         """The Analyst's report on a trained candidate (baselines excluded), beside the offline one; with
-        fitness.judge_weight > 0 its judge score enters the fitness. Never stops the search."""
+        fitness.judge_weight > 0 its judge score enters the fitness. Never stops the search. The steady
+        pipeline asks on a worker; the report is recorded here, on the main thread."""
         if self.agents is None:
             return
         cand = self.store.candidate(cid)
         if cand.origin == "baseline":
             return
         self.console.status(f"the Analyst reads #{cid} {cand.name}")
-        try:
-            analysis = self.agents.analyse(cand)
-        except Exception as exc:  # noqa: BLE001 -- an LLM failure costs the analysis, not the search
-            self.store.log_event("llm", f"the Analyst failed: {type(exc).__name__}: {exc}"[:1000], cid)
+
+        def work():
+            try:
+                return self.agents.analyse(cand), None
+            except Exception as exc:  # noqa: BLE001 -- an LLM failure costs the analysis, not the search
+                return None, exc
+
+        self.tasks.spawn("llm", "analyse", work, lambda done: self.record_analysis(cid, *done))
+
+    def record_analysis(self, cid: int, analysis, error: Exception | None) -> None:
+        if error is not None:
+            self.store.log_event("llm", f"the Analyst failed: {type(error).__name__}: {error}"[:1000], cid)
             return
+        cand = self.store.candidate(cid)
         if analysis is None:
             self.store.log_event("llm", "the Analyst gave no analysis (the offline one stands)", cid)
             return

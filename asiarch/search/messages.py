@@ -72,3 +72,16 @@ def progress_line(*, trained: int, budget: int, running: int, queued: int, verif
         parts.append(f"#{cid} step {p.get('step')}/{p.get('steps')} loss {p.get('loss', 0):.3f}")
     stage = f"verification: {verifying} job(s) left | " if verifying else ""
     return f"trained {trained}/{budget} | {stage}" + " | ".join(parts)
+
+
+def pipeline_line(*, trained: int, budget: int, slots: int, busy: int, running: int, outbox: int = 0,
+                  proposing: int = 0, checking: int = 0, ready: int = 0, analysing: int = 0,
+                  repairing: int = 0) -> str:
+    """'trained 3/48 | slots 7/8 busy (6 running) | proposing 2, checking 1, ready 3': the steady
+    pipeline's status line (the same figures `asiarch status` shows from the store)."""
+    parts = [f"trained {trained}/{budget}", f"slots {busy}/{slots} busy ({running} running)"
+             + (f", {outbox} to submit" if outbox else "")]
+    queue = f"proposing {proposing}, checking {checking}, ready {ready}"
+    extra = [f"{n} {what}" for n, what in ((analysing, "analysing"), (repairing, "repairing")) if n]
+    parts.append(queue + ("; " + ", ".join(extra) if extra else ""))
+    return " | ".join(parts)

@@ -9,6 +9,7 @@ the running attempts' progress records belongs in :meth:`Poller.poll`, beside th
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from collections.abc import Callable
 
 from asiarch.config import Config
@@ -35,6 +36,8 @@ class Poller:
         self.scheduler = scheduler
         self.active = active
         self.console = console
+        self._exit_paths: dict[int, Path] = {}  # attempt id -> its job's exit record
+        self._exit_seen: dict[int, float] = {}  # attempt id -> mtime of the exit record already acted on
 
     def wait(self, on_finished: OnFinished) -> None:
         """Poll every job in flight with one scheduler query per poll; ``on_finished`` each as it ends
@@ -67,6 +70,27 @@ class Poller:
             del self.active[attempt_id]
             on_finished(attempt, state)
         return states
+
+    def ended_on_disk(self, settle_s: float = 1.0) -> bool:
+        """Whether a job in flight wrote its exit record at least ``settle_s`` ago (one stat per attempt,
+        no scheduler call): the steady pipeline polls the scheduler then, instead of waiting for its
+        backed-off interval, and the scheduler has had time to see the job leave."""
+        now, found = time.time(), False
+        for attempt_id in list(self.active):
+            path = self._exit_paths.get(attempt_id)
+            if path is None:
+                path = self._exit_paths[attempt_id] = AttemptFiles(self.exp.root / self.store.attempt(attempt_id).dir).job_exit
+            try:
+                mtime = path.stat().st_mtime
+            except OSError:
+                continue
+            if now - mtime >= settle_s and self._exit_seen.get(attempt_id) != mtime:
+                self._exit_seen[attempt_id] = mtime  # once per record: a requeued job's old one is not news
+                found = True
+        for attempt_id in [a for a in self._exit_paths if a not in self.active]:
+            del self._exit_paths[attempt_id]
+            self._exit_seen.pop(attempt_id, None)
+        return found
 
     def record_usage(self, finished: dict[int, str]) -> None:
         """The scheduler's accounting (Slurm: sacct's elapsed x allocated CPUs/GPUs), one query per poll."""

@@ -9,6 +9,8 @@ Without agents a failure is final.
 
 from __future__ import annotations
 
+import threading
+
 from asiarch.analysis.format import candidate_label
 from asiarch.config import Config
 from asiarch.dispatch.base import JobState
@@ -34,11 +36,14 @@ class Checker:
         self.store = store
         self.agents = agents
         self.console = console
+        self.slots = threading.BoundedSemaphore(cfg.search.preflight_workers)
 
     def preflight(self, code: str) -> PreflightReport:
         """The pre-flight battery on ``code`` in a sandboxed child process, at the experiment's own
-        training settings (:func:`asiarch.search.preflight.preflight_settings`)."""
-        return run_preflight(code, **preflight_settings(self.cfg))
+        training settings (:func:`asiarch.search.preflight.preflight_settings`). At most
+        search.preflight_workers run at once, whichever thread asks (the Engineer's checks included)."""
+        with self.slots:
+            return run_preflight(code, **preflight_settings(self.cfg))
 
     def check(self, cands: list[Candidate]) -> list[Candidate]:
         """Pre-flight each candidate in a sandboxed child process; returns those that pass. With the LLM
@@ -47,21 +52,38 @@ class Checker:
         for cand in cands:
             self.console.status(f"checking #{cand.id} {cand.name}")
             report = self.preflight(cand.code)
-            if report.ok:
-                self.store.set_candidate_status(cand.id, "checked", event=f"pre-flight ok ({report.elapsed_s:.1f} s)")
+            passed = self.record_preflight(cand, report)
+            if passed is None:
+                passed = self.record_repair(cand, report, self.repair_preflight(cand, report))
+            if passed:
                 ok.append(self.store.candidate(cand.id))
-                continue
-            fix = self.repair(cand, report.reason, stage="preflight", context=report.format_table())
-            if fix is not None:
-                self.store.set_candidate_status(
-                    cand.id, "checked", event=f"pre-flight: {report.reason}; repaired by the Engineer "
-                                              f"({_tries(fix)}), pre-flight ok"[:1000])
-                self.console.line(f"{candidate_label(cand.id, cand.name)} REPAIRED  {report.reason}"[:200])
-                ok.append(self.store.candidate(cand.id))
-            else:
-                self.store.set_candidate_status(cand.id, "rejected", report.reason, event=f"pre-flight: {report.reason}")
-                self.console.line(f"{candidate_label(cand.id, cand.name)} REJECTED  {report.reason}"[:200])
         return ok
+
+    def record_preflight(self, cand: Candidate, report: PreflightReport) -> bool | None:
+        """Record a pre-flight: True (checked), False (rejected: no agents to repair it) or None (the
+        Engineer should try: :meth:`repair_preflight`, then :meth:`record_repair`)."""
+        if report.ok:
+            self.store.set_candidate_status(cand.id, "checked", event=f"pre-flight ok ({report.elapsed_s:.1f} s)")
+            return True
+        if self.agents is not None:
+            return None
+        return self.record_repair(cand, report, None)
+
+    def repair_preflight(self, cand: Candidate, report: PreflightReport):
+        """The Engineer's repair of a candidate that failed its pre-flight (None: none passed)."""
+        return self.repair(cand, report.reason, stage="preflight", context=report.format_table())
+
+    def record_repair(self, cand: Candidate, report: PreflightReport, fix) -> bool:
+        """Record how a failed pre-flight ended: checked with the repair, or rejected."""
+        if fix is not None:
+            self.store.set_candidate_status(
+                cand.id, "checked", event=f"pre-flight: {report.reason}; repaired by the Engineer "
+                                          f"({_tries(fix)}), pre-flight ok"[:1000])
+            self.console.line(f"{candidate_label(cand.id, cand.name)} REPAIRED  {report.reason}"[:200])
+            return True
+        self.store.set_candidate_status(cand.id, "rejected", report.reason, event=f"pre-flight: {report.reason}")
+        self.console.line(f"{candidate_label(cand.id, cand.name)} REJECTED  {report.reason}"[:200])
+        return False
 
     def repair(self, cand: Candidate, error: str, *, stage: str, context: str):
         """The Engineer's repair of ``cand`` for ``error`` (stage 'preflight' or 'job'), stored as the
@@ -94,11 +116,16 @@ class Checker:
                              cand.id)
         return fix
 
+    def wants_job_repair(self, out: Outcome, *, attempts_used: int) -> bool:
+        """Whether the Engineer should try to repair a candidate whose job failed: with agents, not for
+        jobs cancelled by hand, nor once search.max_attempts are used (``attempts_used`` of the seed)."""
+        return (self.agents is not None and attempts_used < self.cfg.search.max_attempts
+                and out.attempt_status != "cancelled")
+
     def repair_job(self, attempt: Attempt, state: JobState, out: Outcome, *, attempts_used: int) -> bool:
-        """Whether the Engineer repaired a candidate whose job failed (the next attempt trains the repair).
-        Not for jobs cancelled by hand, nor once search.max_attempts are used (``attempts_used`` of the
-        attempt's seed)."""
-        if self.agents is None or attempts_used >= self.cfg.search.max_attempts or out.attempt_status == "cancelled":
+        """Whether the Engineer repaired a candidate whose job failed (the next attempt trains the repair;
+        :meth:`wants_job_repair` says when it is asked)."""
+        if not self.wants_job_repair(out, attempts_used=attempts_used):
             return False
         cand = self.store.candidate(attempt.candidate_id)
         log = self.exp.attempt(cand.id, cand.name, attempt.n).log

@@ -43,6 +43,9 @@ class Submitter:
         self.scheduler = scheduler
         self.active = active
         self.python = python or cfg.cluster.python or sys.executable  # the jobs' interpreter
+        # None: submit_runs sends at once (rounds). A list (the steady pipeline): prepared attempts wait
+        # here, recorded 'pending', until flush() sends them as slots free.
+        self.outbox: list[tuple[int, JobRequest]] | None = None
 
     def prepare_attempt(self, cand: Candidate, n: int, stage: str = "explore",
                         seed: int = 0) -> tuple[int, JobRequest]:
@@ -77,7 +80,8 @@ class Submitter:
         self.submit_runs([(cand, stage, seed) for cand in cands for seed in self.missing_seeds(cand, stage)])
 
     def submit_runs(self, runs: list[tuple[Candidate, str, int]]) -> None:
-        """Submit one attempt per (candidate, stage, seed), as one batch (on Slurm: one array)."""
+        """Submit one attempt per (candidate, stage, seed), as one batch (on Slurm: one array); with an
+        outbox, prepare them and leave them there."""
         prepared = []
         numbers: dict[int, int] = {}
         for cand, stage, seed in runs:
@@ -86,6 +90,24 @@ class Submitter:
             prepared.append(self.prepare_attempt(cand, n, stage, seed))
         if not prepared:
             return
+        if self.outbox is not None:  # the steady pipeline sends them when slots free (flush)
+            self.outbox.extend(prepared)
+            return
+        self.send(prepared)
+
+    def flush(self, n: int | None = None) -> int:
+        """Send the first ``n`` (default: all) prepared attempts of the outbox as one batch; returns how
+        many went."""
+        if not self.outbox:
+            return 0
+        n = len(self.outbox) if n is None else min(n, len(self.outbox))
+        batch, self.outbox[:] = self.outbox[:n], self.outbox[n:]
+        if batch:
+            self.send(batch)
+        return len(batch)
+
+    def send(self, prepared: list[tuple[int, JobRequest]]) -> None:
+        """One scheduler call (on Slurm: one sbatch, an array) for prepared attempts."""
         try:
             job_ids = self.scheduler.submit([req for _, req in prepared])
         except Exception as exc:  # the scheduler refused: nothing is marked submitted

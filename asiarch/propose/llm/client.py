@@ -16,11 +16,13 @@ in the text) and re-asks with the parse error when the answer is malformed.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
 import random
 import re
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -159,10 +161,11 @@ def budget_left(store, cap: float) -> float | None:
     return max(0.0, cap - store.llm_dollars())
 
 
-def check_budget(store, cap: float) -> None:
-    """Raise :class:`BudgetExceeded` when ``cap`` dollars (> 0) are spent."""
+def check_budget(store, cap: float, *, in_flight: float = 0.0) -> None:
+    """Raise :class:`BudgetExceeded` when ``cap`` dollars (> 0) are spent, counting ``in_flight``
+    (the expected cost of calls not yet answered)."""
     left = budget_left(store, cap)
-    if left is not None and left <= 0:
+    if left is not None and left - in_flight <= 0:
         raise BudgetExceeded(f"the LLM budget of ${cap:.2f} (budget.llm_dollars) is spent "
                              f"(${store.llm_dollars():.4f}); raise it to propose more with the LLM")
 
@@ -260,6 +263,12 @@ class LLMClient:
         self.sleep = sleep
         self.rng = rng or random.Random()
         self._no_schema: set[tuple[str, str]] = set()  # (url, model) that refused response_format
+        # Calls in flight (the steady pipeline makes several at once) count against the dollar cap at
+        # their estimated cost: the prompt at the model's price, the answer at the mean answer so far.
+        self._lock = threading.Lock()
+        self._ids = itertools.count()
+        self._reserved: dict[int, float] = {}              # call id -> estimated dollars
+        self._answers: dict[str, tuple[int, int]] = {}     # model -> (completion tokens, answers)
 
     # ------------------------------------------------------------- plumbing
     def _api_key(self) -> str:
@@ -289,8 +298,48 @@ class LLMClient:
         return delay
 
     def check_budget(self) -> None:
+        """Raise BudgetExceeded when what is spent and what calls in flight are expected to cost reach
+        budget.llm_dollars."""
         if self.store is not None:
-            check_budget(self.store, self.settings.dollar_cap)
+            check_budget(self.store, self.settings.dollar_cap, in_flight=self.in_flight_dollars())
+
+    def in_flight_dollars(self) -> float:
+        """The estimated cost of the calls in flight now."""
+        with self._lock:
+            return sum(self._reserved.values())
+
+    def estimate(self, model: str, messages: list[dict]) -> float:
+        """Dollars a call is expected to cost: its prompt (characters / 4) and the mean answer of this
+        model so far (llm.max_tokens, or 1,000 tokens, before the first)."""
+        prompt = sum(len(str(m.get("content", ""))) for m in messages) // _CHARS_PER_TOKEN
+        with self._lock:
+            tokens, answers = self._answers.get(model, (0, 0))
+        completion = tokens / answers if answers else (self.settings.max_tokens or 1000)
+        return self.cost(model, prompt, int(completion))
+
+    def _reserve(self, model: str, messages: list[dict]) -> int:
+        """Check the cap with the calls in flight, and count this one among them (atomically, so that
+        calls made at once cannot all pass a cap that has room for one)."""
+        cap = self.settings.dollar_cap
+        estimate = self.estimate(model, messages)
+        spent = self.store.llm_dollars() if self.store is not None and cap > 0 else 0.0
+        with self._lock:
+            reserved = sum(self._reserved.values())
+            if self.store is not None and cap > 0 and spent + reserved >= cap:
+                raise BudgetExceeded(
+                    f"the LLM budget of ${cap:.2f} (budget.llm_dollars) is spent or taken by calls in flight "
+                    f"(${spent:.4f} spent, ${reserved:.4f} expected of {len(self._reserved)} in flight); "
+                    "raise it to propose more with the LLM")
+            call = next(self._ids)
+            self._reserved[call] = estimate
+        return call
+
+    def _release(self, call: int, model: str, completion_tokens: int | None) -> None:
+        with self._lock:
+            self._reserved.pop(call, None)
+            if completion_tokens is not None:
+                tokens, answers = self._answers.get(model, (0, 0))
+                self._answers[model] = (tokens + completion_tokens, answers + 1)
 
     # ------------------------------------------------------------- one answer
     def chat(self, agent: str, messages: list[dict], *, schema: dict | None = None,
@@ -299,14 +348,14 @@ class LLMClient:
 
         With ``schema`` (a JSON schema), the request asks for it through ``response_format``
         unless settings.structured is 'text' or this endpoint refused it before.
-        Raises BudgetExceeded before any request when the cap is reached, LLMError when
+        Raises BudgetExceeded before any request when the cap is reached (counting the calls in
+        flight at their expected cost), LLMError when
         retries run out or the endpoint refuses the request.
         """
         s = self.settings
         model, url = s.model_for(agent), s.url_for(agent)
         attempt = 0
         while True:
-            self.check_budget()
             use_schema = schema is not None and s.structured != "text" and (url, model) not in self._no_schema
             # the last line of defence: no secret value of this process's environment is ever sent in a prompt
             secrets = secret_values(os.environ, (s.api_key_env,))
@@ -322,10 +371,13 @@ class LLMClient:
                     "name": schema_name, "schema": schema, "strict": False}}
             t0 = time.monotonic()
             retry_after = None
+            call = self._reserve(model, sent)
+            answered = None
             try:
                 with openai.OpenAI(base_url=url, api_key=self._api_key(), timeout=s.timeout_s,
                                    max_retries=0) as api:
                     resp = api.chat.completions.create(**kwargs)
+                answered = _completion_tokens(resp)
             except openai.APITimeoutError:
                 outcome, why = _RETRYABLE, "timeout"
             except openai.APIConnectionError as exc:
@@ -356,6 +408,8 @@ class LLMClient:
                 if reply is not None:
                     return reply
                 outcome, why = _RETRYABLE, "bad response (no choices)"
+            finally:  # after the cost is recorded, so that it is never in neither place
+                self._release(call, model, answered)
             if outcome is _RETRYABLE:
                 latency = time.monotonic() - t0
                 self._record(agent, model, 0, 0, 0.0, latency, why)
@@ -410,6 +464,13 @@ class LLMClient:
             ]
         raise MalformedAnswer(f"{agent}: the model's answer was malformed {self.settings.max_reasks + 1} times; "
                               f"last problem: {error}")
+
+
+def _completion_tokens(resp: Any) -> int | None:
+    """The answer's length in tokens as the server reports it (None when it does not)."""
+    usage = getattr(resp, "usage", None)
+    tokens = getattr(usage, "completion_tokens", None) if usage is not None else None
+    return int(tokens) if tokens is not None else None
 
 
 def _short(exc: BaseException, limit: int = 200) -> str:

@@ -44,10 +44,16 @@ class LLMAgents:
                    repair_attempts=getattr(llm, "repair_attempts", 3),
                    judge=cfg.fitness.judge_weight > 0, knowledge_k=getattr(llm, "knowledge_k", 4))
 
+    def bind_store(self, store) -> None:
+        """Read and record through ``store`` from now on (the steady pipeline passes a proxy that runs
+        every call on the head's main thread, asiarch.search.workers.OnMain)."""
+        self.store = self.novelty.store = self.client.store = store
+
     # ----------------------------------------------------------------- budget
     def budget_left(self) -> float | None:
         """Dollars left under budget.llm_dollars (None: no cap)."""
-        return budget_left(self.store, self.client.settings.dollar_cap)
+        left = budget_left(self.store, self.client.settings.dollar_cap)
+        return None if left is None else max(0.0, left - self.client.in_flight_dollars())
 
     def budget_spent(self) -> bool:
         left = self.budget_left()
