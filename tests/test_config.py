@@ -30,7 +30,7 @@ def test_unknown_section():
     ({"cluster": {"scheduler": "pbs"}}, "cluster.scheduler: 'pbs' is not one of 'local', 'slurm'"),
     ({"baselines": {"names": "deltanet"}}, "baselines.names: expected a list of str"),
     ({"train": {"hidden_size": 65, "num_heads": 2}}, "divisible by train.num_heads"),
-    ({"train": {"task": "lm"}}, "needs train.token_file"),
+    ({"train": {"task": "lm"}}, "needs train.data"),
     ({"baselines": {"reference": "mamba"}}, "must be one of baselines.names"),
     ({"search": {"proposer": "llm"}}, "needs llm.base_url"),
     ({"train": "x"}, "expected a table [train]"),

@@ -66,6 +66,10 @@ def cmd_check(args) -> int:
         except ConfigError as exc:
             return die(f"check: {exc}")
         settings.update(preflight_settings(cfg))  # the settings the loop's pre-flight uses
+        if cfg.train.task == "lm" and cfg.train.data:
+            problem = _verify_data(cfg.train.data)
+            if problem:
+                return die(f"check: train.data: {problem}", 1)
     for key in ("class_name", "hidden_size", "num_heads", "seq_len", "batch_size", "precision", "sandbox"):
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key)
@@ -98,6 +102,19 @@ def check_parser(sub) -> None:
 # ---------------------------------------------------------------------- asiarch train LAYER.py --out RESULT.h5
 
 
+def _verify_data(directory: str) -> str | None:
+    """Why the prepared ``directory`` must not be trained on (a shard missing, or whose sha256 differs
+    from its manifest's), or None. Reads every shard: done on the head, once, before a job is sent."""
+    from asiarch.job.data import DataError, verify_shards
+
+    try:
+        verify_shards(directory)
+    except DataError as exc:
+        return str(exc)
+    return None
+
+
+
 def cmd_train(args) -> int:
     """Train one layer through the loop's own job path (spec, rendered script, torchrun, result file)."""
     from asiarch.config import Config, ConfigError, validate
@@ -115,13 +132,19 @@ def cmd_train(args) -> int:
     t.task, t.steps, t.nproc = args.task, args.steps, args.nproc
     if args.token_file:
         t.token_file = args.token_file
-    for key in ("hidden_size", "num_layers", "num_heads", "seq_len", "batch_size", "lr", "precision"):
+    if args.data:
+        t.data = str(Path(args.data).resolve())  # the job runs in its attempt directory
+    for key in ("hidden_size", "num_layers", "num_heads", "seq_len", "batch_size", "lr", "precision", "vocab_size"):
         if getattr(args, key) is not None:
             setattr(t, key, getattr(args, key))
     try:
         validate(cfg)
     except ConfigError as exc:
         return die(str(exc))
+    if t.task == "lm" and t.data:
+        problem = _verify_data(t.data)
+        if problem:
+            return die(f"train.data: {problem}")
     out = Path(args.out).resolve()
     # the attempt's files (spec, script, log, progress) in a directory beside the result, so that the
     # result's rename from there onto --out is atomic (one filesystem)
@@ -155,14 +178,16 @@ def train_parser(sub) -> None:
     s.add_argument("layer")
     s.add_argument("--out", required=True, help="result file to write (HDF5)")
     s.add_argument("--task", default="mqar", choices=("mqar", "lm"))
-    s.add_argument("--token-file", default="")
+    s.add_argument("--token-file", default="", help="LM: a flat uint16 token file (train.token_file)")
+    s.add_argument("--data", default="", metavar="DIR",
+                   help="LM: a directory from `asiarch data prepare` (train.data); its manifest sets the vocabulary")
     s.add_argument("--steps", type=int, default=100)
     s.add_argument("--nproc", type=int, default=2)
     s.add_argument("--class-name", default=DEFAULT_CLASS_NAME)
     s.add_argument("--precision", choices=("fp32", "bf16"), default=None,
                    help="bf16: autocast, as ASI-Arch trained (layers that cast to bf16 inside need it; works on CPU)")
     for key, tp in (("hidden_size", int), ("num_layers", int), ("num_heads", int), ("seq_len", int),
-                    ("batch_size", int), ("lr", float)):
+                    ("batch_size", int), ("lr", float), ("vocab_size", int)):
         s.add_argument("--" + key.replace("_", "-"), dest=key, type=tp, default=None)
     s.set_defaults(func=cmd_train)
 

@@ -18,7 +18,9 @@ beside its handler in the module of its concern.
     asiarch export DIR --format csv|jsonl [--out FILE]
     asiarch check LAYER.py [--config DIR/config.toml] [--seq-len N] [--precision bf16] [--json]
                                        pre-flight checks of one layer, at the training settings
-    asiarch train LAYER.py --out RESULT.h5 [--task mqar] [--steps N] [--nproc 2]
+    asiarch train LAYER.py --out RESULT.h5 [--task mqar|lm] [--data DIR] [--steps N] [--nproc 2]
+    asiarch data prepare INPUT... --tokenizer gpt2|bytes|TOKENIZER.json --out DIR [--val-tokens N] [--workers N]
+    asiarch data verify DIR            check a prepared directory's shards (sizes, sha256)
     asiarch bench overhead             the head's own cost per candidate with 1,000 in the store
     asiarch bench slurm [--candidates 64]   controller RPCs per candidate on the Slurm at SLURM_CONF
     asiarch bench kernels [--mixers M ...] [--seq-lens T ...]   fwd+bwd tokens/s of the token mixers
@@ -31,6 +33,7 @@ beside its handler in the module of its concern.
     asiarch.cli.container    container
     asiarch.cli.analysis     status, leaderboard, show, diff, lineage, report, export (read-only)
     asiarch.cli.check        check, train (one layer file)
+    asiarch.cli.data         data prepare, data verify (token shards)
     asiarch.cli.importers    import-asi-arch, knowledge import
     asiarch.cli.bench        bench overhead | slurm | kill-head | kernels
     asiarch.cli.common       die(), an experiment's config, the experiment check
@@ -40,7 +43,7 @@ from __future__ import annotations
 
 import argparse
 
-from asiarch.cli import analysis, bench, check, container, experiment, importers
+from asiarch.cli import analysis, bench, check, container, data, experiment, importers
 from asiarch.cli.common import die
 from asiarch.cli.experiment import demo_setup
 
@@ -59,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.register(sub, "add")
     analysis.register(sub)
     check.register(sub)
+    data.register(sub)
     importers.register(sub)
     bench.register(sub)
     return p

@@ -1,4 +1,4 @@
-"""Training and evaluation tasks: MQAR and language modelling over a token file.
+"""Training and evaluation tasks: MQAR, and language modelling over a token file or a prepared directory.
 
 Every task exposes ``vocab_size``, ``seq_len``, ``batch(batch_size, generator)`` and
 ``eval_batches(...)``. Nothing here touches global random state: the trainer passes a
@@ -19,6 +19,8 @@ import numpy as np
 import torch
 
 from asiarch.job.contract import atomic_write
+# encode_bytes lives with the manifest (numpy only, for `asiarch data prepare --tokenizer bytes`); re-exported
+from asiarch.job.data import PREPARE_HINT, DataError, encode_bytes, open_shard, read_manifest  # noqa: F401
 
 IGNORE_INDEX = -100
 
@@ -155,11 +157,6 @@ class MQARTask:
 # --------------------------------------------------------------------------- bytes tokenizer
 
 
-def encode_bytes(text: str) -> np.ndarray:
-    """UTF-8 bytes of ``text`` as uint16 tokens (vocabulary 256); needs no download."""
-    return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.uint16)
-
-
 def decode_bytes(tokens) -> str:
     """Inverse of :func:`encode_bytes`; invalid UTF-8 (e.g. a cut character) becomes U+FFFD."""
     arr = np.asarray(tokens)
@@ -220,8 +217,8 @@ class TokenFileTask:
             raise ValueError(f"dtype must be an integer type such as 'uint16' or 'uint32', got {dtype!r}")
         if not self.path.is_file():
             raise FileNotFoundError(
-                f"token file {self.path} does not exist; write one with asiarch.job.tasks.write_token_file "
-                f"or point the task's path at an existing {np_dtype.name} token file"
+                f"token file {self.path} does not exist; point train.token_file at an existing {np_dtype.name} "
+                f"token file (asiarch.job.tasks.write_token_file writes one), or {PREPARE_HINT} and set train.data"
             )
         size = self.path.stat().st_size
         if size % np_dtype.itemsize:
@@ -285,6 +282,84 @@ class TokenFileTask:
         n, B = _check_int("n", n, 0), _check_int("batch_size", batch_size, 1)
         starts = self.eval_starts(n * B)
         return [self._windows(starts[i * B : (i + 1) * B]) for i in range(n)]
+
+
+class PreparedDataTask:
+    """Next-token prediction over a directory written by `asiarch data prepare` (:mod:`asiarch.job.data`).
+
+    Training windows of ``seq_len + 1`` tokens are drawn uniformly from every window start of every
+    train shard (each shard a read-only memmap; a window never spans two shards), from the generator
+    the trainer seeds per rank. The val split is scored in non-overlapping windows (stride
+    ``seq_len``: each val token after a shard's first is a target once), the same windows for any
+    number of ranks: :meth:`eval_shard` gives a rank its part. Documents are separated by the
+    manifest's end-of-text token in the stream, so a window that spans two documents sees it
+    between them. ``vocab_size`` is the manifest's, or the given one when larger (padding, e.g. 50,304
+    for GPT-2's 50,257); a given one that is smaller is refused by the head (asiarch.config).
+    """
+
+    name = "lm"
+
+    def __init__(self, directory: str | os.PathLike, seq_len: int, vocab_size: int = 0):
+        self.directory = Path(directory)
+        self.seq_len = _check_int("seq_len", seq_len, 1)
+        self.manifest = m = read_manifest(self.directory)  # DataError names a missing or truncated shard
+        self.vocab_size = max(m.vocab_size, int(vocab_size or 0))
+        self.eot = m.eot
+        window = self.seq_len + 1
+        train = [s for s in m.splits["train"].shards if s.tokens >= window]
+        if not train:
+            raise DataError(f"{self.directory}: no train shard holds seq_len + 1 = {window} tokens (largest: "
+                            f"{max((s.tokens for s in m.splits['train'].shards), default=0)}); use a shorter "
+                            f"train.seq_len or prepare more text")
+        val = [s for s in m.splits["val"].shards if s.tokens >= window]
+        if not val:
+            raise DataError(f"{self.directory}: its val split ({m.splits['val'].tokens} tokens) holds no window of "
+                            f"seq_len + 1 = {window} tokens; prepare it again with a larger --val-tokens")
+        self._train = [open_shard(self.directory, m, s) for s in train]
+        self._val = [open_shard(self.directory, m, s) for s in val]
+        # window starts: shard k has tokens_k - seq_len of them; _train_ends[k] = starts in shards 0..k
+        self._train_ends = np.cumsum([len(t) - self.seq_len for t in self._train])
+        # val windows in order: shard k holds (tokens_k - 1) // seq_len of them
+        self._val_ends = np.cumsum([(len(t) - 1) // self.seq_len for t in self._val])
+        self.num_eval_windows = int(self._val_ends[-1])
+
+    def __repr__(self) -> str:
+        return (f"PreparedDataTask(directory={str(self.directory)!r}, seq_len={self.seq_len}, "
+                f"vocab_size={self.vocab_size}, tokenizer={self.manifest.tokenizer!r})")
+
+    @staticmethod
+    def _gather(shards, ends, index: np.ndarray, stride: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Windows ``index`` (global numbers; window j of shard k starts at (j - ends[k-1]) * stride)."""
+        which = np.searchsorted(ends, index, side="right")  # (B,) shard of each window
+        offset = index - np.concatenate([[0], ends])[which]
+        rows = [np.asarray(shards[k][o * stride: o * stride + length], dtype=np.int64) for k, o in zip(which, offset)]
+        w = torch.from_numpy(np.stack(rows)) if rows else torch.zeros((0, length), dtype=torch.int64)
+        return w[:, :-1], w[:, 1:]  # inputs, targets: (B, T) each
+
+    def batch(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Random training windows: ``inputs = w[:-1]``, ``targets = w[1:]``, int64 ``[B, seq_len]``."""
+        B = _check_int("batch_size", batch_size, 1)
+        starts = torch.randint(int(self._train_ends[-1]), (B,), generator=generator).numpy()
+        return self._gather(self._train, self._train_ends, starts, 1, self.seq_len + 1)
+
+    def eval_windows(self, count: int) -> np.ndarray:
+        """The global numbers of the first ``count`` val windows (all of them when there are fewer)."""
+        return np.arange(min(_check_int("count", count, 0), self.num_eval_windows))
+
+    def eval_batches(self, n: int, batch_size: int, seed: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The first ``n * batch_size`` val windows in batches (the last may be short); ``seed`` unused."""
+        B = _check_int("batch_size", batch_size, 1)
+        idx = self.eval_windows(_check_int("n", n, 0) * B)
+        return [self._gather(self._val, self._val_ends, idx[i:i + B], self.seq_len, self.seq_len + 1)
+                for i in range(0, len(idx), B)]
+
+    def eval_shard(self, rank: int, world: int, count: int, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Rank ``rank``'s part of the first ``count`` val windows (window j goes to rank j % world), in
+        batches of ``batch_size``: the ranks' parts are disjoint and together every window once."""
+        idx = self.eval_windows(count)[rank::world]
+        B = _check_int("batch_size", batch_size, 1)
+        return [self._gather(self._val, self._val_ends, idx[i:i + B], self.seq_len, self.seq_len + 1)
+                for i in range(0, len(idx), B)]
 
 
 # --------------------------------------------------------------------------- multiple choice (lm-eval style)
