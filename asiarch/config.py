@@ -91,7 +91,8 @@ class TrainConfig:
     # The defaults are a small MQAR run that carries signal on a laptop CPU: vocabulary 64, 4 pairs in 64
     # tokens, 300 steps; there DeltaNet reaches ~0.87 query accuracy and linear attention ~0.26 (measured on
     # a 2-core machine), so the task separates mixers. ASI-Arch's exploration values are in parentheses.
-    task: str = _f("mqar", "Training task: 'mqar' (associative recall, accuracy on queries) or 'lm' (token file).",
+    task: str = _f("mqar", "Training task: 'mqar' (associative recall, accuracy on queries) or 'lm' (next-token "
+                           "prediction over train.data or train.token_file).",
                    choices=("mqar", "lm"))
     hidden_size: int = _f(64, "Model width (ASI-Arch exploration: 256).")
     num_layers: int = _f(2, "Number of blocks (mixer + gated MLP) in the model shell (ASI-Arch exploration: 8).")
@@ -119,11 +120,18 @@ class TrainConfig:
     max_params: int = _f(0, "Refuse candidates whose mixer has more parameters than this (0: no limit).")
     # task parameters
     vocab_size: int = _f(64, "Vocabulary size (MQAR: keys from the lower half, values from the upper half; "
-                                  "LM: at least the largest token + 1, 256 for byte tokens).")
+                                  "LM: at least the largest token + 1, 256 for byte tokens; with train.data the "
+                                  "manifest's, unless set larger).")
     num_kv_pairs: int = _f(4, "MQAR: key-value pairs per sequence (Zoology: 4 at length 64, 64 at 512).")
     token_file: str = _f("", "LM task: path of a token file, a flat array of uint16 token ids (nanoGPT's train.bin "
-                             "format, read as a memmap); asiarch.job.tasks.write_token_file(path, text_or_tokens) "
-                             "writes one from text (byte tokens, vocab_size 256) or an integer array.")
+                             "format, read as a memmap; its last tenth is held out); asiarch.job.tasks."
+                             "write_token_file(path, text_or_tokens) writes one. For real corpora use train.data.")
+    data: str = _f("", "LM task: a directory written by `asiarch data prepare INPUT... --tokenizer gpt2 --out DIR` "
+                       "(token shards, a train and a val split, manifest.json). Its vocabulary sets the model's: "
+                       "train.vocab_size is ignored unless set larger (padding, e.g. 50304 for GPT-2's 50257); "
+                       "set smaller it is an error. Training windows are drawn per rank from the train shards; "
+                       "the val split is evaluated sharded over the ranks (train.eval_batches x batch_size "
+                       "windows at most).")
     lm_eval: list[str] = _f([], "LM task: multiple-choice evaluations after training, as 'NAME=PATH' of a local "
                                 "JSONL file (lines {\"context\", \"choices\", \"label\"}, scored by log-likelihood "
                                 "as lm-eval does); adds NAME/accuracy and NAME/accuracy_norm. Byte tokens only.")
@@ -143,6 +151,9 @@ class ClusterConfig:
                                      "the first go out together (one sbatch, one array); 0 submits each at once.")
     poll_max_interval_s: float = _f(10.0, "Slurm: polls back off to this while no job changes state (each "
                                           "poll is one squeue for all jobs, 2 controller RPCs).")
+    slurm_timeout_s: float = _f(30.0, "Slurm: seconds sinfo, squeue, sacct, sbatch and scancel may take before the "
+                                      "controller counts as not answering (an unanswered squeue is retried and "
+                                      "its jobs keep their last known state; sbatch and sinfo stop the search).")
     gpus_per_node: int = _f(0, "GPUs per job (0 on CPU).")
     nodes: int = _f(1, "Nodes per job.")
     site_profile: str = _f("", "Site profile name or path from slurm/ (partition, gres, modules, scratch).")
@@ -247,6 +258,46 @@ class BudgetConfig:
 
 
 @dataclass
+class WatchdogConfig:
+    # Read by asiarch.search.early_stopping.watchdog_decisions from each running attempt's progress record.
+    enabled: bool = _f(True, "Stop running attempts that are slow, stalled, diverging or implausibly good "
+                             "(never the reference baseline); each stop is recorded with its reason and curve.")
+    stages: list[str] = _f(["explore", "verify"], "Stages the watchdog watches (explore, verify).")
+    warmup_fraction: float = _f(0.1, "Fraction of an attempt's steps before the slow, diverging and implausible "
+                                     "rules look at it (throughput and loss are noisy at first).")
+    min_peers: int = _f(2, "Other attempts at the same stage and settings (running or finished) the slow and "
+                           "peer-implausible rules need before they judge.")
+    slow_fraction: float = _f(1 / 3, "'slow': tokens/s below this fraction of the median of the peers' tokens/s.")
+    stall_s: float = _f(900.0, "'stalled': seconds without a new progress record (or, before the first, since the "
+                               "attempt started running).")
+    diverging_window: int = _f(5, "'diverging': the last this many curve points rise (least-squares slope > 0) ...")
+    diverging_rise: float = _f(0.1, "... and the last one is this fraction above the lowest loss so far.")
+    implausible_floor: float = _f(0.0, "'implausible', LM task: a loss below this cannot be honest (0: use "
+                                       "implausible_fraction of the best loss a finished peer reached). MQAR's own "
+                                       "floor is 0 (every query's value is in its context), so there only the peer "
+                                       "rule applies.")
+    implausible_fraction: float = _f(0.5, "'implausible', LM task without implausible_floor: a loss below this "
+                                          "fraction of the best final loss of the finished peers.")
+    implausible_factor: float = _f(0.25, "'implausible': a loss below this fraction of the lowest loss of every "
+                                         "peer at the same step (min_peers of them) is far too good to be true.")
+
+
+@dataclass
+class EarlyStoppingConfig:
+    # Asynchronous successive halving (Li et al., MLSys 2020; Optuna's SuccessiveHalvingPruner): decided as each
+    # attempt reaches a rung, never by waiting for a cohort. Off by default: a stopped candidate is ranked on a
+    # partial curve, so opt in once `asiarch bench early-stopping DIR` shows the settings keep the best on
+    # curves like yours.
+    enabled: bool = _f(False, "Stop attempts at rungs when their loss is outside the top 1/eta of the attempts "
+                              "that reached the rung (the reference baseline always continues and always counts).")
+    stages: list[str] = _f(["explore"], "Stages early stopping applies to (explore, verify).")
+    eta: float = _f(3.0, "Reduction factor: at each rung the top 1/eta continue (Optuna: reduction_factor).")
+    rungs: list[float] = _f([], "Rungs as fractions of the steps, increasing, each in (0, 1), e.g. [0.111, 0.333] "
+                                "(empty: min_fraction * eta^k for k = 0, 1, ... below 1).")
+    min_fraction: float = _f(1 / 9, "With rungs empty: the first rung as a fraction of the steps.")
+
+
+@dataclass
 class Config:
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
@@ -257,6 +308,8 @@ class Config:
     fitness: FitnessConfig = field(default_factory=FitnessConfig)
     verify: VerifyConfig = field(default_factory=VerifyConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
+    watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
 
     def api_key(self) -> str | None:
         """The LLM API key, read from the environment at the moment it is needed; never stored."""
@@ -278,6 +331,10 @@ SECTION_HELP = {
     "verify": "The verification stage: promoted candidates trained again, bigger, with several seeds, beside the "
               "reference baseline with the same seeds.",
     "budget": "When the search stops.",
+    "watchdog": "Stops running attempts that are slow, stalled, diverging or too good to be true, from their "
+                "progress records.",
+    "early_stopping": "Asynchronous successive halving: attempts stopped at rungs when behind their peers (off "
+                      "by default).",
 }
 
 
@@ -384,6 +441,36 @@ def _validate_lm_eval(key: str, t: TrainConfig) -> None:
             raise ConfigError(f"{key}: {path} is not a file (the multiple-choice datasets must be on local disk)")
 
 
+def _validate_lm_data(t: TrainConfig) -> None:
+    """train.data or train.token_file, one of them; a prepared directory's manifest is read and its shards'
+    sizes checked (cheap: the sha256 are checked by `asiarch check --config`, `asiarch train` and
+    `asiarch data verify`), and its vocabulary held against train.vocab_size."""
+    if t.data and t.token_file:
+        raise ConfigError("train.data and train.token_file are both set; set one (train.data: a prepared directory)")
+    if not t.data and not t.token_file:
+        raise ConfigError("train.task = 'lm' needs train.data: a directory of token shards, written by `asiarch data "
+                          "prepare INPUT... --tokenizer gpt2 --out DIR` (or train.token_file, a flat uint16 array "
+                          "of token ids)")
+    if not t.data:
+        return
+    from asiarch.job.data import DataError, read_manifest  # numpy, no torch
+
+    try:
+        manifest = read_manifest(t.data)
+    except DataError as exc:
+        raise ConfigError(f"train.data: {exc}") from None
+    default = TrainConfig.__dataclass_fields__["vocab_size"].default
+    if t.vocab_size != default and t.vocab_size < manifest.vocab_size:
+        raise ConfigError(f"train.vocab_size = {t.vocab_size} is smaller than the vocabulary of train.data "
+                          f"({manifest.vocab_size}, tokenizer {manifest.tokenizer!r}): the model could not embed "
+                          f"every token. Remove train.vocab_size (the manifest sets it) or set it to at least "
+                          f"{manifest.vocab_size}")
+    for split in ("train", "val"):
+        if max((sh.tokens for sh in manifest.splits[split].shards), default=0) < t.seq_len + 1:
+            raise ConfigError(f"train.data: no {split} shard of {t.data} holds train.seq_len + 1 = {t.seq_len + 1} "
+                              f"tokens; use a shorter seq_len or prepare more text (--val-tokens for val)")
+
+
 def _validate_verify(cfg: Config) -> None:
     v = cfg.verify
     if not v.enabled:
@@ -413,6 +500,7 @@ def validate(cfg: Config) -> Config:
         "cluster.max_in_flight": cfg.cluster.max_in_flight, "train.vocab_size": t.vocab_size,
         "train.seeds": t.seeds, "verify.seeds": cfg.verify.seeds, "verify.top_k": cfg.verify.top_k,
         "search.preflight_workers": s.preflight_workers, "llm.concurrency": cfg.llm.concurrency,
+        "cluster.slurm_timeout_s": cfg.cluster.slurm_timeout_s,
     }
     for key, value in positive.items():
         if value <= 0:
@@ -429,9 +517,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"train.lr must be in (0, 1), got {t.lr}")
     if not 0 <= t.decay_fraction <= 1:
         raise ConfigError(f"train.decay_fraction must be in [0, 1], got {t.decay_fraction}")
-    if t.task == "lm" and not t.token_file:
-        raise ConfigError("train.task = 'lm' needs train.token_file: a flat uint16 array of token ids; "
-                          "asiarch.job.tasks.write_token_file(path, text_or_tokens) writes one from text or tokens")
+    if t.task == "lm":
+        _validate_lm_data(t)
     if t.task == "mqar" and t.seq_len < 4 * t.num_kv_pairs:
         raise ConfigError(f"train.seq_len ({t.seq_len}) must be at least 4 * train.num_kv_pairs ({t.num_kv_pairs})")
     for item in t.mqar_eval:
@@ -445,6 +532,7 @@ def validate(cfg: Config) -> Config:
     if s.proposer in ("llm", "mixed") and not cfg.llm.base_url:
         raise ConfigError(f"search.proposer = {s.proposer!r} needs llm.base_url (an OpenAI-compatible endpoint)")
     _validate_llm(cfg)
+    _validate_stopping(cfg)
     if not cfg.baselines.names:
         raise ConfigError("baselines.names must name at least one baseline (fitness is relative to one)")
     if cfg.baselines.reference not in cfg.baselines.names:
@@ -470,6 +558,33 @@ def validate(cfg: Config) -> Config:
     if not cfg.experiment.name or any(c in cfg.experiment.name for c in "/ \t\n"):
         raise ConfigError(f"experiment.name {cfg.experiment.name!r} must be non-empty with no spaces or '/'")
     return cfg
+
+
+def _validate_stopping(cfg: Config) -> None:
+    w, e = cfg.watchdog, cfg.early_stopping
+    for key, stages in (("watchdog.stages", w.stages), ("early_stopping.stages", e.stages)):
+        for stage in stages:
+            if stage not in ("explore", "verify"):
+                raise ConfigError(f"{key}: {stage!r} is not a stage; stages are 'explore' and 'verify'")
+    if not 0 <= w.warmup_fraction < 1:
+        raise ConfigError(f"watchdog.warmup_fraction must be in [0, 1), got {w.warmup_fraction}")
+    if not 0 < w.slow_fraction < 1:
+        raise ConfigError(f"watchdog.slow_fraction must be in (0, 1), got {w.slow_fraction}")
+    if not 0 < w.implausible_fraction < 1 or not 0 < w.implausible_factor < 1:
+        raise ConfigError("watchdog.implausible_fraction and watchdog.implausible_factor must be in (0, 1), got "
+                          f"{w.implausible_fraction} and {w.implausible_factor}")
+    for key in ("min_peers", "stall_s", "diverging_rise", "implausible_floor"):
+        if getattr(w, key) < 0:
+            raise ConfigError(f"watchdog.{key} must be >= 0, got {getattr(w, key)}")
+    if w.diverging_window < 2:
+        raise ConfigError(f"watchdog.diverging_window must be at least 2 curve points, got {w.diverging_window}")
+    if e.eta <= 1:
+        raise ConfigError(f"early_stopping.eta must be above 1 (3 keeps the top third), got {e.eta}")
+    if not e.rungs and not 0 < e.min_fraction < 1:
+        raise ConfigError(f"early_stopping.min_fraction must be in (0, 1), got {e.min_fraction}")
+    if any(not 0 < r < 1 for r in e.rungs) or any(b <= a for a, b in zip(e.rungs, e.rungs[1:])):
+        raise ConfigError(f"early_stopping.rungs must increase, each a fraction of the steps in (0, 1), "
+                          f"got {e.rungs} (e.g. [0.111, 0.333])")
 
 
 def _validate_llm(cfg: Config) -> None:

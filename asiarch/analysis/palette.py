@@ -14,7 +14,7 @@ _CODES = {"bold": "1", "dim": "2", "red": "31", "green": "32", "yellow": "33", "
 STATUS_STYLE = {"done": ("green",), "ok": ("green",), "failed": ("red",), "diverged": ("red",),
                 "rejected": ("yellow",), "timeout": ("yellow",), "preempted": ("yellow",), "lost": ("yellow",),
                 "cancelled": ("yellow",), "running": ("cyan",), "queued": ("blue",), "submitted": ("blue",),
-                "pending": ("blue",), "checked": ("dim",), "proposed": ("dim",)}
+                "pending": ("blue",), "checked": ("dim",), "proposed": ("dim",), "stopped": ("magenta",)}
 
 
 class Palette:

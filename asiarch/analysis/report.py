@@ -219,11 +219,22 @@ def _context(store: Store, exp: ExperimentDir, rows: list[dict], best: list[Cand
     ]
     if best:
         summary.append(("best", f"#{best[0].id} {best[0].name}, fitness {number(best[0].fitness, '.3f')}"))
+    stopped = [r for r in rows if r["status"] == "stopped"]
+    if stopped:
+        by = {}
+        for r in stopped:
+            where = f"rung {r['rung']}" if r["rung"] else "the watchdog"
+            by[where] = by.get(where, 0) + 1
+        summary.append(("stopped early", f"{len(stopped)} (" + ", ".join(f"{n} at {w}" for w, n in sorted(by.items()))
+                        + "), ranked below every candidate trained to the end"))
     tasks = [k for k in (rows[0] if rows else {}) if "/" in k][:6]
     ranked = [r for r in rows if r["rank"] is not None]
+    n_scored = sum(1 for r in ranked if r["status"] != "stopped")
     shown = ranked[:table_rows] + [r for r in ranked[table_rows:] if r["origin"] == "baseline"]
     table = [{"rank": number(r["rank"], "d"), "id": str(r["id"]), "name": r["name"], "origin": r["origin"],
-              "parent": number(r["parent"], "d"), "fitness": number(r["fitness"], ".3f"),
+              "parent": number(r["parent"], "d"),
+              "fitness": (f"stopped at rung {r['rung']}" if r["rung"] else "stopped") if r["status"] == "stopped"
+              else number(r["fitness"], ".3f"),
               "loss": number(r["loss"], ".4f"), "score": number(r["score"], ".3f"),
               "tasks": [number(r[t], ".3f") for t in tasks],
               "params": number(r["num_params"], ",d"), "tps": number(r["tokens_per_s"], ",.0f"),
@@ -247,7 +258,7 @@ def _context(store: Store, exp: ExperimentDir, rows: list[dict], best: list[Cand
         "summary": summary,
         "tasks": tasks,
         "table": table,
-        "n_ranked": str(len(ranked)),
+        "n_ranked": str(n_scored),
         "details": details,
         "failures": [{"count": str(g["count"]), "status": g["status"], "reason": g["reason"],
                       "example": f"#{g['example_id']}: {g['example'][:200]}"} for g in failures_by_reason(store)[:12]],

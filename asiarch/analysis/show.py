@@ -18,7 +18,8 @@ from asiarch.job.contract import AttemptFiles
 from asiarch.layout import ExperimentDir
 from asiarch.store import Candidate, Store, StoreError, queries
 from asiarch.analysis.format import interval, number, plus_minus
-from asiarch.analysis.views import DEFAULT_STAGE, STAGES, load_reference, relative_to_exp, stage_leaderboard_rows
+from asiarch.analysis.views import (DEFAULT_STAGE, STAGES, load_reference, relative_to_exp,
+                                    stage_leaderboard_rows, stop_info)
 
 
 def _when(ts: float | None) -> str:
@@ -168,7 +169,19 @@ def _stages(store: Store, exp: ExperimentDir, cand: Candidate) -> list[str]:
     return out
 
 
+def _stopped(cand: Candidate) -> list[str]:
+    """Where a candidate stopped early stopped, and why (it ranks below every candidate trained to the end)."""
+    info = stop_info(cand.scores or {})
+    where = (f"at rung {info['rung']}" + (f" of {info['rungs']}" if info.get("rungs") else "")
+             if info.get("rung") else f"by the watchdog ({info.get('reason', '?')})")
+    return [f"stopped    {where}, step {number(info.get('step'), 'd')} of {number(info.get('steps'), 'd')}, "
+            f"training loss there {number(info.get('loss'), '.4f')}; ranked below every candidate trained to the "
+            "end (its checkpoint is kept: it resumes if promoted)"]
+
+
 def _scores(store: Store, cand: Candidate) -> list[str]:
+    if cand.status == "stopped":
+        return _stopped(cand)
     if cand.status != "done":
         return []
     rank = ""

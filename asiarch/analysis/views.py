@@ -30,7 +30,8 @@ STAGES = ("explore", "verify")
 # Columns a leaderboard row always has, in order; task-score columns (one per task metric,
 # e.g. "mqar/accuracy") follow "score".
 _HEAD = ("rank", "id", "name", "origin", "parent", "round", "stage", "status", "fitness", "loss", "score")
-_TAIL = ("num_params", "mixer_params", "tokens_per_s", "attempts", "reason")
+# rung, stopped_step: where a candidate stopped early was stopped (status "stopped"; rung None for the watchdog)
+_TAIL = ("num_params", "mixer_params", "tokens_per_s", "attempts", "rung", "stopped_step", "reason")
 LEADERBOARD_COLUMNS = _HEAD + _TAIL
 
 
@@ -67,21 +68,40 @@ def task_names(score_dicts) -> list[str]:
     return sorted(names)
 
 
+def stop_info(scores: dict) -> dict:
+    """Where a candidate stopped early was stopped (``scores["stopped"]``, written by the ingest): reason,
+    rung (None for the watchdog), rungs, step, steps, loss (training loss there), message; {} otherwise."""
+    info = scores.get("stopped")
+    return info if isinstance(info, dict) else {}
+
+
+def _stopped_key(c: dict) -> tuple:
+    """Stopped candidates among themselves: a later rung first (the watchdog's, without one, last), then
+    the lower loss there, then older."""
+    info = stop_info(c["scores"])
+    rung, loss = info.get("rung"), info.get("loss")
+    return (-(rung or 0), loss if isinstance(loss, (int, float)) else math.inf, c["id"])
+
+
 def ranked_order(table: list[dict]) -> list[dict]:
-    """Scored candidates best first (fitness desc, then loss asc, then id), then the rest by id,
-    the same order as ``Store.ranked``."""
+    """Scored candidates best first (fitness desc, then loss asc, then id), then the candidates stopped
+    early (below every one trained to the end: :func:`_stopped_key`), then the rest by id; the same order
+    as ``Store.ranked(include_stopped=True)``."""
     scored = [c for c in table if c["status"] == "done" and c["fitness"] is not None]
     scored.sort(key=lambda c: (-c["fitness"], c["loss"] if c["loss"] is not None else math.inf, c["id"]))
-    ids = {c["id"] for c in scored}
-    return scored + [c for c in table if c["id"] not in ids]
+    stopped = sorted((c for c in table if c["status"] == "stopped"), key=_stopped_key)
+    ids = {c["id"] for c in scored + stopped}
+    return scored + stopped + [c for c in table if c["id"] not in ids]
 
 
 def leaderboard_rows(store: Store, *, stage: str | None = None) -> list[dict]:
     """Every candidate, scored ones first (best fitness first), then the rest by id.
 
-    Keys: rank (None when unscored), id, name, origin, parent, round, stage, status, fitness,
-    loss, score, one key per task metric (e.g. ``mqar/accuracy``), num_params, mixer_params,
-    tokens_per_s, attempts, reason. The figures are the candidates' own (exploration seed means);
+    Keys: rank (None when unscored; candidates stopped early are ranked below every scored one), id,
+    name, origin, parent, round, stage, status, fitness, loss, score, one key per task metric (e.g.
+    ``mqar/accuracy``), num_params, mixer_params, tokens_per_s, attempts, rung and stopped_step (where
+    a stopped candidate stopped; None otherwise), reason. The figures are the candidates' own
+    (exploration seed means);
     ``stage = 'verify'`` keeps only the candidates with verification results (their figures in that
     stage are :func:`stage_leaderboard_rows`').
     """
@@ -95,8 +115,9 @@ def leaderboard_rows(store: Store, *, stage: str | None = None) -> list[dict]:
     rows = []
     rank = 0
     for c in ranked_order(table):
-        scored = c["status"] == "done" and c["fitness"] is not None
+        scored = (c["status"] == "done" and c["fitness"] is not None) or c["status"] == "stopped"
         rank += scored
+        stop = stop_info(c["scores"]) if c["status"] == "stopped" else {}
         scores = c["scores"]
         metrics = scores.get("metrics") or {}
         row = {"rank": rank if scored else None, "id": c["id"], "name": c["name"], "origin": c["origin"],
@@ -105,7 +126,7 @@ def leaderboard_rows(store: Store, *, stage: str | None = None) -> list[dict]:
         row.update({t: _num(metrics.get(t)) for t in tasks})
         row.update({"num_params": c["num_params"], "mixer_params": scores.get("mixer_params"),
                     "tokens_per_s": _num(scores.get("tokens_per_s")), "attempts": attempts.get(c["id"], 0),
-                    "reason": c["reason"]})
+                    "rung": stop.get("rung"), "stopped_step": stop.get("step"), "reason": c["reason"]})
         rows.append(row)
     return rows
 
@@ -144,7 +165,8 @@ def render_leaderboard(rows: list[dict], fmt: str = "table", limit: int | None =
             f"{number(r['fitness'], '.3f'):>7} {number(r['loss'], '.4f'):>7} {number(r['score'], '.3f'):>6} "
             + "".join(f"{number(r[t], '.3f'):>9} " for t in tasks)
             + f"{number(r['num_params'], ',d'):>9} {number(r['tokens_per_s'], ',.0f'):>8}"
-            + (f"  {palette.paint(reason, 'dim')}" if r["status"] in ("failed", "rejected") and reason else ""))
+            + (f"  {palette.paint(reason, 'dim')}" if r["status"] in ("failed", "rejected", "stopped") and reason
+               else ""))
     return "\n".join(lines)
 
 

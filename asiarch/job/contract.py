@@ -144,6 +144,9 @@ class AttemptFiles:
     JOB_EXIT = "job-exit.json"
     #: written by a head that gives the attempt up: a job of it that starts later exits untrained
     ABANDONED = "abandoned"
+    #: written by the head to stop a running job (early stopping, the watchdog): {"reason", "rung", ...};
+    #: the trainer reads it each step, checkpoints, writes its result as 'stopped' and removes it
+    STOP = "stop.json"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "dir", Path(self.dir))
@@ -180,6 +183,39 @@ class AttemptFiles:
     def abandoned(self) -> Path:
         return self.dir / self.ABANDONED
 
+    @property
+    def stop(self) -> Path:
+        return self.dir / self.STOP
+
+
+def request_stop(files: AttemptFiles, *, reason: str, rung: int | None = None, step: int | None = None,
+                 message: str = "") -> None:
+    """Ask the attempt's running job to stop (the head's side): write its control file ``stop.json``
+    atomically. The trainer sees it at the end of its next step, checkpoints, and writes its result
+    with status 'stopped' and this request (``env["stop"]``); a job that has not started yet stops
+    after its first step. ``reason``: why (asiarch.search.early_stopping.STOP_REASONS); ``rung``: the
+    early-stopping rung (1-based) when a rung decided it; ``step``: the step the decision looked at."""
+    atomic_write(files.stop, json.dumps({"reason": reason, "rung": rung, "step": step, "message": message}))
+
+
+def read_stop_request(path: str | Path) -> dict | None:
+    """The stop request at ``path`` (:func:`request_stop`), or None when there is none. A file that is
+    there but unreadable or not a JSON object still asks to stop: ``{"reason": "requested", ...}``."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return {"reason": "requested", "rung": None, "step": None, "message": f"unreadable stop request: {exc}"}
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        return {"reason": "requested", "rung": None, "step": None, "message": "a stop request that is not JSON"}
+    return {"reason": str(data.get("reason") or "requested"), "rung": data.get("rung"), "step": data.get("step"),
+            "message": str(data.get("message") or "")}
+
 
 # --------------------------------------------------------------------------- the job spec
 
@@ -193,7 +229,7 @@ class JobSpecError(ValueError):
 #: them with their defaults and meaning; the head writes every field of it). A spec without one is
 #: refused before training starts, instead of a KeyError after the model was built.
 TRAIN_KEYS = (
-    "task", "seed", "steps", "batch_size", "seq_len", "vocab_size", "num_kv_pairs", "token_file",
+    "task", "seed", "steps", "batch_size", "seq_len", "vocab_size", "num_kv_pairs", "token_file", "data",
     "hidden_size", "num_layers", "num_heads", "mlp_ratio",
     "lr", "weight_decay", "warmup_steps", "decay_fraction", "grad_clip", "precision",
     "log_every", "divergence_factor", "eval_batches", "lm_eval", "mqar_eval", "threads_per_rank",

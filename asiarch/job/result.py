@@ -41,7 +41,9 @@ from asiarch.job.contract import AttemptFiles, atomic_path, atomic_write
 
 SCHEMA_VERSION = 1
 # leak: the in-job probe saw the layer read future tokens (asiarch.job.probe); the candidate is refused
-STATUSES = ("ok", "failed", "timeout", "preempted", "diverged", "leak")
+# stopped: the head asked the job to stop (early stopping at a rung, or the watchdog; the request is in
+# env["stop"]: reason, rung, step, message, stopped_at); its checkpoint is kept so that it can be resumed
+STATUSES = ("ok", "failed", "timeout", "preempted", "diverged", "leak", "stopped")
 
 # Root attribute "asiarch_result" holds this value; any other HDF5 file is not ours.
 MARKER = "asiarch-result"

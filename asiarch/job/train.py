@@ -31,13 +31,13 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from asiarch.job import result as rf
 from asiarch.job.candidate import load_layer_file
-from asiarch.job.contract import JobSpec, JobSpecError, atomic_path
+from asiarch.job.contract import AttemptFiles, JobSpec, JobSpecError, atomic_path, read_stop_request
 from asiarch.job.model import LanguageModel
 # The figures are computed with functions captured here, before the candidate's module executes
 # (it could reassign F.cross_entropy or torch.Tensor.item); see asiarch.job.trusted.
 from asiarch.job import trusted
 from asiarch.job.probe import Leak, LeakProbe
-from asiarch.job.tasks import load_choice_task, make_task
+from asiarch.job.tasks import PreparedDataTask, load_choice_task, make_task
 
 
 class Diverged(Exception):
@@ -46,6 +46,15 @@ class Diverged(Exception):
 
 class Interrupted(Exception):
     """The scheduler asked the job to stop (SIGTERM/SIGUSR1: preemption or time limit)."""
+
+
+class Stopped(Exception):
+    """The head asked the job to stop (its control file, AttemptFiles.STOP: early stopping or the watchdog)."""
+
+    def __init__(self, request: dict, steps_done: int):
+        self.request = {**request, "stopped_at": steps_done}
+        why = request.get("message") or request.get("reason")
+        super().__init__(f"stopped by the head at step {steps_done}: {why}")
 
 
 @dataclass
@@ -130,7 +139,24 @@ def build_task(cfg: dict):
     if cfg["task"] == "mqar":
         return make_task("mqar", vocab_size=cfg["vocab_size"], seq_len=cfg["seq_len"],
                          num_kv_pairs=cfg["num_kv_pairs"])
+    if cfg["data"]:  # a directory of `asiarch data prepare`: its manifest sets the vocabulary
+        return PreparedDataTask(cfg["data"], cfg["seq_len"], vocab_size=cfg["vocab_size"])
     return make_task("lm", path=cfg["token_file"], seq_len=cfg["seq_len"])
+
+
+def _eval_sharded(model, task: PreparedDataTask, count: int, per_rank: int, d: Dist, autocast) -> float:
+    """Mean loss per token over the first ``count`` val windows of a prepared directory: each rank scores
+    its part (``task.eval_shard``), and the sums of loss and of scored tokens are all-reduced, so the
+    figure is the same for any number of ranks."""
+    total = scored = 0.0
+    with torch.no_grad(), autocast():
+        for inputs, targets in task.eval_shard(d.rank, d.world, count, per_rank):
+            inputs, targets = inputs.to(d.device), targets.to(d.device)
+            n = targets.numel()  # every LM target is scored
+            total += trusted.item(trusted.cross_entropy(model(inputs), targets)) * n
+            scored += n
+    total, scored = all_reduce_sum([total, scored], d)
+    return total / scored
 
 
 def _eval_task(model, task, n_batches, per_rank, d: Dist, autocast, mqar: bool) -> tuple[float, float | None]:
@@ -174,7 +200,10 @@ def evaluate(model: torch.nn.Module, task, cfg: dict, d: Dist, autocast) -> dict
     model.eval()
     per_rank = max(1, cfg["batch_size"] // d.world)
     mqar = cfg["task"] == "mqar"
-    loss, acc = _eval_task(model, task, cfg["eval_batches"], per_rank, d, autocast, mqar)
+    if isinstance(task, PreparedDataTask):  # the val split, sharded over the ranks
+        loss, acc = _eval_sharded(model, task, cfg["eval_batches"] * cfg["batch_size"], per_rank, d, autocast), None
+    else:
+        loss, acc = _eval_task(model, task, cfg["eval_batches"], per_rank, d, autocast, mqar)
     metrics = {"eval/loss": loss}
     if acc is not None:
         metrics["mqar/accuracy"] = acc
@@ -208,6 +237,11 @@ def train(spec: JobSpec, d: Dist, record: rf.ResultRecord, stop: dict) -> None:
                           mlp_ratio=cfg["mlp_ratio"]).to(d.device)
     record.num_params = sum(p.numel() for p in model.parameters())
     record.env["mixer_params"] = model.mixer_parameters()
+    if isinstance(task, PreparedDataTask):
+        m = task.manifest
+        record.env["data"] = {"tokenizer": m.tokenizer, "vocab_size": m.vocab_size, "eot": m.eot,
+                              "train_tokens": m.splits["train"].tokens, "val_tokens": m.splits["val"].tokens,
+                              "eval_windows": min(task.num_eval_windows, cfg["eval_batches"] * cfg["batch_size"])}
     ddp = DDP(model, find_unused_parameters=False) if d.world > 1 else model
     opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"],
                             betas=(0.9, 0.95))
@@ -224,6 +258,7 @@ def train(spec: JobSpec, d: Dist, record: rf.ResultRecord, stop: dict) -> None:
     per_rank = cfg["batch_size"] // d.world
     tokens_per_step = per_rank * cfg["seq_len"] * d.world
     progress_path = spec.progress_path
+    stop_path = AttemptFiles(Path(spec.result_path).parent).stop
     t0 = time.time()
     t_measure, step_measure = None, 0  # throughput excludes the first step (allocation, warm-up)
     first_loss, last_progress = None, 0.0
@@ -247,7 +282,21 @@ def train(spec: JobSpec, d: Dist, record: rf.ResultRecord, stop: dict) -> None:
         # One collective per step carries the loss and any stop request, so every rank sees the same
         # mean loss and stop flag and all take the same decision at the same step (no rank left
         # waiting in a collective its peers abandoned).
-        loss_value, stopping = all_reduce_sum([float(trusted.item(loss)) / d.world, 1.0 if stop["signal"] else 0.0], d)
+        # The head's stop request (its control file) is read by rank 0 alone and travels in the same
+        # collective, so that both ranks stop after the same step.
+        request = read_stop_request(stop_path) if d.main else None
+        loss_value, stopping, requested = all_reduce_sum(
+            [float(trusted.item(loss)) / d.world, 1.0 if stop["signal"] else 0.0, 1.0 if request else 0.0], d)
+        if requested:
+            # the partial curve reaches the step it stopped at: the mean since the last logged point
+            record.curve.append(step + 1, (step + 1) * tokens_per_step, (sum(recent) + loss_value) / (len(recent) + 1),
+                                lr, time.time() - t0)
+            record.steps_done = step + 1
+            record.final_loss = record.curve.loss[-1] if record.curve.loss else loss_value
+            if t_measure and step > start:
+                record.tokens_per_s = tokens_per_step * (step - start) / (time.time() - t_measure)
+            save_checkpoint(spec, model, opt, record, step + 1, d)
+            raise Stopped(request or {}, step + 1)
         if stopping:
             save_checkpoint(spec, model, opt, record, step + 1, d)
             raise Interrupted(f"received {stop['signal'] or 'a stop signal on a peer rank'} at step {step + 1}")
@@ -348,6 +397,11 @@ def run(spec_path: str) -> int:
         record.env["leak_probe"] = exc.figures["probes"]
     except Diverged as exc:
         record.status, record.error = "diverged", str(exc)
+    except Stopped as exc:  # the head's request: checkpoint kept, so that a promoted attempt can resume
+        record.status, record.error = "stopped", str(exc)
+        if d.main:
+            record.env["stop"] = exc.request
+            AttemptFiles(Path(spec.result_path).parent).stop.unlink(missing_ok=True)  # acted on
     except Interrupted as exc:
         timeout = stop["signal"] in ("SIGHUP", "SIGUSR1", "SIGUSR2")
         record.status, record.error = ("timeout" if timeout else "preempted"), str(exc)

@@ -34,7 +34,9 @@ class Outcome:
     candidate_status: str       # 'done' or 'failed' -- 'queued' when another attempt follows, 'partial' when
                                 # other seeds of the stage are still to come, 'verify' for a verification
                                 # seed, 'stale' for a result of code that has since been repaired,
-                                # 'rejected' when the job's leak probe refused it (already set in the store)
+                                # 'rejected' when the job's leak probe refused it (already set in the store),
+                                # 'stopped' when the head stopped it early (a rung or the watchdog; set in
+                                # the store, with scores["stopped"]; its checkpoint is kept for a promotion)
     retry: bool = False         # infrastructure failure: try again with the same code
     error: str = ""             # what went wrong, for the Engineer and the store
     # what the attempt showed, for its console line (asiarch.search.messages.outcome_line)
@@ -90,7 +92,8 @@ def ingest_attempt(store: Store, exp: ExperimentDir, cfg: Config, attempt: Attem
     shown = dict(candidate_id=cand.id, name=cand.name, stage=attempt.stage, seed=attempt.seed,
                  seeds=stage_seeds(cfg, attempt.stage))
     # a result of code that has since been repaired, or of a candidate already settled: kept, not acted on
-    stale = attempt.code_sha256 != cand.code_sha256 or (attempt.stage == "explore" and cand.status in ("done", "failed"))
+    stale = attempt.code_sha256 != cand.code_sha256 or (attempt.stage == "explore" and
+                                                        cand.status in ("done", "failed", "stopped"))
     try:
         rec = rf.read_result(paths.result)
     except rf.ResultFileError as exc:
@@ -118,6 +121,8 @@ def ingest_attempt(store: Store, exp: ExperimentDir, cfg: Config, attempt: Attem
     shown["has_result"] = True
     if stale:
         return Outcome(rec.status, "stale", **shown)
+    if rec.status == "stopped":
+        return record_stopped(store, cand, attempt, rec, shown)
     if rec.status != "ok":
         retry = rec.status in ("timeout", "preempted")
         error = f"{rec.status}: {rec.error}" + (("\n" + rec.traceback) if rec.traceback else "")
@@ -142,6 +147,8 @@ def ingest_attempt(store: Store, exp: ExperimentDir, cfg: Config, attempt: Attem
     # keep what the candidate brought (e.g. ASI-Arch's reported results under "asi_arch")
     scores = {**cand.scores, "metrics": metrics, "seeds": len(runs), "tokens_per_s": rec.tokens_per_s,
               "peak_memory_bytes": rec.peak_memory_bytes, "mixer_params": rec.env.get("mixer_params")}
+    if "stopped" in scores:  # stopped early once, then promoted and trained to the end
+        scores["promoted_from"] = scores.pop("stopped")
     store.set_scores(cand.id, fitness=None, loss=loss, score=bench, scores=scores,
                      num_params=rec.num_params, status="done")
     ref = reference_for(store, cfg)
@@ -150,6 +157,32 @@ def ingest_attempt(store: Store, exp: ExperimentDir, cfg: Config, attempt: Attem
     cand = store.candidate(cand.id)
     write_analysis(store, cand)
     return Outcome("ok", "done", loss=cand.loss, acc=bench, fitness=cand.fitness, averaged=len(runs), **shown)
+
+
+def record_stopped(store: Store, cand: Candidate, attempt: Attempt, rec: rf.ResultRecord, shown: dict) -> Outcome:
+    """A job the head stopped early (asiarch.search.early_stopping; the request is the result's
+    ``env["stop"]``). In exploration the candidate ends 'stopped', with no fitness: it ranks below every
+    candidate trained to the end (Store.ranked, the leaderboard), and ``scores["stopped"]`` says where
+    (reason, rung, step, steps, training loss there); its checkpoint is kept so that a promotion can
+    resume it. A verification seed stopped leaves its candidate as it is."""
+    request = rec.env.get("stop") or {}
+    steps = int(rec.config.get("steps") or 0) or None
+    loss = rec.curve.loss[-1] if rec.curve.loss else rec.final_loss
+    info = {"reason": request.get("reason") or "requested", "rung": request.get("rung"), "step": rec.steps_done,
+            "steps": steps, "loss": loss if loss is not None and math.isfinite(loss) else None,
+            "message": request.get("message") or rec.error, "attempt": attempt.n}
+    where = f"rung {info['rung']}" if info["rung"] else info["reason"]
+    reason = f"stopped ({where}) at step {rec.steps_done}" + (f" of {steps}" if steps else "") + \
+        (f": {request['message']}" if request.get("message") else "")
+    shown.update(tokens_per_s=rec.tokens_per_s, loss=info["loss"])
+    if attempt.stage != "explore":
+        return Outcome("stopped", "verify", error=reason, message=reason, **shown)
+    scores = {**cand.scores, "stopped": info, "tokens_per_s": rec.tokens_per_s,
+              "peak_memory_bytes": rec.peak_memory_bytes, "mixer_params": rec.env.get("mixer_params")}
+    store.set_scores(cand.id, fitness=None, loss=None, score=None, scores=scores, num_params=rec.num_params,
+                     status="stopped", reason=reason[:500])
+    store.log_event("stopped", f"attempt {attempt.n}: {reason}"[:1000], cand.id, attempt.id)
+    return Outcome("stopped", "stopped", error=reason, message=reason, **shown)
 
 
 def mean_metrics(runs: list[dict]) -> dict[str, float]:

@@ -152,6 +152,17 @@ def results_by_finish(store: Store) -> list[tuple]:
         " ORDER BY COALESCE(a.finished_at, a.submitted_at, 0), a.id").fetchall()]
 
 
+def finished_explore_results(store: Store) -> list[dict]:
+    """The exploration results trained to the end (status ok), in the order their attempts were submitted:
+    dicts with candidate_id, name, origin, seed, attempt_id, result_path, eval_loss and device_s (what the
+    attempt used), for replaying their curves (asiarch.tools.early_stopping)."""
+    return [dict(r) for r in store.conn.execute(
+        "SELECT r.candidate_id, c.name, c.origin, a.seed, a.id AS attempt_id, r.result_path, r.eval_loss,"
+        f" {DEVICE_SECONDS} AS device_s FROM results r JOIN attempts a ON a.id = r.attempt_id"
+        " JOIN candidates c ON c.id = r.candidate_id WHERE r.status = 'ok' AND a.stage = 'explore'"
+        " ORDER BY COALESCE(a.submitted_at, a.finished_at, 0), a.id").fetchall()]
+
+
 def arm_attempts(store: Store) -> list[tuple]:
     """(origin, candidate id, fitness, finished_at, device-seconds) of every finished exploration
     attempt of a proposed candidate (origin 'llm' or 'offline'), in the order they finished."""

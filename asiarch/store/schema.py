@@ -19,10 +19,11 @@ SCHEMA_VERSION = 1
 
 # Candidate life cycle: proposed -> checked -> queued -> running -> done
 #                                 \-> rejected (pre-flight,      \-> failed (after max attempts)
-#                                               or a job's leak probe)
-CANDIDATE_STATUSES = ("proposed", "checked", "rejected", "queued", "running", "done", "failed")
+#                                               or a job's leak probe) \-> stopped (early stopping at a rung, or
+#                                                                         the watchdog; queued again when promoted)
+CANDIDATE_STATUSES = ("proposed", "checked", "rejected", "queued", "running", "done", "failed", "stopped")
 ATTEMPT_STATUSES = ("pending", "submitted", "running", "ok", "failed", "timeout", "preempted", "diverged",
-                    "leak", "cancelled", "lost")  # leak: the job's probe refused the candidate
+                    "leak", "cancelled", "lost", "stopped")  # leak: the job's probe refused the candidate
 
 
 class StoreError(RuntimeError):

@@ -172,9 +172,11 @@ class Store:
 
     def candidate_events(self, cid: int) -> list[dict]:
         """What happened to a candidate besides its attempts (ts, kind, message), oldest first: the
-        Engineer's repairs, promotion to verification, re-attachment by a restarted head, failed seeds."""
+        Engineer's repairs, promotion to verification, re-attachment by a restarted head, failed seeds,
+        early stops."""
         rows = self.conn.execute("SELECT ts, kind, message FROM events WHERE candidate_id = ? AND kind IN"
-                                 " ('repaired', 'promoted', 'adopted', 'seed-failed') ORDER BY id", (cid,))
+                                 " ('repaired', 'promoted', 'adopted', 'seed-failed', 'stopped') ORDER BY id",
+                                 (cid,))
         return [dict(r) for r in rows]
 
     def events(self, limit: int = 20) -> list[dict]:
@@ -249,12 +251,19 @@ class Store:
             sql += " WHERE " + " AND ".join(where)
         return [Candidate.from_row(r) for r in self.conn.execute(sql + " ORDER BY id", args)]
 
-    def ranked(self, limit: int | None = None, *, include_baselines: bool = True) -> list[Candidate]:
-        """Scored candidates, best fitness first (ties: lower loss, then older)."""
-        sql = "SELECT * FROM candidates WHERE status = 'done' AND fitness IS NOT NULL"
+    def ranked(self, limit: int | None = None, *, include_baselines: bool = True,
+               include_stopped: bool = False) -> list[Candidate]:
+        """Scored candidates, best fitness first (ties: lower loss, then older). With ``include_stopped``,
+        the candidates stopped early follow, below every one trained to the end: the later their rung the
+        higher (watchdog stops, without a rung, last), then by their loss there (``scores["stopped"]``)."""
+        sql = "SELECT * FROM candidates WHERE (status = 'done' AND fitness IS NOT NULL)"
+        if include_stopped:
+            sql += " OR status = 'stopped'"
+        sql = f"SELECT * FROM ({sql})"
         if not include_baselines:
-            sql += " AND origin != 'baseline'"
-        sql += " ORDER BY fitness DESC, loss ASC, id ASC"
+            sql += " WHERE origin != 'baseline'"
+        sql += (" ORDER BY status = 'stopped', fitness DESC, json_extract(scores, '$.stopped.rung') DESC,"
+                " json_extract(scores, '$.stopped.loss') ASC, loss ASC, id ASC")
         if limit:
             sql += f" LIMIT {int(limit)}"
         return [Candidate.from_row(r) for r in self.conn.execute(sql)]
@@ -432,6 +441,14 @@ class Store:
         where it accounted the attempt, else the result's wall seconds x world size."""
         row = self.conn.execute(
             f"SELECT SUM({DEVICE_SECONDS}) FROM attempts a LEFT JOIN results r ON r.attempt_id = a.id").fetchone()
+        return float(row[0] or 0.0)
+
+    def mean_attempt_compute(self) -> float:
+        """Device-seconds of an ended attempt, on average (0 before any): what the steady pipeline
+        expects each attempt in flight to use, for budget.gpu_hours."""
+        row = self.conn.execute(
+            f"SELECT AVG({DEVICE_SECONDS}) FROM attempts a LEFT JOIN results r ON r.attempt_id = a.id "
+            f"WHERE a.finished_at IS NOT NULL AND {DEVICE_SECONDS} > 0").fetchone()
         return float(row[0] or 0.0)
 
     # ----------------------------------------------------------------- LLM calls (asiarch.propose.llm)

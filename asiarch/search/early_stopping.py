@@ -1,0 +1,462 @@
+"""Early stopping: the watchdog's rules and asynchronous successive halving (ASHA), as pure functions.
+
+Nothing here reads a file, touches the store or prints: the caller (the poller) reads every running
+attempt's progress record once per poll, turns each into a :class:`Snapshot`, groups them with the
+finished and stopped attempts at the same stage and settings (:func:`settings_key`), and asks
+:func:`decide` what to do; the answer is a :class:`Decision` per attempt judged. A stop is carried
+out by writing the attempt's control file (:func:`asiarch.job.contract.request_stop`).
+
+**Watchdog** (``[watchdog]``), for a running attempt:
+
+- ``stalled``: no progress record for ``stall_s`` seconds (before the first, since it started running);
+- after ``warmup_fraction`` of its steps:
+  ``diverging``: the last ``diverging_window`` curve points rise (least-squares slope > 0) and the last is
+  ``diverging_rise`` above the lowest loss so far, or the loss is not finite;
+  ``implausible``: the loss is below the task's floor (:func:`task_floor`), or below
+  ``implausible_factor`` times the lowest loss of every peer at the same step (``min_peers`` of them);
+  ``slow``: tokens/s below ``slow_fraction`` of the median of its peers' (``min_peers`` of them).
+
+**ASHA** (``[early_stopping]``; Li et al., "A System for Massively Parallel Hyperparameter Tuning",
+MLSys 2020; the rule of Optuna's ``SuccessiveHalvingPruner``): rungs at fractions of the steps
+(:func:`rung_steps`). When an attempt reaches a rung its loss there (:func:`loss_at`) is compared with
+the losses there of every attempt of the group that has reached it so far, itself and the reference
+included; it continues when it is within the best ``n // eta`` of those ``n`` (the best one when
+``n < eta``, as Optuna does), else it stops at that rung. Nobody waits for a cohort. As more attempts
+reach a rung, an attempt stopped there may come within the best ``n // eta``: :func:`promotions` names
+those, to be resumed from their checkpoints.
+
+The reference baseline is never stopped, by either rule. Rungs are numbered from 1.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import dataclass, field, replace
+from typing import Hashable, Iterable, Mapping, Sequence
+
+#: Why an attempt was stopped: at an ASHA rung, or by one of the watchdog's rules.
+STOP_REASONS = ("rung", "slow", "stalled", "diverging", "implausible")
+WATCHDOG_REASONS = STOP_REASONS[1:]
+
+
+# ---------------------------------------------------------------------------------- inputs and outputs
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What the head knows of one attempt at one poll.
+
+    ``curve`` holds the logged (step, loss) points so far, steps increasing (the progress record's
+    ``curve``, or a result file's /curve). A finished attempt (trained to the end) and a stopped one
+    are peers, never judged; pass ``stopped_rung`` for one ASHA stopped (so that :func:`promotions`
+    can reconsider it). The caller keeps ``rungs_passed`` between polls: the rungs this attempt was
+    already judged at and continued past (:attr:`Decision.rungs_passed` gives the new count).
+    """
+
+    key: Hashable                                  # the caller's id of the attempt
+    steps: int                                     # steps the attempt trains for
+    curve: tuple[tuple[int, float], ...] = ()
+    tokens_per_s: float | None = None              # training throughput, all ranks together
+    updated_at: float | None = None                # unix time of the latest progress record
+    started_at: float | None = None                # unix time the attempt started running
+    finished: bool = False                         # trained to the end
+    stopped: bool = False                          # stopped (by a rung or the watchdog)
+    stopped_rung: int | None = None                # the ASHA rung it was stopped at (1-based)
+    reference: bool = False                        # the reference baseline: never stopped
+    rungs_passed: int = 0
+
+    @property
+    def step(self) -> int:
+        """The last logged step (0 before the first point)."""
+        return self.curve[-1][0] if self.curve else 0
+
+    @property
+    def running(self) -> bool:
+        return not self.finished and not self.stopped
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What to do with one running attempt: continue, or stop with a reason and a sentence saying why.
+
+    ``rung`` is the ASHA rung the decision was taken at (1-based; None for the watchdog's), ``step``
+    the step it looked at, ``rungs_passed`` the count the caller keeps for the next poll."""
+
+    key: Hashable
+    stop: bool = False
+    reason: str = ""                               # one of STOP_REASONS when stopping, else ""
+    message: str = ""
+    rung: int | None = None
+    step: int | None = None
+    rungs_passed: int = 0
+
+    def request(self) -> dict:
+        """The stop request for the attempt's control file (asiarch.job.contract.request_stop)."""
+        return {"reason": self.reason, "rung": self.rung, "step": self.step, "message": self.message}
+
+
+def settings_key(train: Mapping) -> str:
+    """Which attempts are peers: those whose resolved [train] settings are equal except for the seed
+    (throughput and loss curves compare only between runs of the same size, length and task)."""
+    return json.dumps({k: v for k, v in train.items() if k != "seed"}, sort_keys=True, default=str)
+
+
+def snapshot_from_progress(key: Hashable, progress: Mapping | None, *, steps: int, started_at: float | None = None,
+                           reference: bool = False, rungs_passed: int = 0) -> Snapshot:
+    """A running attempt's snapshot from its progress record (asiarch.job.result.read_progress: step,
+    tokens_per_s, updated_at, curve as [[step, loss], ...]); None (no record yet) gives an empty one."""
+    progress = progress or {}
+    curve = tuple((int(s), float(l)) for s, l in (progress.get("curve") or ()))
+    tps = progress.get("tokens_per_s")
+    return Snapshot(key=key, steps=int(progress.get("steps") or steps), curve=curve,
+                    tokens_per_s=float(tps) if isinstance(tps, (int, float)) else None,
+                    updated_at=progress.get("updated_at"), started_at=started_at, reference=reference,
+                    rungs_passed=rungs_passed)
+
+
+def snapshot_from_result(key: Hashable, record, *, reference: bool = False,
+                         stopped_rung: int | None = None) -> Snapshot:
+    """A finished or stopped attempt's snapshot from its result record (asiarch.job.result.ResultRecord):
+    its curve, throughput and steps; stopped when its status is 'stopped'."""
+    stopped = record.status == "stopped"
+    if stopped and stopped_rung is None:
+        stopped_rung = (record.env.get("stop") or {}).get("rung")
+    return Snapshot(key=key, steps=int(record.config.get("steps") or record.steps_done or 0),
+                    curve=tuple(zip((int(s) for s in record.curve.step), (float(l) for l in record.curve.loss))),
+                    tokens_per_s=record.tokens_per_s, finished=not stopped, stopped=stopped,
+                    stopped_rung=stopped_rung, reference=reference)
+
+
+# ---------------------------------------------------------------------------------- rungs and the ASHA rule
+
+
+def rung_fractions(cfg) -> list[float]:
+    """The rungs of ``[early_stopping]`` as fractions of the steps: ``rungs``, or min_fraction * eta^k < 1."""
+    if cfg.rungs:
+        return list(cfg.rungs)
+    out, f = [], cfg.min_fraction
+    while f < 1 - 1e-9:
+        out.append(f)
+        f *= cfg.eta
+    return out
+
+
+def rung_steps(cfg, steps: int) -> list[int]:
+    """The step of each rung for an attempt of ``steps`` steps (rounded; at least 1, below ``steps``,
+    distinct)."""
+    out: list[int] = []
+    for f in rung_fractions(cfg):
+        s = max(1, round(f * steps))
+        if s < steps and (not out or s > out[-1]):
+            out.append(s)
+    return out
+
+
+def loss_at(curve: Sequence[tuple[int, float]], step: int) -> float | None:
+    """The loss of ``curve`` at ``step``: linear between the logged points around it, the first point's
+    value before it (a logged point is the mean loss of the steps up to it); None when the curve has not
+    reached ``step``. A non-finite value is returned as infinity (the worst)."""
+    if not curve or curve[-1][0] < step:
+        return None
+    prev = None
+    for s, l in curve:
+        if s >= step:
+            if prev is None or s == step:
+                value = l
+            else:
+                (s0, l0) = prev
+                value = l0 + (l - l0) * (step - s0) / (s - s0)
+            return value if math.isfinite(value) else math.inf
+        prev = (s, l)
+    return None  # unreachable: the last point is at or past step
+
+
+def promotable(value: float, competitors: Sequence[float], eta: float) -> bool:
+    """Optuna's SuccessiveHalvingPruner rule: ``value`` (one of ``competitors``, the losses at the rung of
+    every attempt that reached it, its own included) is within the best ``len // eta`` of them, or is the
+    best when there are fewer than ``eta``."""
+    ordered = sorted(competitors)
+    k = max(1, int(len(ordered) // eta))
+    return value <= ordered[k - 1]
+
+
+def _rung_values(group: Iterable[Snapshot], step: int) -> list[float]:
+    return [v for v in (loss_at(s.curve, step) for s in group) if v is not None]
+
+
+def asha_decision(snap: Snapshot, group: Sequence[Snapshot], cfg) -> Decision:
+    """ASHA's decision for the running attempt ``snap`` against ``group`` (its peers, itself included):
+    judged at each rung it reached since the last one it passed."""
+    steps = rung_steps(cfg, snap.steps)
+    passed = snap.rungs_passed
+    for i in range(passed, len(steps)):
+        value = loss_at(snap.curve, steps[i])
+        if value is None:
+            break
+        values = _rung_values(group, steps[i])
+        if snap.reference or promotable(value, values, cfg.eta):
+            passed = i + 1
+            continue
+        k = max(1, int(len(values) // cfg.eta))
+        bar = sorted(values)[k - 1]
+        return Decision(snap.key, True, "rung", f"stopped at rung {i + 1} of {len(steps)} (step {steps[i]} of "
+                        f"{snap.steps}): loss {value:.4g} is outside the best {k} of the {len(values)} attempts "
+                        f"that reached the rung (needed <= {bar:.4g})", rung=i + 1, step=steps[i], rungs_passed=passed)
+    return Decision(snap.key, rungs_passed=passed)
+
+
+def promotions(group: Sequence[Snapshot], cfg) -> list[Hashable]:
+    """The attempts of ``group`` stopped at a rung that the rule would now let continue (more attempts
+    have reached that rung since): resume each from its checkpoint, with ``rungs_passed`` = its rung."""
+    out = []
+    for snap in group:
+        if not snap.stopped or not snap.stopped_rung:
+            continue
+        steps = rung_steps(cfg, snap.steps)
+        if snap.stopped_rung > len(steps):
+            continue
+        step = steps[snap.stopped_rung - 1]
+        value = loss_at(snap.curve, step)
+        if value is not None and promotable(value, _rung_values(group, step), cfg.eta):
+            out.append(snap.key)
+    return out
+
+
+# ---------------------------------------------------------------------------------- the watchdog
+
+
+def task_floor(task: str, wcfg, best_final_loss: float | None = None) -> float:
+    """The loss below which a run of ``task`` cannot be honest. MQAR: 0 (each query's value is in its
+    context, so a perfect recaller scores 0 and the floor rule never fires; the peer rule still does).
+    LM: ``watchdog.implausible_floor`` when set, else ``implausible_fraction`` of the best final loss a
+    finished peer reached (0 before there is one)."""
+    if task != "lm":
+        return 0.0
+    if wcfg.implausible_floor > 0:
+        return float(wcfg.implausible_floor)
+    if best_final_loss is not None and math.isfinite(best_final_loss):
+        return wcfg.implausible_fraction * best_final_loss
+    return 0.0
+
+
+def _slope(points: Sequence[tuple[int, float]]) -> float:
+    xs = [float(s) for s, _ in points]
+    ys = [l for _, l in points]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    den = sum((x - mx) ** 2 for x in xs)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / den if den else 0.0
+
+
+def watchdog_decision(snap: Snapshot, group: Sequence[Snapshot], wcfg, *, now: float, floor: float = 0.0) -> Decision:
+    """The watchdog's decision for the running attempt ``snap`` against ``group`` (its peers at the same
+    stage and settings, running, finished and stopped; itself may be included)."""
+    key = snap.key
+    if snap.reference or not snap.running:
+        return Decision(key, rungs_passed=snap.rungs_passed)
+    last = snap.updated_at if snap.updated_at is not None else snap.started_at
+    if last is not None and wcfg.stall_s > 0 and now - last > wcfg.stall_s:
+        what = "progress record" if snap.updated_at is not None else "progress record since it started"
+        return Decision(key, True, "stalled", f"stalled: no new {what} for {now - last:.0f} s (watchdog.stall_s = "
+                        f"{wcfg.stall_s:g}) at step {snap.step} of {snap.steps}", step=snap.step,
+                        rungs_passed=snap.rungs_passed)
+    warm = max(1, math.ceil(wcfg.warmup_fraction * snap.steps))
+    if snap.step < warm:
+        return Decision(key, rungs_passed=snap.rungs_passed)
+    step, loss = snap.curve[-1]
+    peers = [p for p in group if p.key != key]
+    stop = dict(step=step, rungs_passed=snap.rungs_passed)
+
+    after = [p for p in snap.curve if p[0] >= warm]
+    window = after[-wcfg.diverging_window:]
+    if not math.isfinite(loss):
+        return Decision(key, True, "diverging", f"diverging: the loss is {loss} at step {step}", **stop)
+    if len(window) >= wcfg.diverging_window:
+        lowest = min(l for _, l in snap.curve)
+        if _slope(window) > 0 and loss > lowest + wcfg.diverging_rise * abs(lowest):
+            return Decision(key, True, "diverging", f"diverging: the loss rose over the last {len(window)} points to "
+                            f"{loss:.4g} at step {step}, {100 * (loss / lowest - 1):.0f} % above its lowest "
+                            f"{lowest:.4g}", **stop)
+
+    if loss < floor:
+        return Decision(key, True, "implausible", f"implausible: loss {loss:.4g} at step {step} is below the floor "
+                        f"{floor:.4g} an honest run of this task can reach; re-probe it for leaks", **stop)
+    at_step = [v for v in (loss_at(p.curve, step) for p in peers) if v is not None]
+    if len(at_step) >= max(1, wcfg.min_peers) and loss < wcfg.implausible_factor * min(at_step):
+        return Decision(key, True, "implausible", f"implausible: loss {loss:.4g} at step {step} is below "
+                        f"{wcfg.implausible_factor:g} x the best of {len(at_step)} peers there ({min(at_step):.4g}); "
+                        "re-probe it for leaks", **stop)
+
+    speeds = [p.tokens_per_s for p in peers if p.tokens_per_s and math.isfinite(p.tokens_per_s)
+              and (not p.running or p.step >= warm)]
+    tps = snap.tokens_per_s
+    if tps is not None and math.isfinite(tps) and len(speeds) >= max(1, wcfg.min_peers):
+        median = statistics.median(speeds)
+        if tps < wcfg.slow_fraction * median:
+            return Decision(key, True, "slow", f"slow: {tps:,.0f} tokens/s at step {step}, below "
+                            f"{wcfg.slow_fraction:.2g} of the median {median:,.0f} of {len(speeds)} peers", **stop)
+    return Decision(key, rungs_passed=snap.rungs_passed)
+
+
+# ---------------------------------------------------------------------------------- both together
+
+
+def applies(section, stage: str) -> bool:
+    """Whether a [watchdog] or [early_stopping] section acts on attempts of ``stage``."""
+    return bool(section.enabled) and stage in section.stages
+
+
+def decide(group: Sequence[Snapshot], *, watchdog, early_stopping, stage: str, now: float,
+           floor: float = 0.0) -> dict[Hashable, Decision]:
+    """One decision per running attempt of ``group`` (the attempts of one stage at one setting:
+    running, finished and stopped, the reference included; leave out failed ones, leaks and those stopped
+    as implausible, whose curves are no standard): the watchdog's rules first, then ASHA,
+    each where its section is enabled for ``stage``. ``floor``: :func:`task_floor`. The reference is
+    never stopped. Continue decisions carry ``rungs_passed`` for the caller to keep."""
+    out = {}
+    for snap in group:
+        if not snap.running:
+            continue
+        d = Decision(snap.key, rungs_passed=snap.rungs_passed)
+        if applies(watchdog, stage):
+            d = watchdog_decision(snap, group, watchdog, now=now, floor=floor)
+        if not d.stop and applies(early_stopping, stage):
+            d = asha_decision(snap, group, early_stopping)
+        out[snap.key] = d
+    return out
+
+
+# ---------------------------------------------------------------------------------- replay of recorded curves
+
+
+@dataclass(frozen=True)
+class ReplayCurve:
+    """One recorded attempt trained to the end, for :func:`replay`: its curve, its final loss (what it
+    is ranked by) and its cost (device-seconds, or steps) of the whole run."""
+
+    key: Hashable
+    steps: int
+    curve: tuple[tuple[int, float], ...]
+    final_loss: float
+    cost: float
+    baseline: bool = False                        # trained before the search, never stopped; a peer from the start
+
+
+@dataclass
+class ReplayOutcome:
+    candidates: int
+    compute_saved: float                          # 1 - cost spent / cost of training every candidate to the end
+    k: int
+    topk_recall: float                            # share of the k best by final loss trained to the end
+    rank_spearman: float                          # the policy's order against the order by final loss
+    stopped: dict = field(default_factory=dict)   # key -> rung it ended stopped at
+    promoted: int = 0                             # resumes of stopped attempts
+
+
+def spearman(xs: Sequence[float], ys: Sequence[float]) -> float:
+    """Spearman's rank correlation (average ranks for ties); nan for fewer than 2 points or no spread."""
+    def ranks(v):
+        order = sorted(range(len(v)), key=lambda i: v[i])
+        r = [0.0] * len(v)
+        i = 0
+        while i < len(order):
+            j = i
+            while j + 1 < len(order) and v[order[j + 1]] == v[order[i]]:
+                j += 1
+            for t in range(i, j + 1):
+                r[order[t]] = (i + j) / 2 + 1
+            i = j + 1
+        return r
+    if len(xs) < 2:
+        return math.nan
+    rx, ry = ranks(list(xs)), ranks(list(ys))
+    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
+    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+    vx, vy = sum((a - mx) ** 2 for a in rx), sum((b - my) ** 2 for b in ry)
+    return cov / math.sqrt(vx * vy) if vx and vy else math.nan
+
+
+def replay(curves: Sequence[ReplayCurve], cfg, *, parallel: int = 1, k: int = 3) -> ReplayOutcome:
+    """Replay recorded full curves under the ASHA policy ``cfg`` ([early_stopping]): the candidates
+    start in the given order (submission order), ``parallel`` at a time, each step costing its own
+    cost / steps; the baselines are peers from the start. At each rung an attempt reaches, it is judged
+    against what reached that rung before it; after each judgement, attempts stopped at a rung that the
+    rule would now let continue are resumed (before new candidates start). Returns the compute saved
+    against training every candidate to the end, and how well the best survive."""
+    base = [c for c in curves if c.baseline]
+    cands = [c for c in curves if not c.baseline]
+    reached: dict[int, list[float]] = {}          # rung step -> losses there, in arrival order
+
+    def arrive(c: ReplayCurve, step: int) -> float:
+        v = loss_at(c.curve, step)
+        v = math.inf if v is None else v
+        reached.setdefault(step, []).append(v)
+        return v
+
+    for b in base:
+        for s in rung_steps(cfg, b.steps):
+            arrive(b, s)
+    trained = {c.key: 0 for c in cands}          # steps trained so far
+    stopped: dict[Hashable, int] = {}             # key -> the rung (1-based) it is stopped at
+    pending = list(cands)                         # not started yet, in submission order
+    resume: list[tuple[ReplayCurve, int]] = []    # promoted: (curve, index of the next rung), waiting for a slot
+    running: list[tuple[float, int, ReplayCurve, int]] = []  # (time of its next event, tiebreak, curve, rung index)
+    now, tick, promoted = 0.0, 0, 0
+
+    def start(c: ReplayCurve, rung_index: int) -> None:
+        nonlocal tick
+        steps = rung_steps(cfg, c.steps)
+        target = steps[rung_index] if rung_index < len(steps) else c.steps
+        running.append((now + (target - trained[c.key]) * c.cost / c.steps, tick, c, rung_index))
+        tick += 1
+
+    def fill() -> None:
+        while len(running) < parallel and (resume or pending):
+            c, index = resume.pop(0) if resume else (pending.pop(0), 0)
+            start(c, index)
+
+    fill()
+    while running:
+        running.sort(key=lambda e: (e[0], e[1]))
+        now, _, c, i = running.pop(0)
+        steps = rung_steps(cfg, c.steps)
+        if i >= len(steps):                       # trained to the end
+            trained[c.key] = c.steps
+            fill()
+            continue
+        trained[c.key] = steps[i]
+        value = arrive(c, steps[i])
+        if promotable(value, reached[steps[i]], cfg.eta):
+            start(c, i + 1)
+        else:
+            stopped[c.key] = i + 1
+        for other in cands:                       # the rule may now let earlier stopped ones go on
+            rung = stopped.get(other.key)
+            if rung is None or other.key == c.key:
+                continue
+            step = rung_steps(cfg, other.steps)[rung - 1]
+            if promotable(loss_at(other.curve, step), reached[step], cfg.eta):
+                del stopped[other.key]
+                promoted += 1
+                resume.append((other, rung))
+        fill()
+
+    full = sum(c.cost for c in cands)
+    spent = sum(trained[c.key] / c.steps * c.cost for c in cands)
+    survivors = {c.key for c in cands if trained[c.key] >= c.steps}
+    best = sorted(cands, key=lambda c: c.final_loss)[:k]
+    # the policy's order: survivors by final loss, then stopped ones by their last rung (later first), then loss there
+    def policy_key(c: ReplayCurve):
+        if c.key in survivors:
+            return (0, 0, c.final_loss)
+        rung = stopped[c.key]
+        return (1, -rung, loss_at(c.curve, rung_steps(cfg, c.steps)[rung - 1]) or math.inf)
+    order = sorted(cands, key=policy_key)
+    pos = {c.key: i for i, c in enumerate(order)}
+    return ReplayOutcome(
+        candidates=len(cands), compute_saved=(1 - spent / full) if full else 0.0, k=min(k, len(cands)),
+        topk_recall=(sum(1 for c in best if c.key in survivors) / len(best)) if best else math.nan,
+        rank_spearman=spearman([c.final_loss for c in cands], [pos[c.key] for c in cands]),
+        stopped=dict(stopped), promoted=promoted)
+

@@ -1,0 +1,246 @@
+"""The early-stopping policy (asiarch.search.early_stopping) on hand-built curves."""
+
+import math
+
+import pytest
+
+from asiarch.config import ConfigError, EarlyStoppingConfig, WatchdogConfig, from_dict
+from asiarch.search import early_stopping as es
+from asiarch.search.early_stopping import ReplayCurve, Snapshot
+
+NOW = 10_000.0
+
+
+def asha(**kw):
+    cfg = EarlyStoppingConfig(enabled=True)
+    for k, v in kw.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+def line(points):
+    """A curve from {step: loss}."""
+    return tuple(sorted(points.items()))
+
+
+def running(key, curve, *, steps=100, tps=1000.0, updated=NOW - 1, passed=0, reference=False):
+    return Snapshot(key=key, steps=steps, curve=curve, tokens_per_s=tps, updated_at=updated, started_at=NOW - 500,
+                    rungs_passed=passed, reference=reference)
+
+
+def finished(key, curve, *, steps=100, tps=1000.0, reference=False):
+    return Snapshot(key=key, steps=steps, curve=curve, tokens_per_s=tps, finished=True, reference=reference)
+
+
+# ---------------------------------------------------------------------------------- rungs and the rule
+
+
+def test_loss_at_interpolates_between_logged_points():
+    curve = line({10: 4.0, 20: 2.0, 30: 1.0})
+    assert es.loss_at(curve, 15) == pytest.approx(3.0)
+    assert es.loss_at(curve, 20) == 2.0
+    assert es.loss_at(curve, 5) == 4.0          # before the first point: the first point's mean
+    assert es.loss_at(curve, 31) is None        # not reached yet
+    assert es.loss_at(line({10: float("nan")}), 10) == math.inf
+
+
+def test_rung_steps_from_eta_and_minimum_or_given_fractions():
+    assert es.rung_fractions(asha()) == pytest.approx([1 / 9, 1 / 3])
+    assert es.rung_steps(asha(), 300) == [33, 100]
+    assert es.rung_steps(asha(eta=2.0, min_fraction=0.25), 100) == [25, 50]
+    assert es.rung_steps(asha(rungs=[0.5]), 300) == [150]
+    assert es.rung_steps(asha(rungs=[0.001, 0.002]), 100) == [1]  # distinct steps, at least 1
+
+
+def test_promotable_keeps_the_best_n_over_eta_or_the_best_below_eta():
+    assert es.promotable(1.0, [1.0, 2.0], 3)
+    assert not es.promotable(2.0, [1.0, 2.0], 3)           # n < eta: only the best goes on
+    values = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    assert es.promotable(2.0, values, 3) and not es.promotable(3.0, values, 3)  # 6 // 3 = 2 go on
+    assert es.promotable(3.0, values, 2) and not es.promotable(4.0, values, 2)
+
+
+def test_asha_stops_an_attempt_behind_the_reference_at_its_rung_and_says_why():
+    cfg = asha(rungs=[0.2, 0.5])
+    ref = finished("ref", line({10: 3.0, 20: 2.0, 50: 1.5, 100: 1.0}), reference=True)
+    good = running("good", line({10: 2.8, 20: 1.9}))
+    bad = running("bad", line({10: 3.5, 20: 2.5}))
+    group = [ref, good, bad]
+    d = es.asha_decision(good, group, cfg)
+    assert not d.stop and d.rungs_passed == 1
+    d = es.asha_decision(bad, group, cfg)
+    assert d.stop and d.reason == "rung" and d.rung == 1 and d.step == 20
+    assert "rung 1 of 2" in d.message and "2.5" in d.message
+    assert d.request() == {"reason": "rung", "rung": 1, "step": 20, "message": d.message}
+
+
+def test_asha_never_stops_the_reference_and_does_not_rejudge_a_passed_rung():
+    cfg = asha(rungs=[0.2, 0.5])
+    peers = [finished(f"p{i}", line({20: 1.0, 50: 0.5, 100: 0.2})) for i in range(3)]
+    ref = running("ref", line({20: 9.0, 50: 9.0}), reference=True)
+    assert not es.asha_decision(ref, peers + [ref], cfg).stop
+    # 'late' passed rung 1 when it was judged; it is behind now, but is judged again only at rung 2
+    late = running("late", line({20: 5.0, 40: 4.0}), passed=1)
+    d = es.asha_decision(late, peers + [late], cfg)
+    assert not d.stop and d.rungs_passed == 1
+    d = es.asha_decision(running("late", line({20: 5.0, 50: 4.0}), passed=1), peers + [late], cfg)
+    assert d.stop and d.rung == 2
+
+
+def test_a_stopped_attempt_is_promoted_when_more_attempts_reach_its_rung_behind_it():
+    cfg = asha(rungs=[0.5])
+    ref = finished("ref", line({50: 1.0, 100: 0.5}), reference=True)
+    early = Snapshot("early", 100, line({50: 1.5}), stopped=True, stopped_rung=1)
+    group = [ref, early]
+    assert es.promotions(group, cfg) == []      # 2 reached the rung: only the best (the reference) goes on
+    later = [finished(f"w{i}", line({50: 3.0 + i, 100: 2.0 + i})) for i in range(3)]
+    assert es.promotions(group + later, cfg) == []   # 5 reached it: 5 // 3 = 1, still only the reference
+    more = later + [finished("w9", line({50: 9.0, 100: 8.0}))]
+    assert es.promotions(group + more, cfg) == ["early"]  # 6 // 3 = 2: the second best goes on
+    # a watchdog stop (no rung) is never promoted by the rule
+    assert es.promotions([ref, Snapshot("x", 100, line({50: 0.1}), stopped=True)] + more, cfg) == []
+
+
+# ---------------------------------------------------------------------------------- the watchdog
+
+
+def test_stalled_after_stall_s_without_a_progress_record_but_never_the_reference():
+    w = WatchdogConfig(stall_s=600)
+    quiet = running("q", line({20: 2.0}), updated=NOW - 601)
+    d = es.watchdog_decision(quiet, [quiet], w, now=NOW)
+    assert d.stop and d.reason == "stalled" and "601 s" in d.message
+    assert not es.watchdog_decision(running("q", line({20: 2.0}), updated=NOW - 599), [], w, now=NOW).stop
+    ref = running("ref", line({20: 2.0}), updated=NOW - 5000, reference=True)
+    assert not es.watchdog_decision(ref, [ref], w, now=NOW).stop
+    # no record yet: counted from when it started running
+    never = Snapshot("n", 100, started_at=NOW - 700)
+    assert es.watchdog_decision(never, [never], w, now=NOW).reason == "stalled"
+
+
+def test_slow_against_the_median_of_peers_after_warmup_and_with_enough_peers():
+    w = WatchdogConfig(slow_fraction=1 / 3, warmup_fraction=0.1, min_peers=2)
+    peers = [finished("a", line({100: 1.0}), tps=900.0), finished("b", line({100: 1.0}), tps=1200.0),
+             running("c", line({10: 2.0, 20: 1.5}), tps=1000.0)]
+    slow = running("s", line({10: 2.0, 20: 1.5}), tps=300.0)  # median 1000: 300 < 333
+    d = es.watchdog_decision(slow, peers + [slow], w, now=NOW)
+    assert d.stop and d.reason == "slow" and "1,000" in d.message
+    assert not es.watchdog_decision(running("s", line({10: 2.0, 20: 1.5}), tps=350.0), peers, w, now=NOW).stop
+    assert not es.watchdog_decision(running("s", line({5: 2.0}), tps=10.0), peers, w, now=NOW).stop  # warm-up
+    assert not es.watchdog_decision(slow, peers[:1] + [slow], w, now=NOW).stop  # one peer is not enough
+
+
+def test_diverging_when_the_loss_rises_over_the_window_after_warmup():
+    w = WatchdogConfig(diverging_window=4, diverging_rise=0.1, warmup_fraction=0.1)
+    rising = running("r", line({10: 3.0, 20: 2.0, 30: 2.1, 40: 2.3, 50: 2.6}))
+    d = es.watchdog_decision(rising, [rising], w, now=NOW)
+    assert d.stop and d.reason == "diverging" and d.step == 50
+    # noisy but not rising, or rising by less than diverging_rise above its lowest
+    assert not es.watchdog_decision(running("n", line({10: 3.0, 20: 2.0, 30: 2.1, 40: 1.9, 50: 2.05})), [], w,
+                                    now=NOW).stop
+    assert not es.watchdog_decision(running("n", line({10: 3.0, 20: 2.0, 30: 2.02, 40: 2.05, 50: 2.1})), [], w,
+                                    now=NOW).stop
+    assert es.watchdog_decision(running("nan", line({10: 3.0, 20: float("inf")})), [], w, now=NOW).reason \
+        == "diverging"
+
+
+def test_implausible_below_the_floor_or_far_below_every_peer_at_the_same_step():
+    w = WatchdogConfig(implausible_factor=0.25, min_peers=2, implausible_fraction=0.5)
+    assert es.task_floor("mqar", w, 2.0) == 0.0
+    assert es.task_floor("lm", w, 2.0) == 1.0 and es.task_floor("lm", w) == 0.0
+    w_floor = WatchdogConfig(implausible_floor=0.7)
+    assert es.task_floor("lm", w_floor, 2.0) == 0.7
+    cheat = running("x", line({10: 0.9, 20: 0.8}))
+    d = es.watchdog_decision(cheat, [cheat], w, now=NOW, floor=1.0)
+    assert d.stop and d.reason == "implausible" and "re-probe" in d.message
+    peers = [finished("a", line({10: 3.0, 20: 2.0, 100: 1.0})), finished("b", line({10: 3.2, 20: 2.4, 100: 1.2}))]
+    leak = running("leak", line({10: 1.0, 20: 0.4}))        # 0.4 < 0.25 * 2.0
+    assert es.watchdog_decision(leak, peers + [leak], w, now=NOW).reason == "implausible"
+    honest = running("h", line({10: 1.0, 20: 0.6}))        # better, not 4x better
+    assert not es.watchdog_decision(honest, peers + [honest], w, now=NOW).stop
+    assert not es.watchdog_decision(leak, peers[:1] + [leak], w, now=NOW).stop  # too few peers to tell
+
+
+def test_decide_runs_the_watchdog_then_asha_where_each_applies():
+    w = WatchdogConfig(stall_s=600)
+    e = asha(rungs=[0.2])
+    ref = finished("ref", line({20: 2.0, 100: 1.0}), reference=True)
+    stalled = running("st", line({20: 1.0}), updated=NOW - 700)
+    behind = running("be", line({20: 3.0}))
+    group = [ref, stalled, behind]
+    out = es.decide(group, watchdog=w, early_stopping=e, stage="explore", now=NOW)
+    assert set(out) == {"st", "be"}                       # finished attempts are not judged
+    assert out["st"].reason == "stalled" and out["be"].reason == "rung"
+    out = es.decide(group, watchdog=w, early_stopping=e, stage="verify", now=NOW)  # ASHA: explore only
+    assert out["st"].reason == "stalled" and not out["be"].stop
+    w.enabled = False
+    out = es.decide(group, watchdog=w, early_stopping=e, stage="explore", now=NOW)
+    assert out["st"].stop is False and out["be"].reason == "rung"
+
+
+def test_config_sections_validate_their_keys():
+    cfg = from_dict({"early_stopping": {"enabled": True, "eta": 4, "rungs": [0.1, 0.3]}, "watchdog": {"stall_s": 60}})
+    assert cfg.early_stopping.eta == 4.0 and cfg.watchdog.stall_s == 60.0
+    with pytest.raises(ConfigError, match="early_stopping.eta must be above 1"):
+        from_dict({"early_stopping": {"eta": 1}})
+    with pytest.raises(ConfigError, match="early_stopping.rungs must increase"):
+        from_dict({"early_stopping": {"rungs": [0.3, 0.1]}})
+    with pytest.raises(ConfigError, match="watchdog.stages: 'train' is not a stage"):
+        from_dict({"watchdog": {"stages": ["train"]}})
+    with pytest.raises(ConfigError, match="unknown key early_stopping.rung "):
+        from_dict({"early_stopping": {"rung": [0.1]}})
+
+
+def test_snapshots_from_a_progress_record_and_grouping_by_settings():
+    snap = es.snapshot_from_progress(7, {"step": 40, "steps": 300, "tokens_per_s": 512.0, "updated_at": 5.0,
+                                         "curve": [[20, 3.1], [40, 2.5]]}, steps=300)
+    assert snap.step == 40 and snap.curve == ((20, 3.1), (40, 2.5)) and snap.tokens_per_s == 512.0
+    assert es.snapshot_from_progress(8, None, steps=300, started_at=1.0).curve == ()
+    assert es.settings_key({"steps": 300, "seed": 0}) == es.settings_key({"seed": 4, "steps": 300})
+    assert es.settings_key({"steps": 300}) != es.settings_key({"steps": 600})
+
+
+# ---------------------------------------------------------------------------------- replay
+
+
+def test_replay_counts_the_compute_saved_and_who_survives():
+    cfg = asha(rungs=[0.5])
+    ref = ReplayCurve("ref", 100, line({50: 2.0, 100: 1.9}), 1.9, 100.0, baseline=True)
+    at50 = {"A": (1.0, 0.5), "B": (3.0, 2.8), "C": (2.5, 2.4), "D": (0.8, 0.6), "E": (1.5, 1.4)}
+    cands = [ReplayCurve(k, 100, line({50: a, 100: f}), f, 100.0) for k, (a, f) in at50.items()]
+    out = es.replay([ref] + cands, cfg, k=2)
+    # A and D lead when they reach the rung; B, C and E stop there (E: 6 reached it, only the best 2 go on)
+    assert out.stopped == {"B": 1, "C": 1, "E": 1}
+    assert out.compute_saved == pytest.approx(1 - 350 / 500)
+    assert out.topk_recall == 1.0 and out.candidates == 5 and out.promoted == 0
+    assert out.rank_spearman == pytest.approx(1.0)  # the rung order is the final order here
+
+
+def test_replay_resumes_a_stopped_attempt_when_the_rule_promotes_it():
+    cfg = asha(rungs=[0.5])
+    ref = ReplayCurve("ref", 100, line({50: 1.0, 100: 0.8}), 0.8, 100.0, baseline=True)
+    first = ReplayCurve("A", 100, line({50: 1.5, 100: 0.7}), 0.7, 100.0)   # behind the reference at the rung
+    rest = [ReplayCurve(k, 100, line({50: v, 100: v - 0.5}), v - 0.5, 100.0)
+            for k, v in (("B", 3.0), ("C", 4.0), ("D", 5.0), ("E", 6.0))]
+    out = es.replay([ref, first] + rest, cfg, k=1)
+    # when E reaches the rung 6 have: the best 2 go on, and A (second) is resumed from step 50
+    assert out.promoted == 1 and "A" not in out.stopped
+    assert out.topk_recall == 1.0
+    assert out.compute_saved == pytest.approx(1 - (100 + 4 * 50) / 500)
+
+
+def test_replay_with_attempts_in_parallel_judges_by_arrival_at_the_rung():
+    cfg = asha(rungs=[0.5])
+    ref = ReplayCurve("ref", 100, line({50: 2.0, 100: 1.0}), 1.0, 100.0, baseline=True)
+    slow_good = ReplayCurve("slow", 100, line({50: 1.0, 100: 0.5}), 0.5, 400.0)   # 4x the cost per step
+    fast_bad = ReplayCurve("fast", 100, line({50: 1.5, 100: 1.2}), 1.2, 100.0)
+    # one at a time, 'slow' reaches the rung first and leads it; 'fast' (behind it) stops
+    assert es.replay([ref, slow_good, fast_bad], cfg, parallel=1).stopped == {"fast": 1}
+    # two at a time, 'fast' arrives first and leads (beats the reference); 'slow' arrives ahead of both
+    assert es.replay([ref, slow_good, fast_bad], cfg, parallel=2).stopped == {}
+
+
+def test_spearman():
+    assert es.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert es.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert es.spearman([1, 2, 3], [1, 3, 2]) == pytest.approx(0.5)
+    assert math.isnan(es.spearman([1], [1]))
