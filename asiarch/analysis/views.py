@@ -314,7 +314,18 @@ def status_figures(store: Store, exp: ExperimentDir | None = None) -> dict:
     return {**queries.status_overview(store), "experiment": store.get_meta("experiment", "?"),
             "directory": store.path.parent, "in_flight": in_flight(store, exp),
             "compute_seconds": store.compute_seconds(), "llm": queries.llm_spend(store),
-            "best": best[0] if best else None, "failures": failures_by_reason(store), "events": store.events(8)}
+            "best": best[0] if best else None, "failures": failures_by_reason(store), "events": store.events(8),
+            "pipeline": _pipeline(store)}
+
+
+def _pipeline(store: Store) -> dict | None:
+    """The steady pipeline's figures as its head last wrote them (asiarch.search.pipeline), or None."""
+    text = store.get_meta("pipeline")
+    try:
+        value = json.loads(text) if text else None
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def status_text(store: Store, budget=None, palette: Palette = PLAIN, exp: ExperimentDir | None = None,
@@ -352,6 +363,12 @@ def render_status(figures: dict, budget=None, palette: Palette = PLAIN, now: flo
         by_attempt[a["status"]] = by_attempt.get(a["status"], 0) + 1
     lines.append(f"{b('in flight:')}  " + (", ".join(f"{n} {s}" for s, n in sorted(by_attempt.items()))
                                           + " (attempts)" if flying else "nothing queued or running"))
+    pipe = figures.get("pipeline")
+    if pipe and isinstance(pipe.get("at"), (int, float)):
+        # what only the head knows (proposals and checks in flight), as it last said, and when
+        lines.append(f"{b('pipeline:')}   slots {pipe.get('busy', '?')}/{pipe.get('slots', '?')} busy, proposing "
+                     f"{pipe.get('proposing', 0)}, checking {pipe.get('checking', 0)}, ready {pipe.get('ready', 0)}"
+                     f"  (head pid {pipe.get('pid', '?')} on {pipe.get('host', '?')}, {_ago(now - pipe['at'])} ago)")
     for a in flying[:8]:
         p = a["progress"]
         live = ""
