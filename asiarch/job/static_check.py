@@ -37,6 +37,7 @@ import warnings
 from dataclasses import dataclass
 
 from asiarch.job.vetted_api import CLASS, FUNCTION, MODULE, RESTRICTED_CALLS, UNSAFE, VETTED
+from asiarch.job.source import parse as parse_source
 
 __all__ = ["ALLOWED_IMPORTS", "Finding", "static_check", "format_findings"]
 
@@ -205,7 +206,7 @@ def static_check(source: str) -> list[Finding]:
     try:
         with warnings.catch_warnings():  # invalid escapes etc. are the candidate's business, not ours
             warnings.simplefilter("ignore")
-            tree = ast.parse(source)
+            tree = parse_source(source)
     except SyntaxError as exc:
         return [Finding("syntax", exc.lineno or 0, f"syntax error: {exc.msg}. Fix the code so that it parses.")]
     except ValueError as exc:  # e.g. null bytes in the source

@@ -22,6 +22,7 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
+from asiarch.job.source import parse as parse_source
 
 __all__ = [
     "GENES", "GENE_DOCS", "LayerGenome", "PRESETS", "GENOME_VARIABLE",
@@ -221,7 +222,7 @@ def genome_from_code(source: str) -> LayerGenome | None:
     genome.
     """
     try:
-        tree = ast.parse(source)
+        tree = parse_source(source)
     except (SyntaxError, ValueError):
         return None
     literal = None  # the last module-level assignment wins, as when the module runs

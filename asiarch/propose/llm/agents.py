@@ -23,6 +23,7 @@ from asiarch.propose.llm.client import BudgetExceeded, LLMClient, LLMError, extr
 from asiarch.propose.llm.knowledge import KnowledgeEntry, tokenize
 from asiarch.propose.offline import Proposal, ProposalError
 from asiarch.dispatch.render import render_template
+from asiarch.job.source import parse as parse_source
 
 __all__ = [
     "LayerRules", "CandidateView", "candidate_view", "results_line", "code_diff",
@@ -139,7 +140,7 @@ def _code_of(obj: dict, text: str) -> str:
 def _validate_code(code: str, rules: LayerRules) -> None:
     """Cheap checks worth a re-ask: it parses, defines the class, passes the static check."""
     try:
-        tree = ast.parse(code)
+        tree = parse_source(code)
     except SyntaxError as exc:
         raise ValueError(f"the code does not parse: line {exc.lineno}: {exc.msg}") from None
     if not any(isinstance(n, ast.ClassDef) and n.name == rules.class_name for n in tree.body):
@@ -171,7 +172,7 @@ _CODE_TOKEN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*|\d+(?:\.\d+)?|\*\*|[-+*/@<>=]"
 def _code_terms(code: str) -> list[str]:
     """Identifier/operator tokens and their bigrams, with comments and docstrings removed."""
     try:
-        tree = ast.parse(code)
+        tree = parse_source(code)
         for node in ast.walk(tree):  # drop docstrings: they restate the motivation
             body = getattr(node, "body", None)
             if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
