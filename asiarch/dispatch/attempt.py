@@ -30,6 +30,7 @@ def job_command(spec_path: Path, *, train: TrainConfig, cluster: ClusterConfig, 
     if sandbox is not None and sandbox.kind == "apptainer":
         return tuple(apptainer_argv(sandbox, inner))
     data = [str(Path(train.token_file).resolve().parent)] if train.token_file else []
+    data += [str(Path(train.data).resolve())] if train.data else []
     return apptainer_command(inner, image=cluster.container_image, binds=binds + data + list(cluster.binds),
                              env=env, nv=cluster.gpus_per_node > 0, cleanenv=cluster.container_cleanenv,
                              containall=cluster.container_containall,

@@ -62,6 +62,9 @@ class Scheduler(abc.ABC):
 
     name: str = ""          # the backend's name, as recorded with each job id in the store
     max_poll_s: float = 0.0  # the loop's polls back off up to this many seconds while nothing changes
+    # states() calls in a row the scheduler gave no answer to (its controller timed out, or could not be
+    # reached): states() then reports each job as last seen, never as finished; 0 once it answers
+    unanswered: int = 0
 
     @classmethod
     def from_config(cls, exp: ExperimentDir, cfg: Config) -> Scheduler:
@@ -79,7 +82,15 @@ class Scheduler(abc.ABC):
 
     @abc.abstractmethod
     def states(self, job_ids: list[str]) -> dict[str, JobState]:
-        """Current state of each job, with one scheduler query whatever the number of ids."""
+        """Current state of each job, with one scheduler query whatever the number of ids. A job is
+        finished only when the scheduler said so: without an answer it keeps its last state (see
+        :attr:`unanswered`)."""
+
+    def ended(self, job_ids: list[str]) -> dict[str, JobState]:
+        """The states of jobs whose exit record says they ended, from the source that costs the
+        scheduler least (Slurm: accounting, which slurmctld never sees); a job is finished only when
+        that source says so (a requeued job is not). By default :meth:`states`."""
+        return self.states(job_ids)
 
     @abc.abstractmethod
     def cancel(self, job_ids: list[str]) -> None:
@@ -90,6 +101,14 @@ class Scheduler(abc.ABC):
         """The id under which to watch the job that wrote ``marker`` into ``attempt_dir`` when it
         started (a head restarted without that job's id), or None when this scheduler has no such
         live job."""
+
+    def reap(self, marker: dict | None, attempt_dir: Path) -> int:
+        """End what is left of the job of an attempt the head no longer watches (it gave the attempt
+        up, or ingested its result) once the job's own process, the one ``marker`` names, is gone:
+        its children would run on unwatched. Returns how many processes were stopped. Never touches
+        a job whose process still runs. By default nothing is left (the scheduler ends every
+        process of a job with it, as Slurm's cgroups do): 0."""
+        return 0
 
     def accounting(self, job_ids: list[str]) -> dict[str, dict[str, float]]:
         """What the scheduler charged finished jobs, by job id: ``elapsed_s``, ``cpu_seconds``,

@@ -9,7 +9,9 @@ at once, so this backend keeps a queue and starts a job only when fewer than
 Jobs outlive a killed head (they are not in its process group's way unless the whole group
 is signalled). A restarted head adopts a running job from the marker the job wrote into its
 attempt directory (:meth:`adopt`): it is then watched by pid (with the pid's start time, so a
-reused pid is not mistaken for it) and its end read from the job's exit record.
+reused pid is not mistaken for it) and its end read from the job's exit record. A head killed with
+its process group takes the job's own processes with it but not torchrun's ranks (each in a
+session of its own): when the restarted head gives such an attempt up, :meth:`reap` ends them.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import TYPE_CHECKING
 import submitit
 
 from asiarch.dispatch.base import JobRequest, JobState, Scheduler, secrets_hidden
-from asiarch.dispatch.payload import process_start_time, run_job_script
+from asiarch.dispatch.payload import end_attempt_processes, process_start_time, run_job_script
 from asiarch.dispatch.registry import register
 from asiarch.job.contract import AttemptFiles
 
@@ -123,6 +125,19 @@ class LocalScheduler(Scheduler):
         jid = f"local-pid-{pid}-{start}"
         self._adopted[jid] = (pid, start, Path(attempt_dir))
         return jid
+
+    def reap(self, marker: dict | None, attempt_dir: Path) -> int:
+        """SIGKILL the processes left on this machine of the job that wrote ``marker`` into
+        ``attempt_dir`` (those whose environment names the attempt, see
+        :data:`asiarch.dispatch.payload.ATTEMPT_ENV`), unless the job's own process still runs (it
+        is adopted then, or ends by itself) or ran on another machine. Returns how many were killed."""
+        marker = marker if isinstance(marker, dict) else {}
+        if marker.get("host", socket.gethostname()) != socket.gethostname():
+            return 0
+        pid, start = marker.get("pid"), marker.get("pid_start")
+        if isinstance(pid, int) and start and process_start_time(pid) == start:
+            return 0
+        return end_attempt_processes(attempt_dir)
 
     # ------------------------------------------------------------------ internals
     def _running(self) -> int:

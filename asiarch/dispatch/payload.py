@@ -17,6 +17,12 @@ from pathlib import Path
 from asiarch.job.contract import AttemptFiles, atomic_write, is_secret  # standard library only
 
 
+#: Set in the environment of every process a job runs (its script, torchrun, the ranks: they inherit
+#: it) to the attempt directory, resolved. torchrun starts each rank in a session of its own, so a
+#: signal to the job's process group misses them; this names them (:func:`attempt_processes`).
+ATTEMPT_ENV = "ASIARCH_ATTEMPT_DIR"
+
+
 class JobScriptFailed(RuntimeError):
     pass
 
@@ -81,12 +87,53 @@ class StopSignals:
 
 def process_start_time(pid: int) -> str | None:
     """The start time of process ``pid`` (clock ticks since boot, from /proc), or None when
-    there is no such process. With the pid it names one process, whatever pids are reused."""
+    there is no such process. With the pid it names one process, whatever pids are reused. A
+    process that has ended but is not yet reaped (a zombie: its parent died with it, and init
+    reaps orphans when it gets to them) is none: it will never run again."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return stat.rsplit(")", 1)[1].split()[19]  # field 22; the command name may hold spaces
+    fields = stat.rsplit(")", 1)[1].split()  # the command name may hold spaces
+    return None if fields[0] in ("Z", "X") else fields[19]  # state (field 3), start time (field 22)
+
+
+def attempt_processes(attempt_dir: Path) -> list[int]:
+    """Pids of this machine's processes whose environment sets :data:`ATTEMPT_ENV` to ``attempt_dir``
+    (the processes of that attempt's job; a zombie has no environment left and is not among them).
+    Processes this user may not read are skipped."""
+    tag = f"{ATTEMPT_ENV}={Path(attempt_dir).resolve()}".encode() + b"\0"
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:  # gone meanwhile, or another user's
+            continue
+        if environ.startswith(tag) or b"\0" + tag in environ:
+            found.append(int(entry.name))
+    return found
+
+
+def end_attempt_processes(attempt_dir: Path, within_s: float = 5.0) -> int:
+    """SIGKILL every process of ``attempt_dir``'s job (:func:`attempt_processes`), again until none is
+    left or ``within_s`` seconds have passed (a parent may fork between a scan and its kill). KILL,
+    not TERM: a trainer hearing TERM would checkpoint into the candidate's checkpoint, which a retry
+    of the attempt resumes from. Returns how many processes were signalled."""
+    ended: set[int] = set()
+    deadline = time.monotonic() + within_s
+    while True:
+        pids = [p for p in attempt_processes(attempt_dir) if p not in ended]
+        if not pids or time.monotonic() > deadline:
+            return len(ended)
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:  # ended meanwhile
+                continue
+            ended.add(pid)
+        time.sleep(0.05)
 
 
 def slurm_job_id(environ=os.environ) -> str | None:
@@ -121,6 +168,7 @@ def run_job_script(script: str, log: str, extra_secrets: tuple[str, ...] = ()) -
     files = AttemptFiles(Path(script).parent)
     signals = StopSignals(ready=files.progress.exists)  # before anything that takes time
     env = {k: v for k, v in os.environ.items() if not is_secret(k, extra_secrets)}
+    env[ATTEMPT_ENV] = str(files.dir.resolve())
     Path(log).parent.mkdir(parents=True, exist_ok=True)
     if not claim_attempt(files.dir):
         with open(log, "a") as out:

@@ -9,29 +9,40 @@ Live states come from the controller (``squeue``: one call for every id in fligh
 jobs that have left the queue get their final state from accounting (``sacct``: one call
 for all of them). ``sacct`` lags the controller and can omit pending array tasks, so a job
 missing from both is ``UNKNOWN``, never done.
+
+Every command runs with a time limit (``cluster.slurm_timeout_s``). A controller that does not
+answer is a :class:`ControllerTimeout` naming the command, the limit and ``SLURM_CONF`` where it
+stops the search (sinfo at the start, sbatch); a poll whose squeue goes unanswered is retried a few
+times with backoff and then keeps every job at its last known state (``UNKNOWN`` when none): a job
+is read as done only from an answer that says so.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import re
+import shutil
 import subprocess
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 import submitit
 
 from asiarch.dispatch.base import JobRequest, JobState, Scheduler, SchedulerError, environ_without, secrets_hidden
 from asiarch.dispatch.payload import run_job_script
 from asiarch.dispatch.registry import register
+from asiarch.job.contract import AttemptFiles
 
 if TYPE_CHECKING:
     from asiarch.config import Config
     from asiarch.layout import ExperimentDir
 
-__all__ = ["SchedulerError", "SlurmScheduler", "SlurmSpec", "expand_array_id", "parse_state", "parse_tres"]
+__all__ = ["ControllerTimeout", "SchedulerError", "SlurmScheduler", "SlurmSpec", "expand_array_id", "parse_state",
+           "parse_tres"]
 
 
 # Slurm's job states (squeue %T, sacct State) -> what the loop acts on.
@@ -128,8 +139,57 @@ class SlurmSpec:
             array_parallelism=c.max_in_flight, additional=extra)
 
 
+class ControllerTimeout(SchedulerError):
+    """A Slurm command did not answer within its time limit: the controller is down, overloaded or
+    unreachable from here."""
+
+
+def _slurm_conf() -> str:
+    conf = os.environ.get("SLURM_CONF")
+    return f"SLURM_CONF={conf}" if conf else "SLURM_CONF unset (Slurm's default /etc/slurm/slurm.conf)"
+
+
+def _not_answering(argv: list[str], timeout: float) -> ControllerTimeout:
+    return ControllerTimeout(
+        f"the Slurm controller did not answer: `{' '.join(argv[:1] + argv[1:4])}{' ...' if len(argv) > 4 else ''}` "
+        f"took longer than {timeout:g} s ({_slurm_conf()}). Check that slurmctld runs and is reachable "
+        "(`scontrol ping`), or raise cluster.slurm_timeout_s on a busy controller; then run again.")
+
+
 def _run(argv: list[str], timeout: float = 30.0) -> subprocess.CompletedProcess:
-    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    """Run a Slurm command; :class:`ControllerTimeout` past ``timeout`` seconds, :class:`SchedulerError`
+    when it is not installed here."""
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise _not_answering(argv, timeout) from None
+    except OSError as exc:
+        raise SchedulerError(f"{argv[0]} could not be run ({exc}): run on a Slurm login node, or put Slurm's "
+                             f"commands on PATH ({_slurm_conf()})") from None
+
+
+#: The one failure of squeue that is an answer: the controller no longer knows (has purged) an id.
+#: Any other (no controller, a socket timeout, munge down) says nothing about the jobs.
+_PURGED = re.compile(r"invalid job id", re.IGNORECASE)
+
+
+@contextmanager
+def _sbatch_within(timeout_s: float) -> Iterator[None]:
+    """While submitting, submitit runs ``sbatch`` under coreutils' ``timeout`` (it waits on sbatch
+    for ever otherwise): a controller that does not answer is exit status 124, not a hung head.
+    submitit builds a plain SlurmExecutor of its own for an array, so the hook is replaced on the
+    class, for the duration of one submission (the head submits from one thread)."""
+    cls = submitit.SlurmExecutor
+    original = cls._make_submission_command
+
+    def timed(self, submission_file_path: Path) -> list[str]:
+        return ["timeout", "-k", "5", f"{timeout_s:g}", *original(self, submission_file_path)]
+
+    cls._make_submission_command = timed
+    try:
+        yield
+    finally:
+        cls._make_submission_command = original
 
 
 @register("slurm")
@@ -143,8 +203,14 @@ class SlurmScheduler(Scheduler):
     python: str | None = None
     name: str = "slurm"
     max_poll_s: float = 10.0             # polls back off to this while nothing changes
+    timeout_s: float = 30.0              # each Slurm command's time limit (cluster.slurm_timeout_s)
+    query_retries: int = 3               # tries of a poll's squeue before its jobs keep their last state
+    retry_backoff_s: float = 1.0         # between those tries: 1 s, then 2 s, ...
     queries: int = 0                     # scheduler commands issued by states(): one per poll or two
+    unanswered: int = 0                  # polls in a row whose squeue got no answer (0: the last one did)
+    last_problem: str = ""               # why the last unanswered poll got none
     _final: dict[str, JobState] = field(default_factory=dict)
+    _live: dict[str, JobState] = field(default_factory=dict)  # last state squeue gave each job in flight
     _checked: bool = False
 
     @classmethod
@@ -153,25 +219,27 @@ class SlurmScheduler(Scheduler):
         cluster.poll_interval_s and cluster.poll_max_interval_s; the LLM key is kept from every job."""
         c = cfg.cluster
         return cls(exp.jobs, SlurmSpec.from_config(cfg), secret_env=(cfg.llm.api_key_env,), python=c.python or None,
-                   max_poll_s=max(c.poll_interval_s, c.poll_max_interval_s))
+                   max_poll_s=max(c.poll_interval_s, c.poll_max_interval_s), timeout_s=c.slurm_timeout_s)
+
+    def _run(self, argv: list[str]) -> subprocess.CompletedProcess:
+        return _run(argv, timeout=self.timeout_s)
 
     def check(self) -> None:
         """Refuse early, in Slurm's words, when no controller answers or the partition is unknown."""
-        import shutil
-
         if not shutil.which("sbatch"):
             raise SchedulerError("sbatch is not on PATH: run on a Slurm login node (or, on this machine, "
                                  "start the test cluster: eval \"$(slurm/start-test-cluster.sh)\")")
-        res = _run(["sinfo", "-h", "-o", "%P"])
+        res = self._run(["sinfo", "-h", "-o", "%P"])
         if res.returncode != 0:
-            raise SchedulerError(f"no Slurm controller answers: {res.stderr.strip() or res.stdout.strip()}")
+            raise SchedulerError(f"no Slurm controller answers: {res.stderr.strip() or res.stdout.strip()} "
+                                 f"({_slurm_conf()})")
         partitions = [p.rstrip("*") for p in res.stdout.split()]
         if self.spec.partition and self.spec.partition not in partitions:
             raise SchedulerError(f"partition {self.spec.partition!r} does not exist; "
                                  f"this cluster has: {', '.join(partitions)}")
         # a request no node can hold would pend forever: refuse it now
         argv = ["sinfo", "-h", "-N", "-o", "%c|%G"] + (["-p", self.spec.partition] if self.spec.partition else [])
-        nodes = _run(argv).stdout.split()
+        nodes = self._run(argv).stdout.split()
         if nodes:
             cpus = max(int(n.split("|")[0]) for n in nodes if n.split("|")[0].isdigit())
             gpus = max(_gres_count(n.split("|", 1)[1], self.spec.gres_name) for n in nodes)
@@ -203,9 +271,15 @@ class SlurmScheduler(Scheduler):
             self.check()
         ex = self.executor()
         try:
-            with secrets_hidden(self.secret_env), environ_without(_inherited_from_a_job), ex.batch():
+            with secrets_hidden(self.secret_env), environ_without(_inherited_from_a_job), \
+                    _sbatch_within(self.timeout_s), ex.batch():
                 jobs = [ex.submit(run_job_script, str(r.script), str(r.log), self.secret_env) for r in requests]
         except (submitit.core.utils.FailedJobError, subprocess.CalledProcessError, OSError) as exc:
+            if getattr(exc.__cause__, "returncode", None) == 124:  # coreutils' timeout: sbatch got no answer
+                # it may have been queued all the same: a job of it that starts later must not train
+                for r in requests:
+                    _fence(r.script.parent, f"sbatch did not answer within {self.timeout_s:g} s")
+                raise _not_answering(["sbatch", f"(an array of {len(requests)})"], self.timeout_s) from None
             raise SchedulerError(f"sbatch refused the round: {_slurm_words(exc)}") from exc
         return [job.job_id for job in jobs]
 
@@ -215,10 +289,13 @@ class SlurmScheduler(Scheduler):
         if not live:
             return out
         queue = self._squeue(live)
+        if queue is None:  # no answer: nothing is known to have changed, least of all that a job ended
+            out.update({j: self._live.get(j, JobState.UNKNOWN) for j in live})
+            return out
         gone = []
         for j in live:
             if j in queue:
-                out[j] = queue[j]
+                out[j] = self._live[j] = queue[j]
             else:
                 gone.append(j)
         if gone:
@@ -228,11 +305,13 @@ class SlurmScheduler(Scheduler):
                 out[j] = state
                 if state.finished:
                     self._final[j] = state
+                    self._live.pop(j, None)
         return out
 
     def cancel(self, job_ids: list[str]) -> None:
+        """scancel them (one call); :class:`ControllerTimeout` when the controller does not answer."""
         if job_ids:
-            _run(["scancel", *job_ids])
+            self._run(["scancel", *job_ids])
 
     def adopt(self, marker: dict, attempt_dir: Path) -> str | None:
         """The Slurm id the job wrote into its marker (squeue and sacct answer for it, running or
@@ -244,7 +323,10 @@ class SlurmScheduler(Scheduler):
         if not job_ids:
             return {}
         parents = sorted({j.split("_")[0] for j in job_ids})
-        res = _run(["sacct", "-X", "-n", "-P", "-o", "JobID,ElapsedRaw,AllocTRES", "-j", ",".join(parents)])
+        try:
+            res = self._run(["sacct", "-X", "-n", "-P", "-o", "JobID,ElapsedRaw,AllocTRES", "-j", ",".join(parents)])
+        except ControllerTimeout:
+            return {}  # not known now; the jobs' states are not affected
         out = {}
         for line in res.stdout.splitlines() if res.returncode == 0 else []:
             jid, elapsed, tres = (line.split("|") + ["", ""])[:3]
@@ -256,26 +338,52 @@ class SlurmScheduler(Scheduler):
         return out
 
     # ------------------------------------------------------------------ queries
-    def _squeue(self, job_ids: list[str]) -> dict[str, JobState]:
-        """Live states from the controller, one call for all ids (array tasks included)."""
-        self.queries += 1
+    def _squeue(self, job_ids: list[str]) -> dict[str, JobState] | None:
+        """Live states from the controller, one call for all ids (array tasks included); None when
+        it did not answer (timed out, or could not be reached) in ``query_retries`` tries."""
         parents = sorted({j.split("_")[0] for j in job_ids})
         # --local skips the federation lookup: 2 controller RPCs per call instead of 3
-        res = _run(["squeue", "--local", "-h", "-r", "-o", "%i|%T", "-j", ",".join(parents)])
-        if res.returncode != 0:
-            # squeue fails for ids the controller has purged: treat as "not in the queue"
-            return {}
-        return _parse_states(res.stdout)
-
-    def _sacct(self, job_ids: list[str], retries: int = 3) -> dict[str, JobState]:
-        """Final states from accounting; a failing sacct is retried, then reported as unknown."""
-        parents = sorted({j.split("_")[0] for j in job_ids})
-        for attempt in range(retries):
+        argv = ["squeue", "--local", "-h", "-r", "-o", "%i|%T", "-j", ",".join(parents)]
+        for attempt in range(self.query_retries):
+            if attempt:
+                time.sleep(self.retry_backoff_s * 2 ** (attempt - 1))
             self.queries += 1
-            res = _run(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(parents)])
+            try:
+                res = self._run(argv)
+            except ControllerTimeout as exc:
+                self.last_problem = str(exc)
+                continue
+            if res.returncode == 0:
+                self.unanswered = 0
+                return _parse_states(res.stdout)
+            if _PURGED.search(res.stderr):  # an answer: "not in the queue" (sacct has the end)
+                self.unanswered = 0
+                return {}
+            self.last_problem = f"squeue: {res.stderr.strip()} ({_slurm_conf()})"
+        self.unanswered += 1
+        return None
+
+    def ended(self, job_ids: list[str]) -> dict[str, JobState]:
+        """From sacct alone (slurmdbd answers; no controller RPC): a job whose exit record the head saw.
+        Accounting may lag the job's end by a moment: such a job reads as still running, and is asked
+        again."""
+        known = self._sacct(job_ids)
+        return {j: known.get(j, JobState.UNKNOWN) for j in job_ids}
+
+    def _sacct(self, job_ids: list[str]) -> dict[str, JobState]:
+        """Final states from accounting; a failing or unanswered sacct is retried, then reported as
+        unknown (never done)."""
+        parents = sorted({j.split("_")[0] for j in job_ids})
+        for attempt in range(self.query_retries):
+            if attempt:
+                time.sleep(0.5 * attempt)
+            self.queries += 1
+            try:
+                res = self._run(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(parents)])
+            except ControllerTimeout:
+                continue
             if res.returncode == 0:
                 return _parse_states(res.stdout)
-            time.sleep(0.5 * (attempt + 1))
         return {}
 
 
@@ -287,6 +395,16 @@ def _parse_states(text: str) -> dict[str, JobState]:
         for one in expand_array_id(jid.strip()):
             states[one] = parse_state(raw)
     return states
+
+
+def _fence(attempt_dir: Path, why: str) -> None:
+    """Write the attempt's tombstone (see :func:`asiarch.dispatch.payload.claim_attempt`): a job of it
+    that sbatch queued without telling the head exits when it starts instead of training."""
+    try:
+        AttemptFiles(attempt_dir).abandoned.write_text(f"{why} at {time.time():.0f}; the head recorded this "
+                                                       "attempt as not submitted\n")
+    except OSError:
+        pass
 
 
 def _inherited_from_a_job(name: str) -> bool:

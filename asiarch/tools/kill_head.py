@@ -10,14 +10,19 @@ the attempt directories:
   result file (a head that forgot a running job and started it again);
 - wasted: attempts given up as lost although their job had started training;
 - over budget: candidates trained beyond ``budget.candidates``;
-- duplicate code: two candidates with the same code.
+- duplicate code: two candidates with the same code;
+- left behind: processes still running once the last head has finished whose command line or
+  environment names the experiment directory (a job's ranks nobody watches; target 0).
 
-The SIGKILL goes to the head's pid alone, as ``kill -9 PID`` on a login node (a Ctrl-C in
-a terminal would signal the head's jobs too: they would end, and be retried).
+By default (``kill="head"``) the SIGKILL goes to the head's pid alone, as ``kill -9 PID`` on a
+login node; ``kill="group"`` sends it to the head's whole process group (the heads then run in
+sessions of their own), as ``kill -9 -PGID`` would: the head's local jobs die with it, but not
+torchrun's ranks, each in a session of its own; ``"mixed"`` alternates the two.
 """
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 import subprocess
@@ -32,7 +37,10 @@ from asiarch.job.contract import AttemptFiles
 from asiarch.layout import ExperimentDir
 from asiarch.store import Store, queries
 
-__all__ = ["stress_config", "kill_head_stress", "audit", "format_stress"]
+__all__ = ["stress_config", "kill_head_stress", "audit", "format_stress", "left_behind", "KILLS"]
+
+#: What each SIGKILL of ``kill_head_stress`` hits: the head's pid, its process group, or by turns.
+KILLS = ("head", "group", "mixed")
 
 
 def stress_config(name: str, candidates: int):
@@ -63,20 +71,66 @@ def _snapshot(db: Path) -> str:
     return ", ".join(f"{n} {st}" for st, n in sorted(counts.items())) or "no candidates yet"
 
 
-def _head(root: Path, log, python: str) -> subprocess.Popen:
+def _head(root: Path, log, python: str, own_group: bool = False) -> subprocess.Popen:
+    # own_group: a session of its own, so that a kill of its process group reaches the head and its
+    # jobs, not this run
     return subprocess.Popen([python, "-m", "asiarch", "run", str(root), "--quiet"], stdout=log,
-                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=own_group)
+
+
+def _ancestors() -> set[int]:
+    """This process and those above it (the `asiarch bench kill-head --dir DIR` that runs it names DIR)."""
+    out, pid = set(), os.getpid()
+    while pid > 1 and pid not in out:
+        out.add(pid)
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+    return out
+
+
+def left_behind(root: Path, grace_s: float = 10.0) -> list[str]:
+    """Processes of this machine whose command line or environment names ``root`` (resolved or as
+    given), but this one and its ancestors: after ``grace_s`` seconds for those that are ending
+    (a job's controller exits just after the job) to go. Returns ``"PID COMMAND"`` lines."""
+    names = {str(Path(root)).encode(), str(Path(root).resolve()).encode()}
+    mine = _ancestors()
+    deadline = time.monotonic() + grace_s
+    while True:
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) in mine:
+                continue
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+                environ = (entry / "environ").read_bytes()
+            except OSError:  # ended meanwhile, or another user's
+                continue
+            if cmdline and any(n in cmdline or n in environ for n in names):  # a zombie has no cmdline
+                command = cmdline.replace(b"\0", b" ").decode(errors="replace").strip()
+                found.append(f"{entry.name} {command[:200]}")
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.5)
 
 
 def kill_head_stress(root: Path, *, candidates: int = 20, kills: int = 10, seed: int = 0,
                      min_delay_s: float = 0.5, max_delay_s: float = 15.0, python: str | None = None,
-                     finish_timeout_s: float = 1800.0, progress=print) -> dict:
+                     finish_timeout_s: float = 1800.0, kill: str = "head", sandbox: str | None = None,
+                     progress=print) -> dict:
     """Run the stress (see the module docstring) in ``root`` (created; must not exist) and return
-    the audit, with the kill log under "kills" and the wall time under "wall_s"."""
+    the audit, with the kill log under "kills", the processes left behind under "left_behind" (a
+    count) and "left_behind_processes", and the wall time under "wall_s". ``kill`` is one of
+    :data:`KILLS`; ``sandbox`` sets cluster.sandbox (default: the config's)."""
+    if kill not in KILLS:
+        raise ValueError(f"kill {kill!r}: one of {', '.join(KILLS)}")
     root = Path(root)
     root.mkdir(parents=True)
     python = python or sys.executable
     cfg = stress_config("stress", candidates)
+    if sandbox is not None:
+        cfg.cluster.sandbox = sandbox
     (root / "config.toml").write_text(render_toml(cfg))
     rng = random.Random(seed)
     exp = ExperimentDir(root)
@@ -85,15 +139,20 @@ def kill_head_stress(root: Path, *, candidates: int = 20, kills: int = 10, seed:
     with open(root / "heads.log", "ab") as log:
         for i in range(kills):
             delay = rng.uniform(min_delay_s, max_delay_s)
-            head = _head(root, log, python)
+            head = _head(root, log, python, own_group=kill != "head")
             try:
                 head.wait(timeout=delay)
             except subprocess.TimeoutExpired:
-                head.send_signal(signal.SIGKILL)
+                group = kill == "group" or (kill == "mixed" and i % 2 == 1)
+                if group:
+                    os.killpg(head.pid, signal.SIGKILL)
+                else:
+                    head.send_signal(signal.SIGKILL)
                 head.wait()
                 seen = _snapshot(exp.db)
-                kill_log.append({"kill": i + 1, "after_s": round(delay, 2), "store": seen})
-                progress(f"kill {i + 1}/{kills}: head SIGKILLed after {delay:.1f} s ({seen})")
+                kill_log.append({"kill": i + 1, "after_s": round(delay, 2), "group": group, "store": seen})
+                progress(f"kill {i + 1}/{kills}: head{' and its process group' if group else ''} SIGKILLed "
+                         f"after {delay:.1f} s ({seen})")
                 continue
             if head.returncode != 0:
                 raise RuntimeError(f"head {i + 1} exited with status {head.returncode} before its kill; "
@@ -104,8 +163,11 @@ def kill_head_stress(root: Path, *, candidates: int = 20, kills: int = 10, seed:
         head = _head(root, log, python)
         code = head.wait(timeout=finish_timeout_s)
     progress(f"last head exited with status {code} ({_snapshot(exp.db)})")
+    wall = round(time.time() - t0, 1)
+    left = left_behind(root)
     out = audit(root, candidates)
-    out.update(kills=kill_log, kills_done=len(kill_log), final_exit=code, wall_s=round(time.time() - t0, 1))
+    out.update(kills=kill_log, kills_done=len(kill_log), kill=kill, final_exit=code, wall_s=wall,
+               left_behind=len(left), left_behind_processes=left)
     return out
 
 
@@ -156,7 +218,7 @@ def audit(root: Path, budget: int) -> dict:
 
 def format_stress(out: dict) -> str:
     lines = [
-        f"kill-head stress: {out['kills_done']} SIGKILLs of the head, budget {out['budget']} candidates, "
+        f"kill-head stress: {out['kills_done']} SIGKILLs of the head ({out.get('kill', 'head')}), budget {out['budget']} candidates, "
         f"{out['wall_s']} s",
         f"  candidates: {out['candidates']} ({', '.join(f'{n} {s}' for s, n in sorted(out['statuses'].items()))})",
         f"  lost: {out['lost']}   trained twice: {out['trained_twice']}   over budget: {out['over_budget']}"
@@ -164,6 +226,9 @@ def format_stress(out: dict) -> str:
         f"  attempts: {out['attempts']} ({out['attempts_lost']} lost with a head and retried;"
         f" {out['adopted']} running jobs re-attached; {out['wasted_trainings']} trainings wasted)",
     ]
+    if "left_behind" in out:
+        lines.append(f"  processes left behind after the last head finished: {out['left_behind']}")
+        lines += [f"    {line}" for line in out["left_behind_processes"][:10]]
     if out["trained_twice_names"] or out["wasted_names"]:
         lines.append(f"  trained twice: {out['trained_twice_names']}  wasted: {out['wasted_names']}")
     return "\n".join(lines)

@@ -1,10 +1,18 @@
 """The local backend against real submitit controller processes."""
 
+import json
+import os
+import shlex
 import signal
+import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 from asiarch.dispatch.base import JobRequest, JobState
 from asiarch.dispatch.local import LocalScheduler
+from asiarch.dispatch.payload import attempt_processes, process_start_time
 from asiarch.job.contract import AttemptFiles
 
 
@@ -91,3 +99,98 @@ def test_unknown_ids_are_unknown_not_done(tmp_path):
     sched = LocalScheduler(tmp_path / "jobs")
     assert sched.states(["local-0-99"]) == {"local-0-99": JobState.UNKNOWN}
     assert not JobState.UNKNOWN.finished
+
+
+# ---------------------------------------------------------------------- what a killed job leaves behind
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, dead but not yet reaped by its new parent, does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _start_job_with_a_setsid_child(tmp_path):
+    """A real payload (run_job_script) in a process group of its own, as under a head, whose script
+    starts a child in a session of its own, as torchrun starts its ranks. Returns (payload process,
+    attempt dir, the child's pid) once the child runs."""
+    attempt = tmp_path / "attempt-1"
+    attempt.mkdir()
+    script = attempt / "job.sh"
+    script.write_text(f"cd {shlex.quote(str(attempt))}\nsetsid sleep 600 &\necho $! > child.pid\nwait\n")
+    payload = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from asiarch.dispatch.payload import run_job_script; "
+                               "run_job_script(sys.argv[1], sys.argv[2])", str(script), str(attempt / "job.log")],
+        start_new_session=True)
+    deadline = time.time() + 30
+    while not (attempt / "child.pid").exists() or not (attempt / "child.pid").read_text().strip():
+        if time.time() > deadline or payload.poll() is not None:
+            os.killpg(payload.pid, signal.SIGKILL)
+            raise AssertionError(f"the job did not start its child: {(attempt / 'job.log').read_text()}")
+        time.sleep(0.05)
+    return payload, attempt, int((attempt / "child.pid").read_text())
+
+
+def test_reap_ends_what_a_killed_job_left_and_spares_a_live_job(tmp_path):
+    """kill -9 of a job's process group (a head killed with its group) leaves the child that runs in
+    a session of its own, with parent 1 (torchrun's ranks, in life). The backend's reap ends it;
+    while the job's own process runs (an adopted job), reap touches nothing."""
+    sched = LocalScheduler(tmp_path / "jobs")
+    payload, attempt, child = _start_job_with_a_setsid_child(tmp_path)
+    try:
+        marker = json.loads(AttemptFiles(attempt).job_marker.read_text())
+        assert attempt_processes(attempt) and child in attempt_processes(attempt)
+        assert sched.reap(marker, attempt) == 0 and _alive(child)  # the job still runs: not the head's to end
+        os.killpg(payload.pid, signal.SIGKILL)
+        payload.wait()
+        time.sleep(0.5)
+        assert _alive(child), "nothing was left behind: the test shows nothing"
+        assert sched.adopt(marker, attempt) is None  # the job's own process is gone: abandoned
+        assert sched.reap(marker, attempt) >= 1
+        deadline = time.time() + 5
+        while _alive(child) and time.time() < deadline:
+            time.sleep(0.05)
+        assert not _alive(child) and attempt_processes(attempt) == []
+    finally:
+        for pid in attempt_processes(attempt):
+            os.kill(pid, signal.SIGKILL)
+        if payload.poll() is None:
+            os.killpg(payload.pid, signal.SIGKILL)
+            payload.wait()
+
+
+def test_reap_leaves_the_processes_of_a_job_elsewhere_alone(tmp_path):
+    """A marker written on another machine: the processes here that name the attempt are not its job's."""
+    sched = LocalScheduler(tmp_path / "jobs")
+    payload, attempt, child = _start_job_with_a_setsid_child(tmp_path)
+    try:
+        os.killpg(payload.pid, signal.SIGKILL)
+        payload.wait()
+        marker = {**json.loads(AttemptFiles(attempt).job_marker.read_text()), "host": "another-node"}
+        assert sched.reap(marker, attempt) == 0 and _alive(child)
+    finally:
+        for pid in attempt_processes(attempt):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_a_zombie_marker_pid_is_not_adopted(tmp_path):
+    """A job's payload killed with its head's group stays a zombie until init reaps it (1.5 s here;
+    forever under a parent that never waits): it has ended, so its marker is not adopted."""
+    sched = LocalScheduler(tmp_path / "jobs")
+    child = subprocess.Popen(["sleep", "30"])
+    start = process_start_time(child.pid)
+    marker = {"host": socket.gethostname(), "pid": child.pid, "pid_start": start}
+    try:
+        assert start and sched.adopt(marker, tmp_path) is not None
+        child.kill()
+        deadline = time.time() + 5
+        while _alive(child.pid):  # not waited for: a zombie
+            assert time.time() < deadline
+            time.sleep(0.02)
+        assert Path(f"/proc/{child.pid}/stat").exists()
+        assert process_start_time(child.pid) is None and sched.adopt(marker, tmp_path) is None
+    finally:
+        child.kill()
+        child.wait()
