@@ -171,6 +171,7 @@ class Steady:
             s.submitter.submit([cand])
             free -= len(outbox) - before
             left -= 1
+            self._spend = None  # its attempts are in flight now (recorded 'pending')
         if not outbox:
             self.outbox_since = None
             return
