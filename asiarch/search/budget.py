@@ -31,8 +31,9 @@ class Spend:
 
 
 def trained_count(counts: Mapping[str, int]) -> int:
-    """New candidates whose training has ended, from Store.counts() (status -> how many)."""
-    return counts.get("done", 0) + counts.get("failed", 0)
+    """New candidates whose training has ended (scored, failed, or stopped early), from Store.counts()
+    (status -> how many)."""
+    return counts.get("done", 0) + counts.get("failed", 0) + counts.get("stopped", 0)
 
 
 def candidates_left(cfg: Config, spend: Spend) -> int:

@@ -49,6 +49,7 @@ from asiarch.search.proposals import Proposals
 from asiarch.search.recovery import Recovery
 from asiarch.search.repair import Checker
 from asiarch.search.submission import InFlight, Submitter, checked_waiting
+from asiarch.search.watchdog import Watchdog
 from asiarch.search.workers import Inline, MainThread, OnMain, Tasks
 from asiarch.store import Attempt, Candidate, Store
 
@@ -118,6 +119,7 @@ class Search:
         self.proposals = Proposals(cfg, shared, proposer, agents, said)
         self.recovery = Recovery(exp, store, scheduler, self.submitter, self.active, self.console)
         self.poller = Poller(exp, cfg, store, scheduler, self.active, self.console)
+        self.poller.watchdog = Watchdog(exp, cfg, store, scheduler, self.active, self.console, on_promote=self.promote)
 
     @classmethod
     def open(cls, exp: ExperimentDir, cfg: Config, *, scheduler: Scheduler | None = None,
@@ -343,6 +345,19 @@ class Search:
                     self.after_job_repair(attempt, out, first, False)
         elif out.candidate_status == "done":
             self.analyse_llm(cid)
+
+    def promote(self, attempt: Attempt) -> None:
+        """Train again, from its checkpoint, a candidate early stopping stopped at a rung that more
+        arrivals have since brought within the top 1/eta (asiarch.search.watchdog)."""
+        cand = self.store.candidate(attempt.candidate_id)
+        if cand.status != "stopped" or attempt.stage != "explore":
+            return
+        if self.submitter.attempts_used(cand.id, attempt.stage, attempt.seed) >= self.cfg.search.max_attempts:
+            return
+        self.store.set_candidate_status(cand.id, "checked", event=f"promoted past the rung it was stopped at "
+                                                                   f"(attempt {attempt.n}); resumed from its checkpoint")
+        self.console.line(f"{candidate_label(cand.id, cand.name)} PROMOTED  resumes from its checkpoint")
+        self.submitter.submit([self.store.candidate(cand.id)])
 
     def after_job_repair(self, attempt: Attempt, out, first: str, repaired: bool) -> None:
         """Train the Engineer's repair of a failed job (every seed again), or fail the candidate."""

@@ -201,7 +201,7 @@ class Steady:
         settled = {c.id for c in self.store.candidates(origin="baseline")}
         busy = {a.candidate_id for a in live if a.candidate_id not in settled} | s.repairing
         if busy:
-            busy = {cid for cid in busy if self.store.candidate(cid).status not in ("done", "failed")}
+            busy = {cid for cid in busy if self.store.candidate(cid).status not in ("done", "failed", "stopped")}
         return Spend(trained=trained_count(counts), compute_s=self.store.compute_seconds(),
                      llm_dollars=self.store.llm_dollars(),
                      llm_exhausted=s.agents is not None and s.agents.budget_spent(),

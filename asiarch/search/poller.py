@@ -2,8 +2,8 @@
 
 Each poll asks the scheduler for the state of every job in flight at once, records the
 scheduler's accounting of those that ended (one more query), marks attempts running, and hands
-each finished attempt to the caller's ``on_finished`` (the loop ingests it). A per-poll check of
-the running attempts' progress records belongs in :meth:`Poller.poll`, beside the states.
+each finished attempt to the caller's ``on_finished`` (the loop ingests it). The watchdog
+(asiarch.search.watchdog) judges the running attempts' progress records at each poll.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ class Poller:
         self.scheduler = scheduler
         self.active = active
         self.console = console
+        self.watchdog = None  # asiarch.search.watchdog.Watchdog: judges the running attempts at each poll
         self._exit_paths: dict[int, Path] = {}  # attempt id -> its job's exit record
         self._exit_next: dict[int, tuple[float, float]] = {}  # attempt id -> (next look, interval after it)
 
@@ -60,6 +61,8 @@ class Poller:
         ended, and ``on_finished`` for each attempt whose job ended (removed from ``active`` first)."""
         states = self.scheduler.states(list(self.active.values()))
         self._settle(dict(self.active), states, on_finished)
+        if self.watchdog is not None:
+            self.watchdog.check(states)
         return states
 
     def _settle(self, jobs: dict[int, str], states: dict[str, JobState], on_finished: OnFinished) -> list[int]:
@@ -76,6 +79,8 @@ class Poller:
                 continue
             del self.active[attempt_id]
             on_finished(attempt, state)
+            if self.watchdog is not None:
+                self.watchdog.ended(attempt)
         return list(finished)
 
     def exited(self, settle_s: float = 0.5) -> list[int]:

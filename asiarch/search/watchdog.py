@@ -1,0 +1,155 @@
+"""The live watchdog and early stopping: the head side of asiarch.search.early_stopping.
+
+Once per poll (:meth:`Watchdog.check`, called by the poller with the states it just read) the
+progress record of every running attempt is read (one small JSON file each), grouped with the
+finished and stopped attempts of its stage (their curves read once from their result files and
+kept), and :func:`asiarch.search.early_stopping.decide` says which to stop. A stop is a request in
+the attempt's control file (``stop.json``): the job's ranks stop together at the end of a step,
+checkpoint and write a result with status 'stopped', which ingest records (the candidate ends
+'stopped' with its partial curve). A job that does not answer the request within
+``GRACE_S`` (a stalled one cannot read it) is cancelled through the scheduler, its candidate
+recorded stopped with the watchdog's reason. The reference baseline is never stopped.
+
+ASHA's promotions (an attempt stopped at a rung that more arrivals have brought within the top
+1/eta) are handed to ``on_promote``, which trains the candidate again from its checkpoint.
+What is not kept across a head restart: the rungs each running attempt has passed (a resumed head
+judges it again at them, against the peers it then knows).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from asiarch.config import Config
+from asiarch.dispatch.base import JobState, Scheduler
+from asiarch.job import result as rf
+from asiarch.job.contract import AttemptFiles, request_stop
+from asiarch.layout import ExperimentDir
+from asiarch.search import early_stopping as es
+from asiarch.search.messages import Sink
+from asiarch.store import Attempt, Store
+
+GRACE_S = 120.0  # a job that has not ended this long after its stop request is cancelled
+
+
+class Watchdog:
+    """Judges the running attempts in ``active`` at each poll, and stops those the rules say to."""
+
+    def __init__(self, exp: ExperimentDir, cfg: Config, store: Store, scheduler: Scheduler, active: dict[int, str],
+                 console: Sink, on_promote: Callable[[Attempt], None] | None = None):
+        self.exp = exp
+        self.cfg = cfg
+        self.store = store
+        self.scheduler = scheduler
+        self.active = active
+        self.console = console
+        self.on_promote = on_promote
+        self.rungs: dict[int, int] = {}          # attempt id -> rungs passed (this head's memory)
+        self.requested: dict[int, tuple[float, es.Decision]] = {}  # attempt id -> (when, why)
+        self.peers: dict[int, es.Snapshot] | None = None  # ended attempt id -> its snapshot
+        self.stages: dict[int, str] = {}
+        self.promoted: set[int] = set()
+
+    @property
+    def enabled(self) -> bool:
+        return any(es.applies(section, stage) for section in (self.cfg.watchdog, self.cfg.early_stopping)
+                   for stage in ("explore", "verify"))
+
+    def is_reference(self, cid: int) -> bool:
+        cand = self.store.candidate(cid)
+        return cand.origin == "baseline" and cand.name == self.cfg.baselines.reference
+
+    # ------------------------------------------------------------------ peers
+    def load_peers(self) -> None:
+        """Snapshots of the attempts that ended with a curve (ok or stopped), read once."""
+        self.peers = {}
+        for cand in self.store.candidates():
+            for a in self.store.attempts(cand.id):
+                if a.status in ("ok", "stopped"):
+                    self.add_peer(a)
+
+    def add_peer(self, attempt: Attempt) -> None:
+        """Keep an ended attempt's curve for judging the others (called as each is ingested)."""
+        if self.peers is None:
+            return
+        try:
+            rec = rf.read_result(AttemptFiles(self.exp.root / attempt.dir).result)
+        except rf.ResultFileError:
+            return
+        if rec.status not in ("ok", "stopped") or (rec.env.get("stop") or {}).get("reason") == "implausible":
+            return  # an implausible curve is no standard for the others
+        self.peers[attempt.id] = es.snapshot_from_result(attempt.id, rec, reference=self.is_reference(attempt.candidate_id))
+        self.stages[attempt.id] = attempt.stage
+
+    # ------------------------------------------------------------------ one poll
+    def check(self, states: dict[str, JobState]) -> None:
+        """Judge every running attempt (one progress read each) and act on the decisions."""
+        if not self.enabled or not self.active:
+            return
+        if self.peers is None:
+            self.load_peers()
+        now = time.time()
+        running: dict[str, list[es.Snapshot]] = {}
+        attempts: dict[int, Attempt] = {}
+        for attempt_id, job_id in list(self.active.items()):
+            if states.get(job_id) is not JobState.RUNNING:
+                continue
+            a = attempts[attempt_id] = self.store.attempt(attempt_id)
+            if attempt_id in self.requested:
+                self.overdue(a, now)
+                continue
+            progress = rf.read_progress(AttemptFiles(self.exp.root / a.dir).progress)
+            started = a.submitted_at  # the scheduler's start is not recorded; the submission bounds it
+            snap = es.snapshot_from_progress(attempt_id, progress, steps=self.steps(a), started_at=started,
+                                             reference=self.is_reference(a.candidate_id),
+                                             rungs_passed=self.rungs.get(attempt_id, 0))
+            running.setdefault(a.stage, []).append(snap)
+        best = min((p.curve[-1][1] for p in self.peers.values() if p.finished and p.curve), default=None)
+        floor = es.task_floor(self.cfg.train.task, self.cfg.watchdog, best)
+        for stage, snaps in running.items():
+            ended = [p for k, p in self.peers.items() if self.stages.get(k) == stage]
+            group = snaps + ended
+            for key, d in es.decide(group, watchdog=self.cfg.watchdog, early_stopping=self.cfg.early_stopping,
+                                    stage=stage, now=now, floor=floor).items():
+                if d.stop:
+                    self.stop(attempts[key], d, now)
+                else:
+                    self.rungs[key] = d.rungs_passed
+            if self.on_promote is not None and es.applies(self.cfg.early_stopping, stage):
+                for key in es.promotions(ended, self.cfg.early_stopping):
+                    if key not in self.promoted:
+                        self.promoted.add(key)
+                        self.on_promote(self.store.attempt(key))
+
+    def steps(self, a: Attempt) -> int:
+        from asiarch.config import stage_train
+
+        return int(stage_train(self.cfg, a.stage, a.seed).steps)
+
+    def stop(self, a: Attempt, d: es.Decision, now: float) -> None:
+        request_stop(AttemptFiles(self.exp.root / a.dir), **d.request())
+        self.requested[a.id] = (now, d)
+        where = f"rung {d.rung}" if d.rung else d.reason
+        self.store.log_event("stopping", f"attempt {a.n}: asked to stop ({where}): {d.message}"[:1000],
+                             a.candidate_id, a.id)
+        cand = self.store.candidate(a.candidate_id)
+        self.console.line(f"#{cand.id:<4} {cand.name[:34]:<34} STOPPING  {where}: {d.message}"[:200])
+
+    def overdue(self, a: Attempt, now: float) -> None:
+        """Cancel a job that has not answered its stop request in GRACE_S (a stalled one never reads it);
+        its candidate is recorded stopped with the watchdog's reason."""
+        when, d = self.requested[a.id]
+        if now - when < GRACE_S:
+            return
+        self.requested[a.id] = (float("inf"), d)  # once
+        self.scheduler.cancel([a.job_id])
+        if a.stage == "explore":
+            why = f"stopped ({d.reason}): {d.message}; cancelled, it did not answer the stop request in {GRACE_S:.0f} s"
+            self.store.set_candidate_status(a.candidate_id, "stopped", why[:500], event=why[:1000])
+
+    def ended(self, attempt: Attempt) -> None:
+        """An attempt left flight: forget it, and keep its curve as a peer."""
+        self.rungs.pop(attempt.id, None)
+        self.requested.pop(attempt.id, None)
+        self.add_peer(self.store.attempt(attempt.id))
