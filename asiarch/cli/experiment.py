@@ -47,9 +47,10 @@ def run_search(root: Path, cfg, *, quiet: bool = False) -> int:
     finally:
         search.close()
     best = summary.best
+    stopped = f", {summary.stopped} stopped early" if summary.stopped else ""
     console.line(f"done in {summary.elapsed_s:.0f} s: {summary.trained} trained, {summary.failed} failed, "
-                 f"{summary.rejected} rejected" + (f"; best #{best.id} {best.name} fitness {best.fitness:.3f}"
-                                                  if best else ""))
+                 f"{summary.rejected} rejected{stopped}"
+                 + (f"; best #{best.id} {best.name} fitness {best.fitness:.3f}" if best else ""))
     return 0
 
 
@@ -89,6 +90,8 @@ def demo_setup(args):
         cfg.experiment.description = "asiarch demo: the whole loop on one machine, CPU, LLM agents."
     if args.llm_model:
         cfg.llm.model = args.llm_model
+    if getattr(args, "early_stopping", False):  # off in the demo unless asked for
+        cfg.early_stopping.enabled = True
     validate(cfg)
     root.mkdir(parents=True, exist_ok=True)
     (root / "config.toml").write_text(render_toml(cfg))
@@ -139,6 +142,9 @@ def demo_parser(sub) -> None:
     s.add_argument("--stages", action="store_true",
                    help="exploration and verification stages with 3 seeds each, intervals and paired gains "
                         "(about 5-6 minutes on 2 cores)")
+    s.add_argument("--early-stopping", action="store_true",
+                   help="stop candidates behind their peers at rungs (asynchronous successive halving, "
+                        "[early_stopping]); off in the demo unless given")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_demo)
 

@@ -63,6 +63,7 @@ class Summary:
     rejected: int
     best: Candidate | None
     elapsed_s: float
+    stopped: int = 0  # stopped early (watchdog or early stopping): counted apart from those trained to the end
 
 
 def make_scheduler(exp: ExperimentDir, cfg: Config, *, check: bool = True) -> Scheduler:
@@ -413,7 +414,8 @@ class Search:
         counts = self.store.counts()
         best = self.store.ranked(1, include_baselines=False)
         return Summary(trained=counts.get("done", 0), failed=counts.get("failed", 0),
-                       rejected=counts.get("rejected", 0), best=best[0] if best else None, elapsed_s=elapsed)
+                       rejected=counts.get("rejected", 0), best=best[0] if best else None, elapsed_s=elapsed,
+                       stopped=counts.get("stopped", 0))
 
     def close(self) -> None:
         self.store.close()

@@ -19,7 +19,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Any
 
 
@@ -110,6 +110,51 @@ class OnMain:
         return on_main
 
 
+class Pool:
+    """``n`` daemon worker threads taking work from one queue. Not concurrent.futures' pool: its
+    threads are joined when the interpreter exits, so a head told to stop (Ctrl-C, scancel, the head
+    job's requeue) would wait for an LLM answer or a pre-flight in flight; these are not waited for."""
+
+    def __init__(self, name: str, n: int):
+        self.name, self.n = name, max(1, n)
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+
+    def submit(self, fn: Callable[[], Any]) -> Future:
+        fut: Future = Future()
+        self._queue.put((fn, fut))
+        if len(self._threads) < self.n:  # started as work comes
+            t = threading.Thread(target=self._work, name=f"asiarch-{self.name}-{len(self._threads)}", daemon=True)
+            self._threads.append(t)
+            t.start()
+        return fut
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            fn, fut = item
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                fut.set_result(fn())
+            except BaseException as exc:  # noqa: BLE001 -- handed to whoever reaps the task
+                fut.set_exception(exc)
+
+    def shutdown(self) -> None:
+        """Drop the work not started; the threads end after what they are doing."""
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                item[1].cancel()
+        for _ in self._threads:
+            self._queue.put(None)
+
+
 class Tasks:
     """Named pools of worker threads; what finishes is continued on the main thread.
 
@@ -120,8 +165,7 @@ class Tasks:
 
     def __init__(self, main: MainThread, sizes: dict[str, int]):
         self.main = main
-        self.pools = {name: ThreadPoolExecutor(max_workers=max(1, n), thread_name_prefix=f"asiarch-{name}")
-                      for name, n in sizes.items()}
+        self.pools = {name: Pool(name, n) for name, n in sizes.items()}
         self._running: list[tuple[str, str, Future, Callable]] = []  # (pool, kind, future, then)
 
     def spawn(self, pool: str, kind: str, work: Callable[[], Any], then: Callable[[Any], None]) -> None:
@@ -145,7 +189,7 @@ class Tasks:
         """Stop taking work; tasks not yet started are dropped, running ones are not waited for."""
         self.main.close()
         for pool in self.pools.values():
-            pool.shutdown(wait=False, cancel_futures=True)
+            pool.shutdown()
 
 
 class Inline:

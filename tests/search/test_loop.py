@@ -3,6 +3,7 @@ ranks, HDF5 results. Small models and few steps so that each job takes seconds."
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -152,6 +153,10 @@ def test_status_shows_counts_failures_and_events(finished, capsys):
     out = capsys.readouterr().out
     assert "done" in out and "rejected" in out and "failures:" in out and "last events:" in out
     assert "index out of range" in out
+    # what only the head knows, as the steady pipeline last wrote it: slots, proposals and checks in flight
+    m = re.search(r"pipeline: +slots (\d+)/(\d+) busy, proposing (\d+), checking (\d+), ready (\d+)", out)
+    assert m, out
+    assert int(m.group(2)) == 1 and int(m.group(1)) <= 1  # this run's cluster.max_in_flight
 
 
 class BreakingScheduler(LocalScheduler):

@@ -128,3 +128,22 @@ def test_llm_calls_in_flight_count_against_the_dollar_cap(tmp_path, monkeypatch)
     assert _spend_at_once(tmp_path, monkeypatch, count_in_flight=True) == pytest.approx(3.0)
     # without: all six pass the check before any is recorded
     assert _spend_at_once(tmp_path, monkeypatch, count_in_flight=False) == pytest.approx(6.0)
+
+
+@pytest.mark.slow
+def test_a_head_told_to_stop_does_not_wait_for_work_in_flight():
+    """A worker in a long LLM call or pre-flight must not keep a stopped head alive: the pool's threads
+    are daemons. concurrent.futures' pool, joined at exit, would wait (shown with an 8 s task)."""
+    import subprocess
+    import sys
+
+    def exit_time(pool_code: str) -> float:
+        code = ("import time\n" + pool_code + "\ntime.sleep(0.3)\nt0 = time.time()\nprint(t0, flush=True)\n")
+        t0 = time.time()
+        subprocess.run([sys.executable, "-c", code], check=True, timeout=60, capture_output=True)
+        return time.time() - t0
+
+    ours = exit_time("from asiarch.search.workers import Pool\np = Pool('llm', 2)\np.submit(lambda: time.sleep(8))")
+    stdlib = exit_time("from concurrent.futures import ThreadPoolExecutor\np = ThreadPoolExecutor(2)\n"
+                       "p.submit(lambda: time.sleep(8))")
+    assert stdlib >= 8 and ours < 5, (ours, stdlib)
