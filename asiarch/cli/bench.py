@@ -93,7 +93,7 @@ def cmd_bench_kill_head(args) -> int:
     if root.exists():
         return die(f"{root} exists; name a new directory (the stress run creates it)")
     out = kill_head_stress(root, candidates=args.candidates, kills=args.kills, seed=args.seed, kill=args.kill,
-                           sandbox=args.sandbox)
+                           sandbox=args.sandbox, min_delay_s=args.min_delay, max_delay_s=args.max_delay)
     print(format_stress(out))
     print(f"experiment kept in {root} (heads' output in heads.log)")
     if args.json:
@@ -112,6 +112,10 @@ def kill_head_parser(bs) -> None:
                         "torchrun's ranks do not), or the two by turns")
     b.add_argument("--sandbox", default=None, choices=("auto", "bwrap", "none"),
                    help="cluster.sandbox of the search (default: the config's, auto)")
+    b.add_argument("--min-delay", type=float, default=0.5, help="earliest kill, seconds after a head starts")
+    b.add_argument("--max-delay", type=float, default=15.0, help="latest kill, seconds after a head starts (a head "
+                                                                 "restarted on a busy store takes longer to "
+                                                                 "get to training: raise it so kills land there)")
     b.add_argument("--dir", default=None, help="experiment directory to create (default: a temporary one)")
     b.add_argument("--json", action="store_true", help="also print the audit as JSON")
     b.set_defaults(func=cmd_bench_kill_head)

@@ -6,18 +6,22 @@ finished and stopped attempts of its stage (their curves read once from their re
 kept), and :func:`asiarch.search.early_stopping.decide` says which to stop. A stop is a request in
 the attempt's control file (``stop.json``): the job's ranks stop together at the end of a step,
 checkpoint and write a result with status 'stopped', which ingest records (the candidate ends
-'stopped' with its partial curve). A job that does not answer the request within
-``GRACE_S`` (a stalled one cannot read it) is cancelled through the scheduler, its candidate
-recorded stopped with the watchdog's reason. The reference baseline is never stopped.
+'stopped' with its partial curve). A job that does not answer the request within its grace
+(:meth:`Watchdog.grace_s`: ``GRACE_S``, or ``watchdog.stall_s`` when shorter; a stalled one may never
+read it) is cancelled through the scheduler, its candidate recorded stopped with the watchdog's
+reason. The reference baseline is never stopped.
 
 ASHA's promotions (an attempt stopped at a rung that more arrivals have brought within the top
-1/eta) are handed to ``on_promote``, which trains the candidate again from its checkpoint.
-What is not kept across a head restart: the rungs each running attempt has passed (a resumed head
-judges it again at them, against the peers it then knows).
+1/eta) are handed to ``on_promote``, which trains the candidate again from its checkpoint; the
+new attempt starts past the rung it was stopped at (``scores["stopped"]["rung"]``), so it is not judged
+there again. What is not kept across a head restart: the rungs each running attempt has passed (a
+resumed head judges it again at them, against the peers it then knows), and when each job was first
+seen running (a resumed head counts a job's stall from when it first sees it).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 
@@ -50,6 +54,7 @@ class Watchdog:
         self.peers: dict[int, es.Snapshot] | None = None  # ended attempt id -> its snapshot
         self.stages: dict[int, str] = {}
         self.promoted: set[int] = set()
+        self.running_since: dict[int, float] = {}  # attempt id -> when this head first saw its job running
 
     @property
     def enabled(self) -> bool:
@@ -100,10 +105,14 @@ class Watchdog:
                 self.overdue(a, now)
                 continue
             progress = rf.read_progress(AttemptFiles(self.exp.root / a.dir).progress)
-            started = a.submitted_at  # the scheduler's start is not recorded; the submission bounds it
+            # the scheduler's start is not recorded: a job's stall before its first progress record counts
+            # from when this head first saw it running (not its submission: it may have queued for hours)
+            started = self.running_since.setdefault(attempt_id, now)
+            if attempt_id not in self.rungs:
+                self.rungs[attempt_id] = self.resumed_past(a)
             snap = es.snapshot_from_progress(attempt_id, progress, steps=self.steps(a), started_at=started,
                                              reference=self.is_reference(a.candidate_id),
-                                             rungs_passed=self.rungs.get(attempt_id, 0))
+                                             rungs_passed=self.rungs[attempt_id])
             running.setdefault(a.stage, []).append(snap)
         best = min((p.curve[-1][1] for p in self.peers.values() if p.finished and p.curve), default=None)
         floor = es.task_floor(self.cfg.train.task, self.cfg.watchdog, best)
@@ -122,6 +131,20 @@ class Watchdog:
                         self.promoted.add(key)
                         self.on_promote(self.store.attempt(key))
 
+    def resumed_past(self, a: Attempt) -> int:
+        """The rungs a new attempt starts past: a promoted candidate's rung it was stopped at (its
+        ``scores["stopped"]``, kept through the promotion), when this attempt resumes that one's seed."""
+        info = self.store.candidate(a.candidate_id).scores.get("stopped") or {}
+        rung = info.get("rung") if info.get("reason") == "rung" else None
+        return int(rung) if isinstance(rung, int) and a.stage == "explore" and a.seed == 0 else 0
+
+    def grace_s(self) -> float:
+        """How long a job has to answer its stop request before it is cancelled: ``GRACE_S``, or
+        ``watchdog.stall_s`` when shorter (a live trainer reads the request after its current step; one
+        that has not answered within a stall period is as good as stalled)."""
+        stall = self.cfg.watchdog.stall_s
+        return min(GRACE_S, stall) if stall > 0 else GRACE_S
+
     def steps(self, a: Attempt) -> int:
         from asiarch.config import stage_train
 
@@ -137,19 +160,35 @@ class Watchdog:
         self.console.line(f"#{cand.id:<4} {cand.name[:34]:<34} STOPPING  {where}: {d.message}"[:200])
 
     def overdue(self, a: Attempt, now: float) -> None:
-        """Cancel a job that has not answered its stop request in GRACE_S (a stalled one never reads it);
-        its candidate is recorded stopped with the watchdog's reason."""
+        """Cancel a job that has not answered its stop request within :meth:`grace_s` (a stalled one may
+        never read it); its candidate is recorded stopped with the watchdog's reason, as ingest records a
+        job that answered (``scores["stopped"]``, from its progress record; no checkpoint to resume)."""
         when, d = self.requested[a.id]
-        if now - when < GRACE_S:
+        grace = self.grace_s()
+        if now - when < grace:
             return
         self.requested[a.id] = (float("inf"), d)  # once
         self.scheduler.cancel([a.job_id])
-        if a.stage == "explore":
-            why = f"stopped ({d.reason}): {d.message}; cancelled, it did not answer the stop request in {GRACE_S:.0f} s"
-            self.store.set_candidate_status(a.candidate_id, "stopped", why[:500], event=why[:1000])
+        if a.stage != "explore":
+            return
+        cand = self.store.candidate(a.candidate_id)
+        if cand.status in ("done", "failed", "stopped", "rejected"):
+            return
+        progress = rf.read_progress(AttemptFiles(self.exp.root / a.dir).progress) or {}
+        loss = progress.get("loss")
+        where = f"rung {d.rung}" if d.rung else d.reason
+        why = (f"stopped ({where}) at step {progress.get('step', d.step or 0)} of {self.steps(a)}: {d.message}; "
+               f"cancelled, it did not answer the stop request in {grace:.0f} s")
+        info = {"reason": d.reason, "rung": d.rung, "step": progress.get("step", d.step), "steps": self.steps(a),
+                "loss": loss if isinstance(loss, (int, float)) and math.isfinite(loss) else None,
+                "message": d.message, "attempt": a.n, "cancelled": True}
+        self.store.set_scores(cand.id, fitness=None, loss=None, score=None, scores={**cand.scores, "stopped": info},
+                              num_params=cand.num_params, status="stopped", reason=why[:500])
+        self.store.log_event("stopped", f"attempt {a.n}: {why}"[:1000], cand.id, a.id)
 
     def ended(self, attempt: Attempt) -> None:
         """An attempt left flight: forget it, and keep its curve as a peer."""
         self.rungs.pop(attempt.id, None)
         self.requested.pop(attempt.id, None)
+        self.running_since.pop(attempt.id, None)
         self.add_peer(self.store.attempt(attempt.id))
