@@ -36,6 +36,8 @@ import statistics
 from dataclasses import dataclass, field, replace
 from typing import Hashable, Iterable, Mapping, Sequence
 
+from asiarch.analysis.stats import spearman
+
 #: Why an attempt was stopped: at an ASHA rung, or by one of the watchdog's rules.
 STOP_REASONS = ("rung", "slow", "stalled", "diverging", "implausible")
 WATCHDOG_REASONS = STOP_REASONS[1:]
@@ -352,29 +354,6 @@ class ReplayOutcome:
     rank_spearman: float                          # the policy's order against the order by final loss
     stopped: dict = field(default_factory=dict)   # key -> rung it ended stopped at
     promoted: int = 0                             # resumes of stopped attempts
-
-
-def spearman(xs: Sequence[float], ys: Sequence[float]) -> float:
-    """Spearman's rank correlation (average ranks for ties); nan for fewer than 2 points or no spread."""
-    def ranks(v):
-        order = sorted(range(len(v)), key=lambda i: v[i])
-        r = [0.0] * len(v)
-        i = 0
-        while i < len(order):
-            j = i
-            while j + 1 < len(order) and v[order[j + 1]] == v[order[i]]:
-                j += 1
-            for t in range(i, j + 1):
-                r[order[t]] = (i + j) / 2 + 1
-            i = j + 1
-        return r
-    if len(xs) < 2:
-        return math.nan
-    rx, ry = ranks(list(xs)), ranks(list(ys))
-    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
-    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
-    vx, vy = sum((a - mx) ** 2 for a in rx), sum((b - my) ** 2 for b in ry)
-    return cov / math.sqrt(vx * vy) if vx and vy else math.nan
 
 
 def replay(curves: Sequence[ReplayCurve], cfg, *, parallel: int = 1, k: int = 3) -> ReplayOutcome:

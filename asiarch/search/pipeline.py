@@ -98,7 +98,7 @@ class Steady:
         while True:
             self.step(propose=True)
             if not self.busy() and (self.stop or not self.ready or self.budget_left() <= 0):
-                if not self.stop and not self.ready:
+                if not self.stop and not self.ready and self.budget_left() > 0:
                     self.stop = self.nothing_new()
                 break
 
@@ -230,8 +230,7 @@ class Steady:
             s.console.line(self.stop)
             return
         left = candidates_left(self.cfg, spend)
-        if left <= 0:
-            self.stop = "budget.candidates reached"
+        if left <= 0:  # not for good: a candidate in flight that ends rejected (a leak) frees its place
             return
         if proposals_exhausted(self.cfg, self.store.count("rejected")):
             self.stop = "too many proposals rejected; stopping (see `asiarch status DIR` for the reasons)"
