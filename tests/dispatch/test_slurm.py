@@ -115,6 +115,7 @@ def test_search_through_slurm_trains_a_round_as_one_array(slurm_cluster, tmp_pat
     cfg.cluster.max_in_flight = 2
     cfg.cluster.timeout_min = 10
     cfg.search.round_size = 4
+    cfg.search.schedule = "rounds"  # a round is one array; the steady schedule's sbatch count: bench pipeline
     search = Search.open(ExperimentDir(tmp_path), cfg, console=Console(verbose=False))
     search.run()
     store = search.store
