@@ -11,8 +11,8 @@ soon as it frees, from a queue of candidates already proposed and checked ahead:
         -> ready (checked, waiting for a slot)
         -> the outbox (prepared attempts, recorded 'pending')
         -> one scheduler call for what is ready within cluster.submit_window_s (one sbatch, one array)
-        -> jobs in flight (one squeue per poll for all of them; a poll as soon as a job's exit record
-           appears, else backing off)
+        -> jobs in flight (a job's exit record makes the head ask the scheduler's cheapest source about
+           it at once, on Slurm sacct; one squeue for all of them on a backing-off interval)
         -> ingest on the main thread; the Analyst's report and the Engineer's job repair on "llm".
 
 The main thread is the only one that touches the store: workers hand their reads and writes to it
