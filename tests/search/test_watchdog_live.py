@@ -209,6 +209,9 @@ def test_implausible_below_the_lm_floor_and_the_reference_is_never_stopped(where
     tokens = write_token_file(tmp_path / "tokens.bin", "the quick brown fox jumps over the lazy dog. " * 400)
     cfg = watched_config("floor", 1, task="lm", token_file=str(tokens), vocab_size=256)
     cfg.watchdog.implausible_floor = 50.0
+    # this test is about the floor: the LM curve on this tiny repetitive text can bump up 10 % over 5 points
+    # (seen on Slurm), which the diverging rule, judged first, would call diverging
+    cfg.watchdog.diverging_rise = 1e9
     # the trainer writes a progress record at most every 2 s: 400 steps (~8 s here) so that the watchdog sees
     # some past warm-up while the job still trains (100 took 2 s: only the first and the last record)
     cfg.train.steps = 400
