@@ -132,9 +132,15 @@ class TrainConfig:
                        "set smaller it is an error. Training windows are drawn per rank from the train shards; "
                        "the val split is evaluated sharded over the ranks (train.eval_batches x batch_size "
                        "windows at most).")
-    lm_eval: list[str] = _f([], "LM task: multiple-choice evaluations after training, as 'NAME=PATH' of a local "
-                                "JSONL file (lines {\"context\", \"choices\", \"label\"}, scored by log-likelihood "
-                                "as lm-eval does); adds NAME/accuracy and NAME/accuracy_norm. Byte tokens only.")
+    lm_eval_tasks: list[str] = _f([], "LM task: lm-evaluation-harness tasks scored after training (needs train.data "
+                                      "and the [eval] extra), lm-eval's registered names (e.g. 'arc_easy', 'piqa', "
+                                      "'hellaswag', 'lambada_openai'; their datasets must be in the HF cache: jobs run "
+                                      "offline) or tasks of train.lm_eval_include. Each metric goes into the result as "
+                                      "lm_eval/<task>/<metric>; the task score averages acc_norm (else acc). A task "
+                                      "that cannot run is recorded with lm-eval's error; the run keeps its loss.")
+    lm_eval_include: str = _f("", "LM task: a directory of lm-eval task YAMLs (a task over a local JSONL file: "
+                                  "dataset_path json, dataset_kwargs.data_files relative to this directory).")
+    lm_eval_limit: int = _f(0, "LM task: lm-eval samples per task (0: all; a handful make a smoke test, not a score).")
     mqar_eval: list[str] = _f([], "MQAR: further difficulties evaluated after training, as 'PAIRSxLENGTH' (e.g. "
                                   "'8x128'); each adds metrics mqar_PAIRSxLENGTH/accuracy and /loss, and the task "
                                   "score averages all accuracies.")
@@ -245,8 +251,9 @@ class VerifyConfig:
     batch_size: int = _f(0, "Global batch size in verification (0: as in [train]).")
     seq_len: int = _f(0, "Sequence length in verification (0: as in [train]).")
     num_kv_pairs: int = _f(0, "MQAR pairs in verification (0: as in [train]).")
-    lm_eval: list[str] = _f([], "Multiple-choice evaluations of the verification stage ('NAME=PATH', see "
-                                "train.lm_eval), where the datasets are on local disk (empty: as in [train]).")
+    lm_eval_tasks: list[str] = _f([], "lm-eval tasks of the verification stage (see train.lm_eval_tasks; empty: "
+                                      "as in [train]); ASI-Arch scored its verified models on its ten benchmarks.")
+    lm_eval_limit: int = _f(-1, "lm-eval samples per task in verification (-1: as in [train]; 0: every sample).")
 
 
 @dataclass
@@ -378,10 +385,18 @@ def _coerce(value: Any, tp, key: str, meta: dict) -> Any:
     return value
 
 
+#: Keys an earlier asiarch read, and what replaced them.
+_REPLACED = {"lm_eval": "replaced by lm_eval_tasks (lm-evaluation-harness task names) and train.lm_eval_include (a "
+                        "directory of task YAMLs: a multiple-choice JSONL file becomes a YAML with dataset_path json; "
+                        "README, 'Language modelling')"}
+
+
 def _build(cls, data: dict, prefix: str):
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
+    if unknown and unknown[0] in _REPLACED:
+        raise ConfigError(f"{prefix + '.' if prefix else ''}{unknown[0]}: {_REPLACED[unknown[0]]}")
     if unknown:
         where = f"[{prefix}]" if prefix else "the top level"
         raise ConfigError(
@@ -417,9 +432,11 @@ def stage_train(cfg: Config, stage: str, seed_index: int = 0) -> TrainConfig:
     t = dataclasses.replace(cfg.train, seed=cfg.train.seed + seed_index)
     if stage == "verify":
         v = cfg.verify
-        for name in ("hidden_size", "num_layers", "steps", "batch_size", "seq_len", "num_kv_pairs", "lm_eval"):
+        for name in ("hidden_size", "num_layers", "steps", "batch_size", "seq_len", "num_kv_pairs", "lm_eval_tasks"):
             if getattr(v, name):
                 setattr(t, name, getattr(v, name))
+        if v.lm_eval_limit >= 0:
+            t.lm_eval_limit = v.lm_eval_limit
     elif stage != "explore":
         raise ValueError(f"unknown stage {stage!r}; stages are 'explore' and 'verify'")
     return t
@@ -431,14 +448,20 @@ def stage_seeds(cfg: Config, stage: str) -> int:
 
 
 def _validate_lm_eval(key: str, t: TrainConfig) -> None:
-    for item in t.lm_eval:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path or "/" in name:
-            raise ConfigError(f"{key}: {item!r} should be 'NAME=PATH' (e.g. 'piqa=/data/piqa.jsonl')")
-        if t.task != "lm" or t.vocab_size < 256:
-            raise ConfigError(f"{key} needs train.task = 'lm' with byte tokens (vocab_size >= 256)")
-        if not Path(path).is_file():
-            raise ConfigError(f"{key}: {path} is not a file (the multiple-choice datasets must be on local disk)")
+    """lm-eval tasks need the LM task over a prepared directory (the tokenizer is its manifest's). Whether a
+    name is a task is lm-eval's to say, in the job (indexing its tasks takes ~20 s): `asiarch check` runs it."""
+    if not t.lm_eval_tasks and not t.lm_eval_include:
+        return
+    if t.task != "lm" or not t.data:
+        raise ConfigError(f"{key} needs train.task = 'lm' with train.data (a directory of `asiarch data prepare`: "
+                          f"lm-eval tokenizes with its tokenizer)")
+    if t.lm_eval_limit < 0:
+        raise ConfigError(f"train.lm_eval_limit must be 0 (every sample) or more, got {t.lm_eval_limit}")
+    for name in t.lm_eval_tasks:
+        if not name or "," in name or name != name.strip():
+            raise ConfigError(f"{key}: {name!r} is not a task name (one name per list item, e.g. ['piqa', 'arc_easy'])")
+    if t.lm_eval_include and not Path(t.lm_eval_include).is_dir():
+        raise ConfigError(f"train.lm_eval_include: {t.lm_eval_include} is not a directory (of lm-eval task YAMLs)")
 
 
 def _validate_lm_data(t: TrainConfig) -> None:
@@ -479,7 +502,7 @@ def _validate_verify(cfg: Config) -> None:
         raise ConfigError("verify.promote = 'beats_baseline' needs train.seeds >= 2 (a paired interval needs two "
                           "seeds); set train.seeds or use promote = 'top_k'")
     t = stage_train(cfg, "verify")
-    _validate_lm_eval("verify.lm_eval", t)
+    _validate_lm_eval("verify.lm_eval_tasks", t)
     if t.hidden_size % t.num_heads:
         raise ConfigError(f"verify.hidden_size ({t.hidden_size}) must be divisible by train.num_heads ({t.num_heads})")
     if t.batch_size % t.nproc:
@@ -525,7 +548,7 @@ def validate(cfg: Config) -> Config:
         pairs, length = parse_difficulty(item)  # raises naming the item
         if length < 4 * pairs or 2 * pairs > t.vocab_size // 2:
             raise ConfigError(f"train.mqar_eval: {item!r} needs length >= 4 * pairs and pairs <= vocab_size // 4")
-    _validate_lm_eval("train.lm_eval", t)
+    _validate_lm_eval("train.lm_eval_tasks", t)
     _validate_verify(cfg)
     if not 0 <= s.llm_fraction <= 1:
         raise ConfigError(f"search.llm_fraction must be in [0, 1], got {s.llm_fraction}")
@@ -654,8 +677,19 @@ def apply_profile(data: dict, base: Path | None = None) -> dict:
     return {**data, "cluster": {**keys, **cluster}}
 
 
+#: [train] keys that name files or directories: a relative one is relative to the config file's directory.
+PATH_KEYS = ("data", "token_file", "lm_eval_include")
+
+
 def from_dict(data: dict, base: Path | None = None) -> Config:
-    return validate(_build(Config, apply_profile(data, base), ""))
+    """The validated config of a parsed TOML document; ``base`` (the config file's directory) anchors the
+    site profile and the relative paths of :data:`PATH_KEYS`."""
+    cfg = _build(Config, apply_profile(data, base), "")
+    for key in PATH_KEYS if base is not None else ():
+        value = getattr(cfg.train, key)
+        if value and not Path(value).is_absolute():
+            setattr(cfg.train, key, str(Path(base).absolute() / value))
+    return validate(cfg)
 
 
 def load_config(path: str | Path) -> Config:
@@ -689,8 +723,10 @@ def _toml_value(value: Any) -> str:
     raise TypeError(f"cannot write {value!r} as TOML")
 
 
-def render_toml(cfg: Config, *, comments: bool = True) -> str:
-    """The config as TOML text; with ``comments`` every key carries its help text."""
+def render_toml(cfg: Config, *, comments: bool = True, notes: dict[str, str] | None = None) -> str:
+    """The config as TOML text; with ``comments`` every key carries its help text, and the keys of ``notes``
+    ('section.key') a second comment line: where their value comes from (a preset's sources)."""
+    notes = notes or {}
     lines = []
     if comments:
         lines += [
@@ -707,6 +743,8 @@ def render_toml(cfg: Config, *, comments: bool = True) -> str:
             if comments:
                 extra = f" One of: {', '.join(f.metadata['choices'])}." if "choices" in f.metadata else ""
                 lines.append(f"# {f.metadata['help']}{extra}")
+                if f"{sec.name}.{f.name}" in notes:
+                    lines.append(f"#   -> {notes[f'{sec.name}.{f.name}']}")
             lines.append(f"{f.name} = {_toml_value(getattr(section, f.name))}")
         lines.append("")
     return "\n".join(lines)

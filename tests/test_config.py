@@ -2,7 +2,7 @@ import tomllib
 
 import pytest
 
-from asiarch.config import Config, ConfigError, demo_config, from_dict, load_config, render_toml
+from asiarch.config import Config, ConfigError, demo_config, from_dict, load_config, render_toml, stage_train, validate
 
 
 def test_defaults_and_demo_validate():
@@ -138,16 +138,70 @@ def test_stage_and_evaluation_keys_are_checked(tmp_path):
     with pytest.raises(ConfigError, match="pairs <= vocab_size // 4"):
         validate(cfg)
     cfg = demo_config()
-    cfg.train.lm_eval = [f"piqa={tmp_path / 'piqa.jsonl'}"]
-    with pytest.raises(ConfigError, match="needs train.task = 'lm'"):
+    cfg.train.lm_eval_tasks = ["piqa"]
+    with pytest.raises(ConfigError, match="needs train.task = 'lm' with train.data"):
         validate(cfg)
     cfg.train.task, cfg.train.vocab_size, cfg.train.token_file = "lm", 256, "tokens.u16"
-    with pytest.raises(ConfigError, match="is not a file"):
-        validate(cfg)
-    cfg.train.lm_eval = ["piqa"]
-    with pytest.raises(ConfigError, match="NAME=PATH"):
+    with pytest.raises(ConfigError, match="needs train.task = 'lm' with train.data"):  # the tokenizer is the manifest's
         validate(cfg)
     cfg = demo_config()
     cfg.verify.enabled, cfg.verify.hidden_size = True, 65
     with pytest.raises(ConfigError, match="verify.hidden_size"):
         validate(cfg)
+
+
+def test_lm_eval_keys_and_the_key_they_replaced(tmp_path):
+    cfg_file = tmp_path / "config.toml"
+    cfg_file.write_text('[train]\nlm_eval = ["piqa=/data/piqa.jsonl"]\n')
+    with pytest.raises(ConfigError, match=r"train.lm_eval: replaced by lm_eval_tasks .*lm_eval_include"):
+        load_config(cfg_file)
+    cfg = demo_config()
+    cfg.train.lm_eval_tasks = ["arc_easy,piqa"]
+    cfg.train.task, cfg.train.data = "lm", ""
+    with pytest.raises(ConfigError, match="needs train.data"):
+        validate(cfg)
+    # verification's limit: -1 keeps [train]'s, 0 scores every sample
+    cfg = demo_config()
+    cfg.train.lm_eval_limit = 500
+    assert stage_train(cfg, "verify").lm_eval_limit == 500
+    cfg.verify.lm_eval_limit = 0
+    assert stage_train(cfg, "verify").lm_eval_limit == 0 and stage_train(cfg, "explore").lm_eval_limit == 500
+
+
+def test_relative_data_paths_are_relative_to_the_config_file(tmp_path, monkeypatch):
+    from asiarch.data.prepare import prepare
+
+    exp = tmp_path / "exp"
+    (exp / "tasks").mkdir(parents=True)
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join('{"text": "%s"}\n' % ("word " * 200) for _ in range(30)))
+    prepare([str(corpus)], tokenizer="bytes", out=exp / "data", val_tokens=1500)
+    (exp / "config.toml").write_text('[train]\ntask = "lm"\ndata = "data"\nlm_eval_include = "tasks"\n'
+                                     'lm_eval_tasks = ["t"]\n')
+    monkeypatch.chdir(tmp_path)  # not the experiment directory
+    cfg = load_config(exp / "config.toml")
+    assert cfg.train.data == str(exp.absolute() / "data") and cfg.train.lm_eval_include == str(exp.absolute() / "tasks")
+
+
+def test_presets_write_configs_with_their_sources(tmp_path, capsys):
+    """`asiarch init --preset`: ASI-Arch's values, each with where it comes from; the config loads once its data
+    is there (before, the error says how to prepare it)."""
+    from asiarch.cli import main
+    from asiarch.presets import ASI_ARCH_TASKS
+
+    assert main(["init", str(tmp_path / "a"), "--preset", "asi-arch"]) == 0
+    text = (tmp_path / "a" / "config.toml").read_text()
+    assert "hidden_size = 256" in text and "seq_len = 2048" in text and 'precision = "bf16"' in text
+    assert "#   -> preset asi-arch: ASI-Arch (arXiv 2507.18074), exploration: 2,000 steps\nsteps = 2000" in text
+    with pytest.raises(ConfigError, match="asiarch data prepare"):
+        load_config(tmp_path / "a" / "config.toml")
+    data = tomllib.loads(text)
+    data["train"].pop("data")
+    data["train"]["task"] = "mqar"  # everything else of the preset validates
+    data["train"].pop("lm_eval_tasks")
+    data["verify"].pop("lm_eval_tasks")
+    cfg = from_dict(data, tmp_path / "a")
+    assert (cfg.train.steps, cfg.verify.hidden_size, cfg.verify.num_layers, cfg.train.lm_eval_limit) == (2000, 1024, 24, 500)
+    assert tomllib.loads(text)["train"]["lm_eval_tasks"] == ASI_ARCH_TASKS
+    assert main(["init", str(tmp_path / "b"), "--preset", "nope"]) == 2
+    assert "presets: asi-arch" in capsys.readouterr().err

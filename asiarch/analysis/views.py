@@ -20,6 +20,7 @@ from asiarch.analysis.format import NAME_WIDTH, interval, number, plus_minus
 from asiarch.analysis.palette import PLAIN, Palette
 from asiarch.job.contract import AttemptFiles
 from asiarch.layout import ExperimentDir
+from asiarch.search.fitness import LM_EVAL_PREFIX
 from asiarch.store import Store, StoreError, queries
 
 # The stage the candidates' own figures (fitness, loss, score: seed means) come from; the
@@ -64,8 +65,27 @@ def task_names(score_dicts) -> list[str]:
     """Task metrics present in any candidate's scores, sorted (``eval/loss`` is the loss column)."""
     names = set()
     for scores in score_dicts:
-        names.update(k for k in (scores.get("metrics") or {}) if k != "eval/loss")
+        names.update(k for k in (scores.get("metrics") or {}) if k != "eval/loss" and not k.endswith("_stderr"))
     return sorted(names)
+
+
+def _table_tasks(keys) -> list[str]:
+    """The task columns of the leaderboard table: every task metric, but one per lm-eval task (the accuracy
+    the task score uses, asiarch.search.fitness.task_accuracies; a perplexity task's first metric)."""
+    keys = list(keys)
+    shown, seen = [], set()
+    for k in keys:
+        if not k.startswith(LM_EVAL_PREFIX):
+            shown.append(k)
+            continue
+        task = k[len(LM_EVAL_PREFIX):].rsplit("/", 1)[0]
+        if task in seen:
+            continue
+        base = f"{LM_EVAL_PREFIX}{task}/"
+        pick = next((base + m for m in ("acc_norm", "acc") if base + m in keys), k)
+        shown.append(pick)
+        seen.add(task)
+    return shown
 
 
 def stop_info(scores: dict) -> dict:
@@ -132,7 +152,10 @@ def leaderboard_rows(store: Store, *, stage: str | None = None) -> list[dict]:
 
 
 def _task_label(name: str) -> str:
-    """``mqar/accuracy`` -> ``mqar``: a short column header."""
+    """``mqar/accuracy`` -> ``mqar``, ``lm_eval/piqa/acc_norm`` -> ``piqa``: a short column header (JSON and
+    CSV carry the full metric names)."""
+    if name.startswith(LM_EVAL_PREFIX):  # one column per task (_table_tasks): the task names it
+        return name[len(LM_EVAL_PREFIX):].rpartition("/")[0][:9]
     task, _, metric = name.partition("/")
     return task if metric in ("accuracy", "acc", "") else f"{task}/{metric}"[:9]
 
@@ -149,7 +172,7 @@ def render_leaderboard(rows: list[dict], fmt: str = "table", limit: int | None =
         writer.writeheader()
         writer.writerows(rows)
         return buf.getvalue()
-    tasks = [k for k in (rows[0] if rows else {}) if k not in _HEAD and k not in _TAIL][:max_task_columns]
+    tasks = _table_tasks(k for k in (rows[0] if rows else {}) if k not in _HEAD and k not in _TAIL)[:max_task_columns]
     header = (f"{'rank':>4} {'id':>5} {'name':<{NAME_WIDTH}} {'origin':<8} {'parent':>6} {'status':<8} {'fitness':>7} "
               f"{'loss':>7} {'score':>6} " + "".join(f"{_task_label(t):>9} " for t in tasks) +
               f"{'params':>9} {'tok/s':>8}")

@@ -134,7 +134,12 @@ def cmd_train(args) -> int:
         t.token_file = args.token_file
     if args.data:
         t.data = str(Path(args.data).resolve())  # the job runs in its attempt directory
-    for key in ("hidden_size", "num_layers", "num_heads", "seq_len", "batch_size", "lr", "precision", "vocab_size"):
+    if args.lm_eval:
+        t.lm_eval_tasks = [name.strip() for name in args.lm_eval.split(",") if name.strip()]
+    if args.lm_eval_include:
+        t.lm_eval_include = str(Path(args.lm_eval_include).resolve())
+    for key in ("hidden_size", "num_layers", "num_heads", "seq_len", "batch_size", "lr", "precision", "vocab_size",
+                "lm_eval_limit"):
         if getattr(args, key) is not None:
             setattr(t, key, getattr(args, key))
     try:
@@ -170,6 +175,8 @@ def cmd_train(args) -> int:
           f"{rec.tokens_per_s:,.0f} tok/s, {time.time() - t0:.1f} s; result: {out}")
     if rec.error:
         print(rec.error, file=sys.stderr)
+    for name, why in (rec.env.get("lm_eval_errors") or {}).items():
+        print(f"lm-eval {name} did not run: {why}", file=sys.stderr)
     return 0 if rec.status == "ok" else 1
 
 
@@ -181,6 +188,11 @@ def train_parser(sub) -> None:
     s.add_argument("--token-file", default="", help="LM: a flat uint16 token file (train.token_file)")
     s.add_argument("--data", default="", metavar="DIR",
                    help="LM: a directory from `asiarch data prepare` (train.data); its manifest sets the vocabulary")
+    s.add_argument("--lm-eval", default="", metavar="TASKS",
+                   help="LM: lm-eval tasks after training, comma-separated (train.lm_eval_tasks; needs --data)")
+    s.add_argument("--lm-eval-include", default="", metavar="DIR",
+                   help="LM: a directory of lm-eval task YAMLs, e.g. local tasks over JSONL files")
+    s.add_argument("--lm-eval-limit", type=int, default=None, metavar="N", help="LM: lm-eval samples per task")
     s.add_argument("--steps", type=int, default=100)
     s.add_argument("--nproc", type=int, default=2)
     s.add_argument("--class-name", default=DEFAULT_CLASS_NAME)

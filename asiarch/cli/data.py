@@ -2,6 +2,7 @@
 
     asiarch data prepare INPUT... --tokenizer gpt2 --out DIR [--val-tokens N] [--workers N] [--field F]
     asiarch data verify DIR
+    asiarch data cloze INPUT... --out DIR [--name NAME] [--count N]
 
 Each command's parser is built right below its handler; :func:`register` adds them. The tokenizers'
 libraries (tiktoken, tokenizers, pyarrow) are imported only when a command runs.
@@ -143,9 +144,39 @@ def verify_parser(ds) -> None:
     p.set_defaults(func=cmd_verify)
 
 
+def cmd_cloze(args) -> int:
+    """Write a local lm-eval multiple-choice task from held-out documents (asiarch.data.cloze)."""
+    from asiarch.data.cloze import make_cloze
+    from asiarch.data.sources import InputError
+
+    try:
+        path, n = make_cloze(args.inputs, args.out, name=args.name, count=args.count, choices=args.choices,
+                             field=args.field, seed=args.seed)
+    except InputError as exc:
+        return die(f"data cloze: {exc}")
+    print(f"wrote {path} ({n} questions, {args.choices} endings each: chance is {1 / args.choices:.2f}); score with "
+          f"train.lm_eval_tasks = [{args.name!r}] and train.lm_eval_include = {str(os.path.abspath(args.out))!r}")
+    return 0
+
+
+def cloze_parser(ds) -> None:
+    p = ds.add_parser("cloze", help="write a local lm-eval task (pick each document's ending) from held-out text",
+                      description="Each document becomes a question: its first words, its own ending among "
+                                  "endings of other documents. Give text the models are not trained on.")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="text, .jsonl or .parquet files (as data prepare reads)")
+    p.add_argument("--out", required=True, metavar="DIR", help="the task directory (train.lm_eval_include)")
+    p.add_argument("--name", default="cloze", help="the task's name (default: cloze)")
+    p.add_argument("--count", type=int, default=200, help="questions (default 200)")
+    p.add_argument("--choices", type=int, default=4, help="endings per question (default 4)")
+    p.add_argument("--field", default="text", help="the text field of JSONL lines and Parquet rows")
+    p.add_argument("--seed", type=int, default=0, help="the draw of the wrong endings and the label order")
+    p.set_defaults(func=cmd_cloze)
+
+
 def register(sub) -> None:
     """Add `asiarch data` and its subcommands."""
-    s = sub.add_parser("data", help="language-modelling corpora: prepare token shards, verify them")
+    s = sub.add_parser("data", help="language-modelling corpora: prepare token shards, verify them, make a local lm-eval task")
     ds = s.add_subparsers(dest="what", required=True, metavar="WHAT")
     prepare_parser(ds)
     verify_parser(ds)
+    cloze_parser(ds)

@@ -159,17 +159,30 @@ def cmd_init(args) -> int:
     path = root / "config.toml"
     if path.exists() and not args.force:
         return die(f"{path} exists; pass --force to overwrite it")
-    root.mkdir(parents=True, exist_ok=True)
     cfg = Config()
+    notes = {}
+    if args.preset:
+        from asiarch.presets import PRESETS, apply
+
+        if args.preset not in PRESETS:
+            return die(f"unknown preset {args.preset!r}; presets: "
+                       + "; ".join(f"{p.name} ({p.summary})" for p in PRESETS.values()))
+        notes = apply(cfg, args.preset)
+    root.mkdir(parents=True, exist_ok=True)
     cfg.experiment.name = root.resolve().name.replace(" ", "_") or "asiarch"
-    path.write_text(render_toml(cfg))
-    print(f"wrote {path}; edit it, then `asiarch run {root}`")
+    path.write_text(render_toml(cfg, notes=notes))
+    if args.preset:
+        print(f"wrote {path} (preset {args.preset}); next: {PRESETS[args.preset].next_steps.replace('DIR', str(root))}")
+    else:
+        print(f"wrote {path}; edit it, then `asiarch run {root}`")
     return 0
 
 
 def init_parser(sub) -> None:
     s = sub.add_parser("init", help="write a commented config.toml into DIR")
     s.add_argument("dir")
+    s.add_argument("--preset", metavar="NAME", help="start from a preset: 'asi-arch' (ASI-Arch's LM setting, for a "
+                                                    "GPU cluster) or 'tiny-lm' (the same path at CPU size)")
     s.add_argument("--force", action="store_true")
     s.set_defaults(func=cmd_init)
 

@@ -40,8 +40,8 @@ from asiarch.data.defaults import DEFAULT_SHARD_TOKENS, DEFAULT_UNIT_CHARS, DEFA
 from asiarch.data.sources import InputError, Source, documents, open_source
 from asiarch.data.tokenizers import Tokenizer, load_tokenizer
 from asiarch.job.contract import atomic_path, atomic_write
-from asiarch.job.data import (MANIFEST_NAME, Manifest, Shard, Split, dtype_for, read_manifest, sha256_file,
-                              write_manifest)
+from asiarch.job.data import (MANIFEST_NAME, TOKENIZER_COPY, Manifest, Shard, Split, dtype_for, read_manifest,
+                              sha256_file, write_manifest)
 
 STATE_NAME = ".prepare-state.json"
 
@@ -388,6 +388,8 @@ def prepare(inputs: list[str], *, tokenizer: str, out: str | os.PathLike, val_to
         tokenizer=tok.name, vocab_size=tok.vocab_size, eot=tok.eot, dtype=dtype, sources=tuple(inputs),
         splits={name: Split(sum(r["tokens"] for r in rs), tuple(Shard(r["file"], r["tokens"], r["sha256"]) for r in rs))
                 for name, rs in splits.items()})
+    if tok.name not in ("gpt2", "bytes"):  # a tokenizer.json: a copy travels with the data (jobs read it there)
+        atomic_write(out / TOKENIZER_COPY, Path(tok.name).read_bytes())
     write_manifest(out, manifest)
     _save_state(out, plan, writer.records, done=True)
     seconds = time.time() - t0

@@ -20,7 +20,7 @@ import functools
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -189,3 +189,22 @@ def load_tokenizer(name: str, *, eot: str | None = None) -> Tokenizer:
         return _json_tokenizer(Path(name), eot)
     raise TokenizerError(f"unknown tokenizer {name!r}: give 'gpt2' (GPT-2 BPE through tiktoken), 'bytes' (UTF-8 "
                          f"bytes), or the path of a tokenizer.json (Hugging Face tokenizers)")
+
+
+def prepared_tokenizer(directory, manifest) -> Tokenizer:
+    """The tokenizer a prepared directory was written with (its manifest's), loaded here: 'gpt2' or
+    'bytes' by name, a tokenizer.json from the directory's own copy (the original path may not exist on
+    a compute node or in a sandbox). Raises TokenizerError when it cannot load, or when it is not the
+    manifest's (another vocabulary size or end-of-text id)."""
+    from asiarch.job.data import TOKENIZER_COPY
+
+    name = manifest.tokenizer
+    if name not in ("gpt2", "bytes"):
+        copy = Path(directory) / TOKENIZER_COPY
+        name = str(copy) if copy.is_file() else name
+    tok = load_tokenizer(name)
+    if tok.vocab_size != manifest.vocab_size:
+        raise TokenizerError(f"{directory}: tokenizer {name!r} has a vocabulary of {tok.vocab_size}, the manifest "
+                             f"says {manifest.vocab_size}: prepare the directory again with the tokenizer "
+                             f"evaluation should use")
+    return replace(tok, eot=manifest.eot)  # the documents were separated with the manifest's

@@ -232,7 +232,8 @@ TRAIN_KEYS = (
     "task", "seed", "steps", "batch_size", "seq_len", "vocab_size", "num_kv_pairs", "token_file", "data",
     "hidden_size", "num_layers", "num_heads", "mlp_ratio",
     "lr", "weight_decay", "warmup_steps", "decay_fraction", "grad_clip", "precision",
-    "log_every", "divergence_factor", "eval_batches", "lm_eval", "mqar_eval", "threads_per_rank",
+    "log_every", "divergence_factor", "eval_batches", "lm_eval_tasks", "lm_eval_include", "lm_eval_limit",
+    "mqar_eval", "threads_per_rank",
 )
 
 

@@ -31,6 +31,8 @@ MANIFEST_NAME = "manifest.json"
 FORMAT = 1
 SPLITS = ("train", "val")
 DTYPES = ("uint16", "uint32")
+#: A tokenizer.json the directory was prepared with, copied into it (jobs load it from there).
+TOKENIZER_COPY = "tokenizer.json"
 PREPARE_HINT = "prepare one with `asiarch data prepare INPUT... --tokenizer gpt2 --out DIR`"
 
 

@@ -10,9 +10,7 @@ Targets equal to :data:`IGNORE_INDEX` are not scored (``F.cross_entropy``'s defa
 from __future__ import annotations
 
 import inspect
-import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -360,51 +358,6 @@ class PreparedDataTask:
         B = _check_int("batch_size", batch_size, 1)
         return [self._gather(self._val, self._val_ends, idx[i:i + B], self.seq_len, self.seq_len + 1)
                 for i in range(0, len(idx), B)]
-
-
-# --------------------------------------------------------------------------- multiple choice (lm-eval style)
-
-
-@dataclass(frozen=True)
-class ChoiceItem:
-    """One multiple-choice question, byte-tokenized: the context and each choice's continuation."""
-
-    context: np.ndarray
-    choices: tuple[np.ndarray, ...]
-    label: int
-
-
-def load_choice_task(path: str | os.PathLike) -> list[ChoiceItem]:
-    """Read a multiple-choice task from a local JSONL file, one question per line:
-    ``{"context": "...", "choices": ["...", "..."], "label": 0}`` (lm-eval's multiple-choice
-    form: a choice is scored by the log-likelihood of its bytes after the context). Raises
-    ValueError naming the file, the line and what is wrong."""
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise ValueError(f"multiple-choice task {path}: {exc.strerror or exc}") from None
-    items = []
-    for no, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{no}"
-        try:
-            obj = json.loads(line)
-        except ValueError as exc:
-            raise ValueError(f"{where}: not JSON ({exc})") from None
-        if not isinstance(obj, dict) or not isinstance(obj.get("context"), str):
-            raise ValueError(f'{where}: each line needs "context" (a string), "choices" and "label"')
-        choices = obj.get("choices")
-        if not (isinstance(choices, list) and len(choices) >= 2 and all(isinstance(c, str) and c for c in choices)):
-            raise ValueError(f'{where}: "choices" must be a list of two or more non-empty strings')
-        label = obj.get("label")
-        if not (isinstance(label, int) and not isinstance(label, bool) and 0 <= label < len(choices)):
-            raise ValueError(f'{where}: "label" must be the index of the right choice (0..{len(choices) - 1})')
-        items.append(ChoiceItem(encode_bytes(obj["context"]), tuple(encode_bytes(c) for c in choices), label))
-    if not items:
-        raise ValueError(f"multiple-choice task {path}: no questions")
-    return items
 
 
 # --------------------------------------------------------------------------- factory

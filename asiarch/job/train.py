@@ -24,7 +24,6 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -37,7 +36,7 @@ from asiarch.job.model import LanguageModel
 # (it could reassign F.cross_entropy or torch.Tensor.item); see asiarch.job.trusted.
 from asiarch.job import trusted
 from asiarch.job.probe import Leak, LeakProbe
-from asiarch.job.tasks import PreparedDataTask, load_choice_task, make_task
+from asiarch.job.tasks import PreparedDataTask, make_task
 
 
 class Diverged(Exception):
@@ -172,31 +171,54 @@ def _eval_task(model, task, n_batches, per_rank, d: Dist, autocast, mqar: bool) 
     return sum(losses) / len(losses), (sum(accs) / len(accs) if accs else None)
 
 
-def choice_accuracy(model: torch.nn.Module, items, seq_len: int, d: Dist, autocast) -> tuple[float, float]:
-    """lm-eval's multiple-choice scoring: each choice's summed log-likelihood after the context
-    (accuracy) and the same per byte (accuracy_norm); the context is cut from the left to fit
-    seq_len. Each rank scores every question (the files are small); ranks agree exactly."""
-    right = right_norm = 0
-    with torch.no_grad(), autocast():
-        for item in items:
-            scores, norms = [], []
-            for choice in item.choices:
-                tokens = np.concatenate([item.context, choice])[-(seq_len + 1):]
-                n = min(len(choice), len(tokens) - 1)
-                x = torch.as_tensor(tokens[:-1].astype(np.int64), device=d.device)[None]
-                y = torch.as_tensor(tokens[1:].astype(np.int64), device=d.device)[None]
-                logp = trusted.log_softmax(model(x)).gather(-1, y[..., None])[0, -n:, 0]
-                scores.append(trusted.item(logp.sum()))
-                norms.append(scores[-1] / len(choice))
-            right += int(np.argmax(scores)) == item.label
-            right_norm += int(np.argmax(norms)) == item.label
-    return right / len(items), right_norm / len(items)
+def load_harness(cfg: dict):
+    """asiarch.job.harness (lm-eval) when ``train.lm_eval_tasks`` asks for it, imported before the candidate
+    executes; the import error's message when lm-eval is not installed where the job runs (the run then
+    trains and keeps its loss)."""
+    if cfg["task"] != "lm" or not cfg["lm_eval_tasks"]:
+        return None
+    try:
+        from asiarch.job import harness
+    except ImportError as exc:
+        return (f"lm-eval cannot be imported where the job runs ({exc}): install it with pip install "
+                f"'asiarch[eval]', or add lm-eval to the job image (containers/asiarch.def)")
+    return harness
+
+
+def run_lm_eval(harness, model: torch.nn.Module, task: PreparedDataTask, cfg: dict, d: Dist, autocast,
+                record: rf.ResultRecord) -> dict[str, float]:
+    """lm-eval's scores of ``train.lm_eval_tasks`` (every rank runs lm-eval, each scores its share of the
+    requests); the tasks that could not run go into ``record.env['lm_eval_errors']`` with lm-eval's words."""
+    from asiarch.data.tokenizers import TokenizerError, prepared_tokenizer
+
+    tasks = list(cfg["lm_eval_tasks"])
+    if isinstance(harness, str):
+        record.env["lm_eval_errors"] = {t: harness for t in tasks}
+        return {}
+    try:
+        tokenizer = prepared_tokenizer(task.directory, task.manifest)
+    except TokenizerError as exc:
+        record.env["lm_eval_errors"] = {t: f"the tokenizer: {exc}" for t in tasks}
+        return {}
+    lm = harness.HarnessLM(model, tokenizer, seq_len=cfg["seq_len"], batch_size=max(1, cfg["batch_size"] // d.world),
+                           rank=d.rank, world=d.world, device=d.device, autocast=autocast)
+    model.eval()
+    def log(line: str) -> None:  # rank 0's lines, and the errors of every other rank (they name the rank)
+        if d.main or line.startswith(f"asiarch: rank {d.rank}:"):
+            print(line, flush=True)
+
+    metrics, errors = harness.evaluate(lm, tasks, include=cfg["lm_eval_include"] or None,
+                                       limit=cfg["lm_eval_limit"], log=log)
+    model.train()
+    if errors:
+        record.env["lm_eval_errors"] = errors
+    return metrics
 
 
 def evaluate(model: torch.nn.Module, task, cfg: dict, d: Dist, autocast) -> dict[str, float]:
     """Loss over scored positions and, for MQAR, accuracy on the queries; then, for MQAR, the same at
-    each further difficulty of ``mqar_eval`` ('PAIRSxLENGTH'), as mqar_<difficulty>/accuracy and /loss,
-    and, for LM, each multiple-choice task of ``lm_eval`` ('NAME=PATH') as NAME/accuracy(_norm)."""
+    each further difficulty of ``mqar_eval`` ('PAIRSxLENGTH'), as mqar_<difficulty>/accuracy and /loss.
+    (The LM task's benchmarks are lm-eval's: :func:`run_lm_eval`.)"""
     model.eval()
     per_rank = max(1, cfg["batch_size"] // d.world)
     mqar = cfg["task"] == "mqar"
@@ -207,11 +229,6 @@ def evaluate(model: torch.nn.Module, task, cfg: dict, d: Dist, autocast) -> dict
     metrics = {"eval/loss": loss}
     if acc is not None:
         metrics["mqar/accuracy"] = acc
-    for spec_item in cfg["lm_eval"] if cfg["task"] == "lm" else []:
-        name, _, path = spec_item.partition("=")
-        acc, acc_norm = choice_accuracy(model, load_choice_task(path), cfg["seq_len"], d, autocast)
-        metrics[f"{name}/accuracy"] = acc
-        metrics[f"{name}/accuracy_norm"] = acc_norm
     for item in cfg["mqar_eval"] if mqar else []:
         pairs, length = (int(x) for x in item.lower().split("x"))
         harder = make_task("mqar", vocab_size=cfg["vocab_size"], seq_len=length, num_kv_pairs=pairs)
@@ -230,6 +247,7 @@ def train(spec: JobSpec, d: Dist, record: rf.ResultRecord, stop: dict) -> None:
     torch.manual_seed(cfg["seed"])  # same initialisation on every rank
     # The device picks fla or its compat stand-ins; off CUDA the layer's @torch.compile is a no-op
     # (compiling on CPU costs minutes per new sequence length for little gain).
+    harness = load_harness(cfg)  # lm-eval is imported before the candidate's module executes
     layer_cls = load_layer_file(spec.layer_path, spec.class_name, device=d.device)
     task = build_task(cfg)
     model = LanguageModel(layer_cls, vocab_size=task.vocab_size, hidden_size=cfg["hidden_size"],
@@ -330,6 +348,8 @@ def train(spec: JobSpec, d: Dist, record: rf.ResultRecord, stop: dict) -> None:
     metrics = evaluate(model, task, cfg, d, autocast)
     # average the evaluation over ranks (each rank scored its own shard of the eval set size)
     record.metrics = {k: all_reduce_mean(v, d) for k, v in metrics.items()}
+    if harness is not None:  # the same figures on every rank (each scored its share, then all-reduced)
+        record.metrics.update(run_lm_eval(harness, model, task, cfg, d, autocast, record))
     record.eval_loss = record.metrics["eval/loss"]
 
 

@@ -65,7 +65,23 @@ def compute_fitness(loss: float | None, bench: float | None, ref: Reference, *, 
     return Fitness(value=value, terms=terms, weights=weights)
 
 
+LM_EVAL_PREFIX = "lm_eval/"  # asiarch.job.harness.PREFIX (the job side imports lm-eval; this side must not)
+
+
+def task_accuracies(metrics: dict[str, float]) -> dict[str, float]:
+    """One accuracy per task: ``<task>/accuracy`` (MQAR and its difficulties), and for each lm-eval task its
+    ``acc_norm``, else its ``acc`` (``lm_eval/<task>/acc_norm``: lm-eval's length-normalised accuracy, the one
+    ASI-Arch's tables quote where a task has it). Non-finite values are left out."""
+    out = {k: v for k, v in metrics.items() if k.endswith("/accuracy") and not k.startswith(LM_EVAL_PREFIX)}
+    for key in metrics:
+        if key.startswith(LM_EVAL_PREFIX):
+            task = key[len(LM_EVAL_PREFIX):].rsplit("/", 1)[0]
+            base = f"{LM_EVAL_PREFIX}{task}/"
+            out.setdefault(task, metrics.get(base + "acc_norm", metrics.get(base + "acc")))
+    return {k: v for k, v in out.items() if v is not None and math.isfinite(v)}
+
+
 def bench_score(metrics: dict[str, float]) -> float | None:
-    """The task score: the mean of the task metrics (keys ``<task>/accuracy``), None if there are none."""
-    scores = [v for k, v in metrics.items() if k.endswith("/accuracy") and v is not None and math.isfinite(v)]
+    """The task score: the mean of :func:`task_accuracies`, None if there are none."""
+    scores = list(task_accuracies(metrics).values())
     return sum(scores) / len(scores) if scores else None

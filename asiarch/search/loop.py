@@ -155,11 +155,28 @@ class Search:
         if kind == "none":
             self.console.line(RUN_WARNING)
 
+    def check_data(self) -> None:
+        """Refuse to start on a prepared directory whose shards are missing or differ from its manifest
+        (sha256, every shard: once per head start, before any job trains on it)."""
+        t = self.cfg.train
+        if t.task != "lm" or not t.data:
+            return
+        from asiarch.job.data import DataError, verify_shards
+
+        t0 = time.time()
+        try:
+            m = verify_shards(t.data)
+        except DataError as exc:
+            raise SearchError(f"train.data: {exc}") from None
+        self.console.line(f"data: {t.data}: {len(m.shards())} shard(s), {m.splits['train'].tokens:,} train tokens, "
+                          f"sha256 verified in {time.time() - t0:.1f} s")
+
     def run(self) -> Summary:
         """The search to its budget: baselines, then exploration on search.schedule ('steady': the
         pipeline of asiarch.search.pipeline; 'rounds': below), then the verification stage."""
         t0 = time.time()
         self.check_sandbox()
+        self.check_data()
         self.register_baselines()
         if self.cfg.search.schedule == "steady":
             from asiarch.search.pipeline import Steady

@@ -228,3 +228,59 @@ def test_a_killed_prepare_resumes_to_the_same_manifest(kjv, tmp_path):
     assert (d / "manifest.json").read_text() == (tmp_path / "ref" / "manifest.json").read_text()
     m = read_manifest(d)
     assert all(sha256_file(d / s.file) == s.sha256 for _, s in m.shards()) and len(m.shards()) > len(kept)
+
+
+def test_a_tokenizer_json_travels_with_the_data_and_jobs_load_that_copy(tmp_path, hf_gpt2_json, kjv_small):
+    """A job's sandbox or a compute node may not see the tokenizer.json's original path: prepare copies it into
+    the directory and prepared_tokenizer loads the copy (and refuses one whose vocabulary is not the manifest's)."""
+    import shutil
+
+    from asiarch.data.prepare import prepare
+    from asiarch.data.tokenizers import TokenizerError, prepared_tokenizer
+    from asiarch.job.data import read_manifest
+
+    own = tmp_path / "mine" / "tokenizer.json"
+    own.parent.mkdir()
+    shutil.copy(hf_gpt2_json, own)
+    out = tmp_path / "d"
+    prepare([str(kjv_small)], tokenizer=str(own), out=out, val_tokens=2000)
+    assert (out / "tokenizer.json").read_bytes() == own.read_bytes()
+    own.unlink()  # the original is gone: the copy serves
+    m = read_manifest(out)
+    tok = prepared_tokenizer(out, m)
+    assert tok.eot == m.eot == 50256 and tok.encode_batch(["In the beginning"])[0] == [818, 262, 3726]
+    (out / "tokenizer.json").write_text((tmp_path / "x").as_posix())  # not a tokenizer any more
+    with pytest.raises(TokenizerError):
+        prepared_tokenizer(out, m)
+    bytes_dir = tmp_path / "b"
+    prepare([str(kjv_small)], tokenizer="bytes", out=bytes_dir, val_tokens=2000)
+    assert not (bytes_dir / "tokenizer.json").exists()
+    assert prepared_tokenizer(bytes_dir, read_manifest(bytes_dir)).vocab_size == 257
+
+
+def test_cloze_task_from_held_out_documents(tmp_path, kjv_small):
+    """`asiarch data cloze`: one question per document of enough words, its own ending among others', with a
+    fixed draw; a corpus too small for a question, or a name lm-eval cannot use, is refused with the reason."""
+    import json
+
+    from asiarch.cli import main
+    from asiarch.data.cloze import make_cloze
+    from asiarch.data.sources import InputError
+    from tests.data.conftest import verses
+
+    yaml, n = make_cloze([str(kjv_small)], tmp_path / "t", count=30, choices=4)
+    assert n == 30 and yaml.name == "cloze.yaml" and "test: cloze.jsonl" in yaml.read_text()
+    qs = [json.loads(line) for line in (tmp_path / "t" / "cloze.jsonl").read_text().splitlines()]
+    texts = [v for v in verses(kjv_small) if len(v.split()) >= 8]
+    for q, verse in zip(qs, texts):
+        assert len(q["choices"]) == 4 and len(set(q["choices"])) == 4
+        right = q["choices"][q["label"]]
+        assert verse.startswith(q["context"] + " " + right)  # the document's own words continue the context
+    assert len({q["label"] for q in qs}) > 1  # the right ending is not always in the same place
+    again, _ = make_cloze([str(kjv_small)], tmp_path / "u", count=30, choices=4)
+    assert (tmp_path / "u" / "cloze.jsonl").read_text() == (tmp_path / "t" / "cloze.jsonl").read_text()
+    tiny = tmp_path / "tiny.jsonl"
+    tiny.write_text('{"text": "one two three four five six seven eight"}\n{"text": "too short"}\n')
+    with pytest.raises(InputError, match="1 document.*needs 4"):
+        make_cloze([str(tiny)], tmp_path / "v")
+    assert main(["data", "cloze", str(kjv_small), "--out", str(tmp_path / "w"), "--name", "bad-name"]) == 2

@@ -258,36 +258,3 @@ def test_make_task():
         make_task("mqar", num_pairs=8)
     with pytest.raises(ValueError, match="missing parameter.*path"):
         make_task("lm", seq_len=16)
-
-
-# --------------------------------------------------------------------------- multiple choice
-
-
-@pytest.mark.parametrize("line, words", [
-    ("not json", "not JSON"),
-    ('{"choices": ["a", "b"], "label": 0}', '"context"'),
-    ('{"context": "x", "choices": ["a"], "label": 0}', "two or more"),
-    ('{"context": "x", "choices": ["a", ""], "label": 0}', "two or more non-empty"),
-    ('{"context": "x", "choices": ["a", "b"], "label": 2}', "index of the right choice (0..1)"),
-    ('{"context": "x", "choices": ["a", "b"], "label": true}', "index of the right choice"),
-])
-def test_choice_task_errors_name_file_line_and_problem(tmp_path, line, words):
-    from asiarch.job.tasks import load_choice_task
-
-    f = tmp_path / "mc.jsonl"
-    f.write_text('{"context": "ok", "choices": ["a", "b"], "label": 1}\n\n' + line + "\n")
-    with pytest.raises(ValueError) as exc:
-        load_choice_task(f)
-    assert f"{f}:3" in str(exc.value) and words in str(exc.value)
-
-
-def test_choice_task_reads_bytes(tmp_path):
-    from asiarch.job.tasks import load_choice_task
-
-    f = tmp_path / "mc.jsonl"
-    f.write_text('{"context": "héllo", "choices": [" a", " bc"], "label": 1}\n', encoding="utf-8")
-    (item,) = load_choice_task(f)
-    assert list(item.context) == list("héllo".encode()) and [len(c) for c in item.choices] == [2, 3]
-    assert item.label == 1
-    with pytest.raises(ValueError, match="No such file"):
-        load_choice_task(tmp_path / "missing.jsonl")

@@ -1,6 +1,5 @@
 """The training job through real torchrun with 2 gloo ranks on CPU (the job path the loop uses)."""
 
-import json
 import os
 import signal
 import subprocess
@@ -145,26 +144,6 @@ def test_lm_task_over_a_byte_token_file(tmp_path):
     assert _run(req) == 0, paths.log.read_text()[-3000:]
     rec = rf.read_result(paths.result)
     assert rec.status == "ok" and "mqar/accuracy" not in rec.metrics and rec.eval_loss < 6.0
-
-
-def test_multiple_choice_evaluation_scores_choices_by_log_likelihood(tmp_path):
-    """lm-eval-style multiple choice after training on a token file: the likely continuation wins;
-    a question whose label points at the nonsense choice is counted wrong (so accuracy is exactly 2/3)."""
-    text = ("the quick brown fox jumps over the lazy dog. " * 400)
-    tok = tmp_path / "tokens.u16"
-    write_token_file(tok, text)
-    mc = tmp_path / "mc.jsonl"
-    mc.write_text("\n".join(json.dumps(q) for q in [
-        {"context": "the quick brown fox jumps over the lazy", "choices": [" dog.", " qzqz"], "label": 0},
-        {"context": "the quick brown", "choices": [" zqxj", " fox"], "label": 1},
-        {"context": "the lazy", "choices": [" dog.", " qqqq"], "label": 1},  # labelled wrong on purpose
-    ]) + "\n")
-    paths, req = _attempt(tmp_path, CUMSUM.format(extra=""), steps=80, task="lm", token_file=str(tok),
-                          vocab_size=256, nproc=1, lm_eval=[f"toy={mc}"])
-    assert _run(req) == 0, paths.log.read_text()[-3000:]
-    rec = rf.read_result(paths.result)
-    assert rec.metrics["toy/accuracy"] == pytest.approx(2 / 3)
-    assert rec.metrics["toy/accuracy_norm"] == pytest.approx(2 / 3)
 
 
 def test_wsd_schedule():

@@ -44,3 +44,25 @@ def test_bench_score_is_mean_of_accuracies():
     assert bench_score({"eval/loss": 3.0, "mqar/accuracy": 0.25, "mqar64/accuracy": 0.75}) == 0.5
     assert bench_score({"eval/loss": 3.0}) is None
     assert bench_score({"mqar/accuracy": math.nan}) is None
+
+
+def test_task_score_takes_one_accuracy_per_lm_eval_task():
+    """lm-eval's acc_norm where a task has it, else acc; stderr and perplexities never enter the score; MQAR's
+    accuracies as before."""
+    from asiarch.search.fitness import bench_score, task_accuracies
+
+    metrics = {"eval/loss": 2.0, "lm_eval/piqa/acc": 0.6, "lm_eval/piqa/acc_norm": 0.7, "lm_eval/piqa/acc_stderr": 0.1,
+               "lm_eval/boolq/acc": 0.5, "lm_eval/wikitext/word_perplexity": 80.0, "mqar/accuracy": 0.9}
+    assert task_accuracies(metrics) == {"piqa": 0.7, "boolq": 0.5, "mqar/accuracy": 0.9}
+    assert bench_score(metrics) == pytest.approx((0.7 + 0.5 + 0.9) / 3)
+    assert bench_score({"lm_eval/wikitext/word_perplexity": 80.0}) is None
+
+
+def test_leaderboard_table_shows_one_column_per_lm_eval_task():
+    from asiarch.analysis.views import _table_tasks, _task_label
+
+    keys = ["lm_eval/piqa/acc", "lm_eval/piqa/acc_norm", "lm_eval/wikitext/bits_per_byte",
+            "lm_eval/wikitext/word_perplexity", "mqar_8x128/accuracy"]
+    shown = _table_tasks(keys)
+    assert shown == ["lm_eval/piqa/acc_norm", "lm_eval/wikitext/bits_per_byte", "mqar_8x128/accuracy"]
+    assert [_task_label(k) for k in shown] == ["piqa", "wikitext", "mqar_8x128"]
