@@ -174,6 +174,9 @@ class ClusterConfig:
     sbatch_extra: list[str] = _f([], "Any other sbatch option as 'key=value' (or 'key' for a flag), passed through.")
     container_image: str = _f("", "Apptainer image (.sif) to run jobs in; empty runs torchrun directly.")
     binds: list[str] = _f([], "Extra Apptainer binds (src[:dst]) besides the experiment directory.")
+    hf_cache: str = _f("", "A Hugging Face hub cache (HF_HUB_CACHE, e.g. ~/.cache/huggingface/hub, filled on a machine "
+                           "with internet) that jobs read lm-eval's registered datasets from (train.lm_eval_tasks): "
+                           "bound read-only; the datasets library builds its own cache in the job's /tmp.")
     container_cleanenv: bool = _f(True, "apptainer --cleanenv: the job sees only what asiarch passes with --env.")
     container_containall: bool = _f(False, "apptainer --containall: no home, /tmp or /dev from the host.")
     container_network_none: bool = _f(False, "apptainer --net --network none, where the site allows it.")

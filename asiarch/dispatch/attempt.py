@@ -15,6 +15,9 @@ from asiarch.job.contract import AttemptFiles, JobIdentity, JobSpec, atomic_writ
 from asiarch.dispatch.render import JobScriptSpec, Raw, apptainer_command, render_job_script, torchrun_command
 from asiarch.dispatch.sandbox import SandboxSpec, apptainer_argv, attempt_sandbox
 
+#: Where a job's datasets library builds lm-eval's datasets from cluster.hf_cache (the sandbox's own /tmp).
+HF_DATASETS_TMP = "/tmp/asiarch-hf-datasets"
+
 
 def job_command(spec_path: Path, *, train: TrainConfig, cluster: ClusterConfig, python: str,
                 binds: list[str], env: tuple[tuple[str, str], ...],
@@ -63,6 +66,8 @@ def write_attempt_files(paths: AttemptFiles, *, layer_path: Path, identity: JobI
     )
     spec.write(paths.spec)
     env = (("OMP_NUM_THREADS", str(train.threads_per_rank)), ("PYTHONUNBUFFERED", "1"))
+    if cluster.hf_cache and train.lm_eval_tasks:  # lm-eval's datasets: the hub's files read-only, built in /tmp
+        env += (("HF_HUB_CACHE", str(Path(cluster.hf_cache).resolve())), ("HF_DATASETS_CACHE", HF_DATASETS_TMP))
     if cluster.scratch_var:  # node-local scratch as the job's TMPDIR, /tmp where the variable is unset
         env += (("TMPDIR", Raw(f'"${{{cluster.scratch_var}:-/tmp}}"')),)
     roots = [bind_root] if bind_root else [paths.dir.parent, Path(layer_path).parent, paths.result.parent]

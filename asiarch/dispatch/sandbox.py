@@ -367,7 +367,7 @@ def attempt_sandbox(cluster, *, train, python: str, attempt_dir, checkpoint_path
 
     Writable: the attempt directory and the checkpoint's directory (the candidate's: a retry
     resumes from it); read-only on top: ``protected`` (the layer, the spec, the job script); the
-    data (``train.token_file``'s directory, ``train.data``, ``train.lm_eval_include``) read-only. Raises
+    data (``train.token_file``'s directory, ``train.data``, ``train.lm_eval_include``, ``cluster.hf_cache``) read-only. Raises
     :class:`SandboxUnavailable` when the sandbox cannot run (``auto`` without a working bwrap).
     """
     kind = resolve_kind(cluster.sandbox, container_image=cluster.container_image)
@@ -376,6 +376,7 @@ def attempt_sandbox(cluster, *, train, python: str, attempt_dir, checkpoint_path
     data = [str(Path(train.token_file).resolve().parent)] if train.token_file else []
     data += [str(Path(train.data).resolve())] if train.data else []  # a prepared directory (asiarch data prepare)
     data += [str(Path(train.lm_eval_include).resolve())] if train.lm_eval_include else []
+    data += [str(Path(cluster.hf_cache).resolve())] if cluster.hf_cache and train.lm_eval_tasks else []
     common = dict(attempt_dir=str(Path(attempt_dir).resolve()), writable=(str(Path(checkpoint_path).parent),),
                   protected=tuple(str(Path(p).resolve()) for p in protected), env=env, nodes=cluster.nodes,
                   gpus=cluster.gpus_per_node)

@@ -37,7 +37,7 @@ import pytest
 from asiarch.config import ClusterConfig, ConfigError, TrainConfig, from_dict
 from asiarch.dispatch import sandbox as sb
 from asiarch.dispatch.render import JobScriptSpec, Raw, render_job_script, torchrun_command
-from asiarch.job.contract import REDACTED, redact, secret_values
+from asiarch.job.contract import REDACTED, AttemptFiles, redact, secret_values
 from asiarch.search.preflight import PREFLIGHT_MAX_PROCS, PreflightReport, redact_report
 from tests.conftest import ROOT, check_golden
 
@@ -673,3 +673,28 @@ def bench(repeats: int = 3) -> None:
 
 if __name__ == "__main__":
     bench()
+
+
+def test_lm_eval_inputs_are_bound_read_only_into_the_job(tmp_path):
+    """The task YAMLs (train.lm_eval_include) and the HF hub cache (cluster.hf_cache, only when lm-eval tasks are
+    asked for) are read-only binds of the job's sandbox; the job's env points lm-eval's datasets at them."""
+    from asiarch.dispatch.attempt import HF_DATASETS_TMP, write_attempt_files
+
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "hub").mkdir()
+    layer = tmp_path / "layer.py"
+    layer.write_text("x = 1\n")
+    cluster = ClusterConfig(sandbox="bwrap" if BWRAP else "none", hf_cache=str(tmp_path / "hub"))
+    ident = {"experiment": "t", "candidate_id": 1, "attempt": 1, "run_key": "t-c00001-a1", "code_sha256": "x"}
+    for tasks, bound in ((["piqa"], True), ([], False)):
+        train = TrainConfig(task="lm", data=str(tmp_path / "data"), lm_eval_tasks=tasks,
+                            lm_eval_include=str(tmp_path / "tasks"))
+        paths = AttemptFiles(tmp_path / f"a{len(tasks)}")
+        req = write_attempt_files(paths, layer_path=layer, identity=ident, train=train, cluster=cluster,
+                                  class_name="DeltaNet", python=sys.executable)
+        script = req.script.read_text()
+        assert (f"HF_HUB_CACHE={tmp_path / 'hub'}" in script) is bound
+        assert (HF_DATASETS_TMP in script) is bound
+        if BWRAP:
+            assert f"--ro-bind-try {tmp_path / 'tasks'} {tmp_path / 'tasks'}" in script
+            assert (f"--ro-bind-try {tmp_path / 'hub'} {tmp_path / 'hub'}" in script) is bound
