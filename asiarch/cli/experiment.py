@@ -29,8 +29,7 @@ def run_search(root: Path, cfg, *, quiet: bool = False) -> int:
     try:
         search = Search.open(exp, cfg, console=console)  # the Slurm check runs here
     except SearchError as exc:
-        console.line(f"stopped: {exc}")
-        return 1
+        return die(f"stopped: {exc}", 1)  # shown under --quiet too
 
     def stop(signum, _frame):  # sbatch's time-limit warning, scancel, or the head script's requeue
         raise KeyboardInterrupt(signal.Signals(signum).name)
@@ -39,8 +38,7 @@ def run_search(root: Path, cfg, *, quiet: bool = False) -> int:
     try:
         summary = search.run()
     except SearchError as exc:
-        console.line(f"stopped: {exc}")
-        return 1
+        return die(f"stopped: {exc}", 1)
     except KeyboardInterrupt:
         console.line("interrupted: everything recorded so far is kept; `asiarch run DIR` resumes")
         return 130

@@ -284,3 +284,24 @@ def test_cloze_task_from_held_out_documents(tmp_path, kjv_small):
     with pytest.raises(InputError, match="1 document.*needs 4"):
         make_cloze([str(tiny)], tmp_path / "v")
     assert main(["data", "cloze", str(kjv_small), "--out", str(tmp_path / "w"), "--name", "bad-name"]) == 2
+
+
+def test_the_head_refuses_to_search_on_altered_shards(tmp_path, kjv_small, capsys):
+    """A shard altered in place (same size, so only its sha256 tells): `asiarch run` stops before any job, naming
+    the shard; nothing is trained on it."""
+    from asiarch.cli import main
+    from asiarch.data.prepare import prepare
+    from asiarch.job.data import read_manifest
+
+    exp = tmp_path / "exp"
+    prepare([str(kjv_small)], tokenizer="bytes", out=exp / "data", val_tokens=2000)
+    shard = exp / "data" / read_manifest(exp / "data").splits["train"].shards[0].file
+    raw = bytearray(shard.read_bytes())
+    raw[100] ^= 1
+    shard.write_bytes(bytes(raw))
+    (exp / "config.toml").write_text('[train]\ntask = "lm"\ndata = "data"\nseq_len = 32\n[cluster]\nsandbox = "none"\n')
+    capsys.readouterr()
+    assert main(["run", str(exp), "--quiet"]) != 0
+    err = capsys.readouterr().err
+    assert shard.name in err and "sha256" in err, err
+    assert not (exp / "jobs").exists() and not list(exp.glob("**/attempt-*"))
