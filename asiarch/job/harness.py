@@ -111,26 +111,23 @@ class HarnessLM(TemplateLM):
     def _score(self, pairs: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
         """One batch: each (context, continuation) cut from the left to seq_len + 1 tokens, right-padded
         (a causal model's earlier positions do not see the padding), its continuation scored."""
-        rows, spans = [], []
-        for ctx, cont in pairs:
-            whole = (list(ctx) + list(cont))[-(self.seq_len + 1):]
-            rows.append(whole[:-1])
-            spans.append(min(len(cont), len(whole) - 1))
-        width = max(len(r) for r in rows)
-        inputs = torch.full((len(rows), width), self.eot_token_id, dtype=torch.int64)
-        targets = torch.full((len(rows), width), self.eot_token_id, dtype=torch.int64)
-        for b, (ctx, cont) in enumerate(pairs):
-            whole = (list(ctx) + list(cont))[-(self.seq_len + 1):]
+        wholes = [(list(ctx) + list(cont))[-(self.seq_len + 1):] for ctx, cont in pairs]
+        spans = [min(len(cont), len(whole) - 1) for (_, cont), whole in zip(pairs, wholes)]
+        width = max(len(w) - 1 for w in wholes)
+        inputs = torch.full((len(wholes), width), self.eot_token_id, dtype=torch.int64)
+        targets = torch.full((len(wholes), width), self.eot_token_id, dtype=torch.int64)
+        for b, whole in enumerate(wholes):
             inputs[b, :len(whole) - 1] = torch.tensor(whole[:-1])
             targets[b, :len(whole) - 1] = torch.tensor(whole[1:])
         with torch.no_grad(), self.autocast():
-            logp = trusted.log_softmax(self.model(inputs.to(self.device_)))  # [B, T, V], fp32
+            logits = self.model(inputs.to(self.device_))  # [B, T, V]
         out = []
         for b, n in enumerate(spans):
-            end = len(rows[b])
+            end = len(wholes[b]) - 1
+            logp = trusted.log_softmax(logits[b, end - n:end])  # [n, V] in fp32: the continuation's positions only
             target = targets[b, end - n:end].to(self.device_)
-            picked = logp[b, end - n:end].gather(-1, target[:, None])[:, 0]
-            greedy = trusted.tolist(trusted.amax(logp[b, end - n:end], dim=-1) <= picked)
+            picked = logp.gather(-1, target[:, None])[:, 0]
+            greedy = trusted.tolist(trusted.amax(logp, dim=-1) <= picked)
             out.append((float(trusted.item(picked.sum())), all(greedy)))
         return out
 
