@@ -115,7 +115,10 @@ AccountingStoragePort=${ASIARCH_SLURM_DBD_PORT:-16819}
 JobCompType=jobcomp/none
 MinJobAge=300
 DefMemPerCPU=1000
-KillWait=5
+# seconds from a job's TERM (scancel, requeue, preemption, time limit) to its KILL: Slurm's default,
+# as on real clusters. A requeued 2-rank job spends them finishing its step and checkpointing: 0.9-2.4 s
+# measured here with the 2 cores loaded, too close to the 5 s this was for a machine busier still
+KillWait=30
 InactiveLimit=0
 SlurmctldTimeout=30
 SlurmdTimeout=30

@@ -148,11 +148,14 @@ def test_requeued_training_job_finishes_from_its_checkpoint(slurm_cluster, tmp_p
     out = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     states = _wait(sched, [job_id], timeout=240)
-    assert states[job_id] is JobState.COMPLETED
+    log = paths.log.read_text()
+    assert states[job_id] is JobState.COMPLETED, log[-3000:]
     rec = rf.read_result(paths.result)
-    assert rec.status == "ok" and rec.steps_done == 400
-    assert rec.env["resumed_from_step"] >= 20
-    assert "resuming" in paths.log.read_text()
+    assert rec.status == "ok" and rec.steps_done == 400, (rec.status, rec.error)
+    # none when the first run ended before its ranks had checkpointed (its job script exiting early
+    # took the sandbox down with it)
+    assert rec.env.get("resumed_from_step", 0) >= 20, log[-3000:]
+    assert "resuming" in log
 
 
 @pytest.mark.slow

@@ -67,9 +67,7 @@ while True:
   signal.signal(signal.SIGALRM,lambda s,f:os._exit(rc));signal.alarm(60)
 sys.exit(rc)' 4096 /opt/venv/bin/python -m torch.distributed.run --standalone --nnodes=1 --nproc-per-node=2 -m asiarch.job.train /scratch/exp/candidates/00003-delta/attempt-1/spec.json 9>"$asiarch_run/info.json" &
 asiarch_sandbox=$!
-asiarch_signalled=0
 asiarch_forward() {  # to the sandbox's first process (torchrun), as bwrap reported its pid; else to bwrap
-  asiarch_signalled=1
   # builtins only, no $(...): bash can misparse a command substitution a second signal interrupts
   # (seen: "unexpected EOF while looking for matching `)'", and the script died, taking the sandbox)
   local info="" pid=""
@@ -80,10 +78,14 @@ asiarch_forward() {  # to the sandbox's first process (torchrun), as bwrap repor
 trap 'asiarch_forward TERM' TERM
 trap 'asiarch_forward HUP' HUP
 trap 'asiarch_forward INT' INT
-while :; do
-  asiarch_signalled=0
-  asiarch_rc=0
-  wait "$asiarch_sandbox" || asiarch_rc=$?
-  [ "$asiarch_signalled" = 1 ] || break  # a signal interrupted the wait: wait again for the real end
+# A trapped signal ends `wait` at once (status 128+N). One that comes while the previous one's trap
+# runs ends the next `wait` at once too, with no trap run after it (bash 5.2; Slurm's TERM and the
+# payload's come microseconds apart): a flag the trap sets then reads "not signalled", and the script
+# exited 143, taking the sandbox down before the ranks had checkpointed. So whether the sandbox has
+# ended is asked of its process; then `wait` returns its status (bash keeps an ended child's status).
+while kill -0 "$asiarch_sandbox" 2>/dev/null; do
+  wait "$asiarch_sandbox" || true
 done
+asiarch_rc=0
+wait "$asiarch_sandbox" || asiarch_rc=$?
 exit "$asiarch_rc"
