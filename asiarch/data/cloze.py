@@ -48,10 +48,13 @@ def _questions(docs: list[list[str]], *, count: int, choices: int, context_fract
     rng = random.Random(seed)
     cut = [max(1, int(len(words) * context_fraction)) for words in docs]
     endings = [" ".join(words[c:c + max_words]) for words, c in zip(docs, cut)]
+    distinct = sorted(set(endings))
     out = []
     for i, words in enumerate(docs[:count]):
-        others = rng.sample([j for j in range(len(docs)) if j != i and endings[j] != endings[i]], choices - 1)
-        options = [endings[j] for j in others]
+        # choices draws from the distinct endings, less its own if drawn: choices - 1 others
+        options = [e for e in rng.sample(distinct, min(choices, len(distinct))) if e != endings[i]][:choices - 1]
+        if len(options) < choices - 1:  # too few distinct endings besides its own (a corpus of repeats)
+            continue
         label = rng.randrange(choices)
         options.insert(label, endings[i])
         out.append({"context": " ".join(words[:cut[i]]), "choices": options, "label": label})
@@ -75,6 +78,9 @@ def make_cloze(inputs: list[str], out: str | Path, *, name: str = "cloze", count
                          f"needs {choices} (one right ending, {choices - 1} wrong): give more text")
     questions = _questions(docs, count=count, choices=choices, context_fraction=context_fraction,
                            max_words=max_words, seed=seed)
+    if not questions:
+        raise InputError(f"{', '.join(inputs)}: the documents have fewer than {choices} distinct endings; give "
+                         f"more varied text")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / f"{name}.jsonl", "".join(json.dumps(q) + "\n" for q in questions))

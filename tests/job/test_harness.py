@@ -23,31 +23,15 @@ QUESTIONS = [
 ]
 
 
-def write_local_task(directory: Path, name: str, questions, data_file: str | None = None) -> Path:
-    """An lm-eval multiple-choice task over a JSONL file beside its YAML (``data_file`` names another file,
-    e.g. one that does not exist)."""
+def write_local_task(directory: Path, name: str, questions) -> Path:
+    """An lm-eval multiple-choice task over a JSONL file beside its YAML (the YAML `asiarch data cloze` writes);
+    no questions: the YAML alone, its data file missing."""
+    from asiarch.data.cloze import TASK_YAML
+
     directory.mkdir(parents=True, exist_ok=True)
-    jsonl = data_file or f"{name}.jsonl"
-    if data_file is None:
-        (directory / jsonl).write_text("".join(json.dumps(q) + "\n" for q in questions))
-    (directory / f"{name}.yaml").write_text(f"""task: {name}
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {jsonl}
-test_split: test
-output_type: multiple_choice
-doc_to_text: "{{{{context}}}}"
-doc_to_choice: "{{{{choices}}}}"
-doc_to_target: "{{{{label}}}}"
-metric_list:
-  - metric: acc
-    aggregation: mean
-    higher_is_better: true
-  - metric: acc_norm
-    aggregation: mean
-    higher_is_better: true
-""")
+    if questions:
+        (directory / f"{name}.jsonl").write_text("".join(json.dumps(q) + "\n" for q in questions))
+    (directory / f"{name}.yaml").write_text(TASK_YAML.format(name=name, sources="the test"))
     return directory
 
 
@@ -131,14 +115,14 @@ def test_lm_eval_scores_a_local_task_and_reports_one_that_cannot_run(tmp_path, b
     two of three questions are answered as labelled (the third is labelled wrong), so acc is exactly 2/3;
     a task whose data file is missing is reported with lm-eval's words and the other task still scores."""
     tasks = write_local_task(tmp_path / "tasks", "toy", QUESTIONS)
-    write_local_task(tasks, "gone", [], data_file="no-such-file.jsonl")
+    write_local_task(tasks, "gone", [])
     table = bigram_from("the quick brown fox jumps over the lazy dog. " * 20)
     lm = harness.HarnessLM(Bigram(table), bytes_tok, seq_len=64, batch_size=4)
     lines = []
     metrics, errors = harness.evaluate(lm, ["gone", "toy"], include=str(tasks), log=lines.append)
     assert metrics["lm_eval/toy/acc"] == pytest.approx(2 / 3) and metrics["lm_eval/toy/acc_norm"] == pytest.approx(2 / 3)
     assert "lm_eval/toy/acc_stderr" in metrics and not any(k.startswith("lm_eval/gone") for k in metrics)
-    assert set(errors) == {"gone"} and "no-such-file.jsonl" in errors["gone"], errors
+    assert set(errors) == {"gone"} and "gone.jsonl" in errors["gone"], errors
     assert any("lm-eval toy: acc 0.6667" in line for line in lines), lines
     # the limit: lm-eval scores the first N documents only (the first is answered right)
     metrics, _ = harness.evaluate(lm, ["toy"], include=str(tasks), limit=1, log=lines.append)
@@ -160,7 +144,7 @@ def test_two_rank_job_scores_lm_eval_tasks_in_the_sandbox(tmp_path, capsys):
     assert main(["data", "prepare", str(corpus), "--tokenizer", "bytes", "--out", str(data), "--val-tokens", "2k",
                  "--quiet"]) == 0
     tasks = write_local_task(tmp_path / "tasks", "toy", QUESTIONS)
-    write_local_task(tasks, "gone", [], data_file="no-such-file.jsonl")
+    write_local_task(tasks, "gone", [])
     layer = tmp_path / "layer.py"
     layer.write_text(CUMSUM.format(extra=""))
     out = tmp_path / "r.h5"
@@ -173,5 +157,5 @@ def test_two_rank_job_scores_lm_eval_tasks_in_the_sandbox(tmp_path, capsys):
     rec = rf.read_result(out)
     assert rec.status == "ok" and rec.env["world_size"] == 2 and math.isfinite(rec.eval_loss)
     assert rec.metrics["lm_eval/toy/acc"] == pytest.approx(2 / 3), (rec.metrics, printed.err)
-    assert "no-such-file.jsonl" in rec.env["lm_eval_errors"]["gone"]
+    assert "gone.jsonl" in rec.env["lm_eval_errors"]["gone"]
     assert "lm-eval gone did not run" in printed.err
