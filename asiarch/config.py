@@ -281,7 +281,8 @@ class WatchdogConfig:
     stall_s: float = _f(900.0, "'stalled': seconds without a new progress record (or, before the first, since the "
                                "attempt started running).")
     diverging_window: int = _f(5, "'diverging': the last this many curve points rise (least-squares slope > 0) ...")
-    diverging_rise: float = _f(0.1, "... and the last one is this fraction above the lowest loss so far.")
+    diverging_rise: float = _f(0.1, "... and the last one is above the lowest loss so far by this fraction of the "
+                                    "larger of that loss and the progress made down to it (first loss - lowest).")
     implausible_floor: float = _f(0.0, "'implausible', LM task: a loss below this cannot be honest (0: use "
                                        "implausible_fraction of the best loss a finished peer reached). MQAR's own "
                                        "floor is 0 (every query's value is in its context), so there only the peer "
@@ -297,13 +298,18 @@ class EarlyStoppingConfig:
     # Asynchronous successive halving (Li et al., MLSys 2020; Optuna's SuccessiveHalvingPruner): decided as each
     # attempt reaches a rung, never by waiting for a cohort. Off by default: a stopped candidate is ranked on a
     # partial curve, so opt in once `asiarch bench early-stopping DIR` shows the settings keep the best on
-    # curves like yours.
+    # curves like yours. The default rungs and reduction factors are the demo's (MQAR): its curves sit on a
+    # plateau until about a third of the steps and the best cross the others late, so the first rung keeps
+    # the best half and only the second, once the curves have separated, keeps the best third.
     enabled: bool = _f(False, "Stop attempts at rungs when their loss is outside the top 1/eta of the attempts "
                               "that reached the rung (the reference baseline always continues and always counts).")
     stages: list[str] = _f(["explore"], "Stages early stopping applies to (explore, verify).")
-    eta: float = _f(3.0, "Reduction factor: at each rung the top 1/eta continue (Optuna: reduction_factor).")
-    rungs: list[float] = _f([], "Rungs as fractions of the steps, increasing, each in (0, 1), e.g. [0.111, 0.333] "
-                                "(empty: min_fraction * eta^k for k = 0, 1, ... below 1).")
+    eta: float = _f(3.0, "Reduction factor: at each rung after the first the top 1/eta continue (Optuna: "
+                         "reduction_factor).")
+    first_rung_eta: float = _f(2.0, "Reduction factor at the first rung, where the curves have separated least "
+                                    "(0: eta there too).")
+    rungs: list[float] = _f([1 / 3, 2 / 3], "Rungs as fractions of the steps, increasing, each in (0, 1) (empty: "
+                                            "min_fraction * eta^k for k = 0, 1, ... below 1).")
     min_fraction: float = _f(1 / 9, "With rungs empty: the first rung as a fraction of the steps.")
 
 
@@ -606,6 +612,9 @@ def _validate_stopping(cfg: Config) -> None:
         raise ConfigError(f"watchdog.diverging_window must be at least 2 curve points, got {w.diverging_window}")
     if e.eta <= 1:
         raise ConfigError(f"early_stopping.eta must be above 1 (3 keeps the top third), got {e.eta}")
+    if e.first_rung_eta != 0 and e.first_rung_eta <= 1:
+        raise ConfigError(f"early_stopping.first_rung_eta must be above 1 (2 keeps the top half) or 0 (eta at the "
+                          f"first rung too), got {e.first_rung_eta}")
     if not e.rungs and not 0 < e.min_fraction < 1:
         raise ConfigError(f"early_stopping.min_fraction must be in (0, 1), got {e.min_fraction}")
     if any(not 0 < r < 1 for r in e.rungs) or any(b <= a for a, b in zip(e.rungs, e.rungs[1:])):

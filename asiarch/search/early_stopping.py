@@ -11,7 +11,8 @@ out by writing the attempt's control file (:func:`asiarch.job.contract.request_s
 - ``stalled``: no progress record for ``stall_s`` seconds (before the first, since it started running);
 - after ``warmup_fraction`` of its steps:
   ``diverging``: the last ``diverging_window`` curve points rise (least-squares slope > 0) and the last is
-  ``diverging_rise`` above the lowest loss so far, or the loss is not finite;
+  above the lowest loss so far by ``diverging_rise`` of the larger of that lowest loss and the progress made
+  down to it (the first point's loss less the lowest), or the loss is not finite;
   ``implausible``: the loss is below the task's floor (:func:`task_floor`), or below
   ``implausible_factor`` times the lowest loss of every peer at the same step (``min_peers`` of them);
   ``slow``: tokens/s below ``slow_fraction`` of the median of its peers' (``min_peers`` of them).
@@ -23,7 +24,10 @@ the losses there of every attempt of the group that has reached it so far, itsel
 included; it continues when it is within the best ``n // eta`` of those ``n`` (the best one when
 ``n < eta``, as Optuna does), else it stops at that rung. Nobody waits for a cohort. As more attempts
 reach a rung, an attempt stopped there may come within the best ``n // eta``: :func:`promotions` names
-those, to be resumed from their checkpoints.
+those, to be resumed from their checkpoints. One departure from a single ``eta``: the first rung has its
+own, ``first_rung_eta`` (:func:`rung_eta`; by default 2 there, 3 after), because the first rung is where
+the curves have separated least (on the demo's MQAR curves the later best still sit on the plateau
+with the worst at a third of the steps), so it should keep more.
 
 The reference baseline is never stopped, by either rule. Rungs are numbered from 1.
 """
@@ -33,7 +37,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Hashable, Iterable, Mapping, Sequence
 
 from asiarch.analysis.stats import spearman
@@ -175,6 +179,12 @@ def loss_at(curve: Sequence[tuple[int, float]], step: int) -> float | None:
     return None  # unreachable: the last point is at or past step
 
 
+def rung_eta(cfg, index: int) -> float:
+    """The reduction factor at rung ``index`` (0-based): ``first_rung_eta`` at the first (0: ``eta``),
+    ``eta`` at the others."""
+    return cfg.first_rung_eta if index == 0 and cfg.first_rung_eta else cfg.eta
+
+
 def promotable(value: float, competitors: Sequence[float], eta: float) -> bool:
     """Optuna's SuccessiveHalvingPruner rule: ``value`` (one of ``competitors``, the losses at the rung of
     every attempt that reached it, its own included) is within the best ``len // eta`` of them, or is the
@@ -198,10 +208,10 @@ def asha_decision(snap: Snapshot, group: Sequence[Snapshot], cfg) -> Decision:
         if value is None:
             break
         values = _rung_values(group, steps[i])
-        if snap.reference or promotable(value, values, cfg.eta):
+        if snap.reference or promotable(value, values, rung_eta(cfg, i)):
             passed = i + 1
             continue
-        k = max(1, int(len(values) // cfg.eta))
+        k = max(1, int(len(values) // rung_eta(cfg, i)))
         bar = sorted(values)[k - 1]
         return Decision(snap.key, True, "rung", f"stopped at rung {i + 1} of {len(steps)} (step {steps[i]} of "
                         f"{snap.steps}): loss {value:.4g} is outside the best {k} of the {len(values)} attempts "
@@ -221,7 +231,7 @@ def promotions(group: Sequence[Snapshot], cfg) -> list[Hashable]:
             continue
         step = steps[snap.stopped_rung - 1]
         value = loss_at(snap.curve, step)
-        if value is not None and promotable(value, _rung_values(group, step), cfg.eta):
+        if value is not None and promotable(value, _rung_values(group, step), rung_eta(cfg, snap.stopped_rung - 1)):
             out.append(snap.key)
     return out
 
@@ -276,10 +286,13 @@ def watchdog_decision(snap: Snapshot, group: Sequence[Snapshot], wcfg, *, now: f
         return Decision(key, True, "diverging", f"diverging: the loss is {loss} at step {step}", **stop)
     if len(window) >= wcfg.diverging_window:
         lowest = min(l for _, l in snap.curve)
-        if _slope(window) > 0 and loss > lowest + wcfg.diverging_rise * abs(lowest):
+        # the rise is measured against the larger of the lowest loss and the progress made down to it, so that a
+        # run near zero loss (an easy LM text) is not called diverging for a bump of a few hundredths
+        bar = lowest + wcfg.diverging_rise * max(abs(lowest), snap.curve[0][1] - lowest)
+        if _slope(window) > 0 and loss > bar:
             return Decision(key, True, "diverging", f"diverging: the loss rose over the last {len(window)} points to "
-                            f"{loss:.4g} at step {step}, {100 * (loss / lowest - 1):.0f} % above its lowest "
-                            f"{lowest:.4g}", **stop)
+                            f"{loss:.4g} at step {step}, above {bar:.4g} (its lowest {lowest:.4g} plus "
+                            f"watchdog.diverging_rise of the larger of it and the progress made down to it)", **stop)
 
     if loss < floor:
         return Decision(key, True, "implausible", f"implausible: loss {loss:.4g} at step {step} is below the floor "
@@ -406,7 +419,7 @@ def replay(curves: Sequence[ReplayCurve], cfg, *, parallel: int = 1, k: int = 3)
             continue
         trained[c.key] = steps[i]
         value = arrive(c, steps[i])
-        if promotable(value, reached[steps[i]], cfg.eta):
+        if promotable(value, reached[steps[i]], rung_eta(cfg, i)):
             start(c, i + 1)
         else:
             stopped[c.key] = i + 1
@@ -415,7 +428,7 @@ def replay(curves: Sequence[ReplayCurve], cfg, *, parallel: int = 1, k: int = 3)
             if rung is None or other.key == c.key:
                 continue
             step = rung_steps(cfg, other.steps)[rung - 1]
-            if promotable(loss_at(other.curve, step), reached[step], cfg.eta):
+            if promotable(loss_at(other.curve, step), reached[step], rung_eta(cfg, rung - 1)):
                 del stopped[other.key]
                 promoted += 1
                 resume.append((other, rung))

@@ -53,7 +53,8 @@ class Watchdog:
         self.requested: dict[int, tuple[float, es.Decision]] = {}  # attempt id -> (when, why)
         self.peers: dict[int, es.Snapshot] | None = None  # ended attempt id -> its snapshot
         self.stages: dict[int, str] = {}
-        self.promoted: set[int] = set()
+        self.asked: set[int] = set()             # stopped attempts handed to on_promote (once each)
+        self.promoted: set[int] = set()          # those resumed: a later attempt carries their curve on
         self.running_since: dict[int, float] = {}  # attempt id -> when this head first saw its job running
 
     @property
@@ -67,11 +68,17 @@ class Watchdog:
 
     # ------------------------------------------------------------------ peers
     def load_peers(self) -> None:
-        """Snapshots of the attempts that ended with a curve (ok or stopped), read once."""
+        """Snapshots of the attempts that ended with a curve (ok or stopped), read once. A stopped attempt
+        that a later attempt of the same stage and seed resumed (a promotion) is left out: the later one
+        carries its curve on, and a rung counts each candidate once."""
         self.peers = {}
         for cand in self.store.candidates():
-            for a in self.store.attempts(cand.id):
-                if a.status in ("ok", "stopped"):
+            attempts = self.store.attempts(cand.id)
+            for i, a in enumerate(attempts):
+                if a.status == "stopped" and any((b.stage, b.seed) == (a.stage, a.seed) for b in attempts[i + 1:]):
+                    self.asked.add(a.id)
+                    self.promoted.add(a.id)
+                elif a.status in ("ok", "stopped"):
                     self.add_peer(a)
 
     def add_peer(self, attempt: Attempt) -> None:
@@ -117,7 +124,7 @@ class Watchdog:
         best = min((p.curve[-1][1] for p in self.peers.values() if p.finished and p.curve), default=None)
         floor = es.task_floor(self.cfg.train.task, self.cfg.watchdog, best)
         for stage, snaps in running.items():
-            ended = [p for k, p in self.peers.items() if self.stages.get(k) == stage]
+            ended = [p for k, p in self.peers.items() if self.stages.get(k) == stage and k not in self.promoted]
             group = snaps + ended
             for key, d in es.decide(group, watchdog=self.cfg.watchdog, early_stopping=self.cfg.early_stopping,
                                     stage=stage, now=now, floor=floor).items():
@@ -126,10 +133,20 @@ class Watchdog:
                 else:
                     self.rungs[key] = d.rungs_passed
             if self.on_promote is not None and es.applies(self.cfg.early_stopping, stage):
-                for key in es.promotions(ended, self.cfg.early_stopping):
-                    if key not in self.promoted:
-                        self.promoted.add(key)
-                        self.on_promote(self.store.attempt(key))
+                # against every attempt that reached the rung, the running ones included: the arrival that
+                # makes an earlier stopped attempt promotable may be the last job of the search
+                for key in es.promotions(group, self.cfg.early_stopping):
+                    if key not in self.asked:
+                        self.promote(key)
+
+    def promote(self, key: int) -> None:
+        """Hand a stopped attempt the rule now lets continue to ``on_promote`` (once); when its candidate
+        is resumed (no longer 'stopped'), its own curve leaves the peers: the new attempt's carries it on."""
+        self.asked.add(key)
+        a = self.store.attempt(key)
+        self.on_promote(a)
+        if self.store.candidate(a.candidate_id).status != "stopped":
+            self.promoted.add(key)
 
     def resumed_past(self, a: Attempt) -> int:
         """The rungs a new attempt starts past: a promoted candidate's rung it was stopped at (its

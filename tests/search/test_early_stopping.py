@@ -12,7 +12,8 @@ NOW = 10_000.0
 
 
 def asha(**kw):
-    cfg = EarlyStoppingConfig(enabled=True)
+    """An enabled [early_stopping] with one reduction factor at every rung (first_rung_eta 0) unless given."""
+    cfg = EarlyStoppingConfig(enabled=True, first_rung_eta=0.0)
     for k, v in kw.items():
         setattr(cfg, k, v)
     return cfg
@@ -45,9 +46,11 @@ def test_loss_at_interpolates_between_logged_points():
 
 
 def test_rung_steps_from_eta_and_minimum_or_given_fractions():
-    assert es.rung_fractions(asha()) == pytest.approx([1 / 9, 1 / 3])
-    assert es.rung_steps(asha(), 300) == [33, 100]
-    assert es.rung_steps(asha(eta=2.0, min_fraction=0.25), 100) == [25, 50]
+    assert es.rung_fractions(EarlyStoppingConfig()) == pytest.approx([1 / 3, 2 / 3])  # the defaults
+    assert es.rung_steps(EarlyStoppingConfig(), 300) == [100, 200]
+    assert es.rung_fractions(asha(rungs=[])) == pytest.approx([1 / 9, 1 / 3])      # min_fraction * eta^k
+    assert es.rung_steps(asha(rungs=[]), 300) == [33, 100]
+    assert es.rung_steps(asha(rungs=[], eta=2.0, min_fraction=0.25), 100) == [25, 50]
     assert es.rung_steps(asha(rungs=[0.5]), 300) == [150]
     assert es.rung_steps(asha(rungs=[0.001, 0.002]), 100) == [1]  # distinct steps, at least 1
 
@@ -58,6 +61,19 @@ def test_promotable_keeps_the_best_n_over_eta_or_the_best_below_eta():
     values = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
     assert es.promotable(2.0, values, 3) and not es.promotable(3.0, values, 3)  # 6 // 3 = 2 go on
     assert es.promotable(3.0, values, 2) and not es.promotable(4.0, values, 2)
+
+
+def test_the_first_rung_has_its_own_reduction_factor():
+    default = EarlyStoppingConfig()
+    assert (es.rung_eta(default, 0), es.rung_eta(default, 1)) == (2.0, 3.0)
+    assert es.rung_eta(asha(eta=4.0), 0) == 4.0                   # first_rung_eta 0: eta there too
+    # six reached the first rung: 6 // 2 = 3 go on there; at the second 6 // 3 = 2
+    cfg = asha(rungs=[0.2, 0.5], first_rung_eta=2.0, eta=3.0)
+    peers = [finished(f"p{i}", line({20: 1.0 + i, 50: 0.5 + i, 100: 0.2 + i})) for i in range(5)]
+    third = running("third", line({20: 2.5, 50: 2.2}))            # third best at both rungs
+    d = es.asha_decision(third, peers + [third], cfg)
+    assert d.stop and d.rung == 2 and d.rungs_passed == 1 and "best 2 of the 6" in d.message
+    assert es.asha_decision(third, peers + [third], asha(rungs=[0.2, 0.5], eta=3.0)).rung == 1  # eta 3 at both
 
 
 def test_asha_stops_an_attempt_behind_the_reference_at_its_rung_and_says_why():
@@ -99,6 +115,10 @@ def test_a_stopped_attempt_is_promoted_when_more_attempts_reach_its_rung_behind_
     assert es.promotions(group + more, cfg) == ["early"]  # 6 // 3 = 2: the second best goes on
     # a watchdog stop (no rung) is never promoted by the rule
     assert es.promotions([ref, Snapshot("x", 100, line({50: 0.1}), stopped=True)] + more, cfg) == []
+    # attempts still running count once they reached the rung (the arrival may be the search's last job)
+    arriving = [running(f"r{i}", line({50: 3.0 + i})) for i in range(4)]
+    assert es.promotions(group + arriving, cfg) == ["early"]
+    assert es.promotions(group + [running("r", line({40: 3.0}))] * 4, cfg) == []  # not at the rung yet
 
 
 # ---------------------------------------------------------------------------------- the watchdog
@@ -141,6 +161,12 @@ def test_diverging_when_the_loss_rises_over_the_window_after_warmup():
                                     now=NOW).stop
     assert es.watchdog_decision(running("nan", line({10: 3.0, 20: float("inf")})), [], w, now=NOW).reason \
         == "diverging"
+    # near zero loss the rise is measured against the progress made (5.5 - 0.02): a bump of a few hundredths,
+    # 3x the lowest loss, is noise; giving back a tenth of what it learned is diverging
+    bump = {10: 5.5, 20: 0.02, 30: 0.03, 40: 0.045, 50: 0.06}
+    assert not es.watchdog_decision(running("b", line(bump)), [], w, now=NOW).stop
+    d = es.watchdog_decision(running("b", line({**bump, 40: 0.3, 50: 0.6})), [], w, now=NOW)
+    assert d.stop and d.reason == "diverging" and "above 0.568" in d.message
 
 
 def test_implausible_below_the_floor_or_far_below_every_peer_at_the_same_step():
@@ -182,6 +208,9 @@ def test_config_sections_validate_their_keys():
     assert cfg.early_stopping.eta == 4.0 and cfg.watchdog.stall_s == 60.0
     with pytest.raises(ConfigError, match="early_stopping.eta must be above 1"):
         from_dict({"early_stopping": {"eta": 1}})
+    with pytest.raises(ConfigError, match="early_stopping.first_rung_eta must be above 1 .* or 0"):
+        from_dict({"early_stopping": {"first_rung_eta": 0.5}})
+    assert from_dict({"early_stopping": {"first_rung_eta": 0}}).early_stopping.first_rung_eta == 0.0
     with pytest.raises(ConfigError, match="early_stopping.rungs must increase"):
         from_dict({"early_stopping": {"rungs": [0.3, 0.1]}})
     with pytest.raises(ConfigError, match="watchdog.stages: 'train' is not a stage"):

@@ -1,13 +1,16 @@
 """`asiarch bench early-stopping DIR`: the replay of an experiment's recorded curves (real store, real HDF5)."""
 
 import json
+import tempfile
+from pathlib import Path
 
 import pytest
 
 from asiarch.cli.main import main as cli_main
-from asiarch.config import Config, render_toml
+from asiarch.config import Config, load_config, render_toml
 from asiarch.dispatch.base import JobState
 from asiarch.job import result as rf
+from asiarch.job.tasks import write_token_file
 from asiarch.layout import ExperimentDir
 from asiarch.search.ingest import ingest_attempt
 from asiarch.store import Store
@@ -38,7 +41,7 @@ def experiment(tmp_path):
     exp = ExperimentDir(tmp_path / "exp")
     exp.root.mkdir()
     cfg = Config()
-    cfg.early_stopping.rungs = [0.5]
+    cfg.early_stopping.rungs, cfg.early_stopping.first_rung_eta = [0.5], 0.0  # eta 3 at one rung at 1/2
     exp.config.write_text(render_toml(cfg))
     with Store.open(exp.db) as store:
         _trained(exp, store, cfg, "deltanet", "baseline", 2.0)
@@ -55,21 +58,80 @@ def test_curves_come_from_the_result_files_in_submission_order(experiment):
 
 
 def test_the_replay_prints_the_compute_saved_and_the_best_kept(experiment, capsys):
-    assert cli_main(["bench", "early-stopping", str(experiment.root), "--json"]) == 0
+    assert cli_main(["bench", "early-stopping", str(experiment.root), "--json", "--live", "0"]) == 0
     out = json.loads(capsys.readouterr().out)
     # at the rung (step 50): A leads the reference, B and C trail A and stop there, D leads all
     assert out["candidates"] == 4 and out["k"] == 3 and out["stopped"] == 2
     assert out["compute_saved"] == pytest.approx(1 - (20 + 10 + 10 + 20) / 80)
     assert out["topk_recall"] == pytest.approx(2 / 3)       # the best 3: D, A, C; C was stopped
-    assert out["rungs"] == "1/2" and out["eta"] == 3 and out["parallel"] == 1
-    assert len(out["table"]) == 18 and {r["eta"] for r in out["table"]} == {2.0, 3.0, 4.0}
-    assert cli_main(["bench", "early-stopping", str(experiment.root)]) == 0
+    assert out["rungs"] == "1/2" and out["eta"] == "3" and out["parallel"] == 1 and out["config_note"] == ""
+    # the default first, then the configured policy (it differs), then one eta at every rung over the grid
+    table = out["table"]
+    assert [(r["eta"], r["rungs"], r["policy"]) for r in table[:2]] == [("2,3", "1/3,2/3", "default"),
+                                                                        ("3", "1/2", "configured")]
+    assert len(table) == 20 and {r["eta"] for r in table[2:]} == {"2", "3", "4"}
+    assert {k: table[1][k] for k in ("compute_saved", "topk_recall", "stopped")} == {
+        k: out[k] for k in ("compute_saved", "topk_recall", "stopped")}
+    # over random arrival orders: the same four candidates, so the figures are bounded by the order's
+    orders = out["orders"]
+    assert orders["orders"] == 100 and 0 <= orders["saved_min"] <= orders["saved_mean"] <= 1
+    assert 0 <= orders["all_k_kept"] <= 1 and table[1]["saved_mean"] == orders["saved_mean"]
+    assert "live" not in out                                   # --live 0
+    assert cli_main(["bench", "early-stopping", str(experiment.root), "--live", "0"]) == 0
     text = capsys.readouterr().out
     assert json.loads(text.splitlines()[0]) == {k: out[k] for k in ("candidates", "compute_saved", "k",
                                                                      "topk_recall", "rank_spearman")}
-    assert "eta rungs" in text and "1/9,1/3" in text
+    assert "eta rungs" in text and "1/9,1/3" in text and text.count("default") == 1
+    assert "over 100 random arrival orders" in text
+
+
+def test_an_unreadable_config_replays_under_the_defaults_and_says_so(experiment, capsys):
+    experiment.config.write_text("[train]\nlm_eval = []\n")  # a key an older asiarch wrote
+    assert cli_main(["bench", "early-stopping", str(experiment.root), "--live", "0", "--json"]) == 0
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    assert "replayed under the default [early_stopping]" in captured.err and "train.lm_eval" in captured.err
+    assert out["eta"] == "2,3" and out["table"][0]["policy"] == "default, configured"
+    # the live half needs the experiment's own settings: a clear error, not a search under others
+    assert cli_main(["bench", "early-stopping", str(experiment.root), "--live", "2"]) == 2
+    assert "its config does not load" in capsys.readouterr().err
 
 
 def test_a_directory_without_a_store_is_a_clear_error(tmp_path, capsys):
     assert cli_main(["bench", "early-stopping", str(tmp_path)]) != 0
     assert "no experiment store here" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_live_half_trains_the_first_candidates_again_and_agrees_with_the_replay(tmp_path, capsys, monkeypatch):
+    """A real search trains the reference and two candidates to the end (the LM text of the watchdog's tests,
+    200 steps, early stopping off); the live half trains both again with the default policy on (rungs at
+    1/3 and 2/3, the best half going on at the first): 'late' (DeltaNet that starts mixing after 20 steps)
+    reaches the first rung behind the reference, 'mean' (a causal running mean) behind both, so both stop
+    there, live as in the replay of their curves."""
+    from tests.search.test_watchdog_live import DELTANET_LATE_BY_20_STEPS, SLOW_RUNNING_MEANS, run_search, \
+        watched_config
+
+    tokens = write_token_file(tmp_path / "tokens.bin", "the quick brown fox jumps over the lazy dog. " * 400)
+    cfg = watched_config("esl", 2, task="lm", token_file=str(tokens), vocab_size=256)
+    cfg.train.steps = 200
+    cfg.watchdog.enabled = False
+    root = tmp_path / "exp"
+    run_search(root, cfg, {"late": DELTANET_LATE_BY_20_STEPS, "mean": SLOW_RUNNING_MEANS[0]})
+    capsys.readouterr()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the live experiment's directory
+    assert cli_main(["bench", "early-stopping", str(root), "--live", "2", "--json"]) == 0
+    live = json.loads(capsys.readouterr().out)["live"]
+    assert Path(live["dir"]).parent.parent == tmp_path
+    assert live["candidates"] == 2 and live["stopped"] == live["predicted"]["stopped"] == 2, live
+    assert live["trained_to_end"] == 0 and live["promoted"] == live["predicted"]["promoted"] == 0
+    assert live["full_steps"] == 400 and 2 * 67 <= live["steps"] < live["full_steps"]  # stopped past the rung
+    assert live["steps_saved"] == pytest.approx(1 - live["steps"] / 400)
+    assert live["predicted"]["steps_saved"] == pytest.approx(1 - 2 * 67 / 400)
+    assert live["load"] > 0 and 0 < live["compute_saved"] < 1 and live["k"] == 2
+    with Store.open_readonly(ExperimentDir(Path(live["dir"])).db) as store:
+        added = [c for c in store.candidates() if c.origin != "baseline"]
+        assert [(c.name, c.origin, c.status) for c in added] == [("late", "manual", "stopped"),
+                                                                ("mean", "manual", "stopped")]
+        assert {c.scores["stopped"]["rung"] for c in added} == {1}
+    assert load_config(Path(live["dir"]) / "config.toml").early_stopping.enabled
