@@ -130,7 +130,22 @@ def _start_job_with_a_setsid_child(tmp_path):
             os.killpg(payload.pid, signal.SIGKILL)
             raise AssertionError(f"the job did not start its child: {(attempt / 'job.log').read_text()}")
         time.sleep(0.05)
-    return payload, attempt, int((attempt / "child.pid").read_text())
+    child = int((attempt / "child.pid").read_text())
+    # bash writes $! when it has forked, before the child has called setsid(): until then the child is
+    # still in the payload's group, and a kill of that group (the test's next step) takes it too.
+    while not _in_own_session(child):
+        if time.time() > deadline:
+            os.killpg(payload.pid, signal.SIGKILL)
+            raise AssertionError("the job's child never moved into a session of its own")
+        time.sleep(0.02)
+    return payload, attempt, child
+
+
+def _in_own_session(pid: int) -> bool:
+    try:
+        return os.getsid(pid) == pid
+    except ProcessLookupError:
+        return False
 
 
 def test_reap_ends_what_a_killed_job_left_and_spares_a_live_job(tmp_path):
