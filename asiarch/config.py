@@ -689,18 +689,20 @@ def apply_profile(data: dict, base: Path | None = None) -> dict:
     return {**data, "cluster": {**keys, **cluster}}
 
 
-#: [train] keys that name files or directories: a relative one is relative to the config file's directory.
-PATH_KEYS = ("data", "token_file", "lm_eval_include")
+#: Keys that name files or directories: '~' is the user's home; a relative one is relative to the config
+#: file's directory.
+PATH_KEYS = (("train", "data"), ("train", "token_file"), ("train", "lm_eval_include"), ("cluster", "hf_cache"))
 
 
 def from_dict(data: dict, base: Path | None = None) -> Config:
     """The validated config of a parsed TOML document; ``base`` (the config file's directory) anchors the
     site profile and the relative paths of :data:`PATH_KEYS`."""
     cfg = _build(Config, apply_profile(data, base), "")
-    for key in PATH_KEYS if base is not None else ():
-        value = getattr(cfg.train, key)
-        if value and not Path(value).is_absolute():
-            setattr(cfg.train, key, str(Path(base).absolute() / value))
+    for section, key in PATH_KEYS:
+        value = os.path.expanduser(getattr(getattr(cfg, section), key))
+        if value and base is not None and not Path(value).is_absolute():
+            value = str(Path(base).absolute() / value)
+        setattr(getattr(cfg, section), key, value)
     return validate(cfg)
 
 

@@ -70,12 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` (default: sys.argv[1:]) and run the command; its exit code. A bad config, a store
-    that cannot be opened or a missing file is one line on stderr and exit code 2."""
+    that cannot be opened, data a job's sandbox would not hold or a missing file is one line on stderr and
+    exit code 2."""
     from asiarch.config import ConfigError
+    from asiarch.dispatch.sandbox import SandboxUnavailable
     from asiarch.store import StoreError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, StoreError, FileNotFoundError) as exc:
+    except (ConfigError, StoreError, SandboxUnavailable, FileNotFoundError) as exc:
         return die(str(exc))

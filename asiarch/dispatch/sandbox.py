@@ -44,7 +44,7 @@ from pathlib import Path
 
 __all__ = [
     "KINDS", "SandboxSpec", "SandboxUnavailable", "bwrap_argv", "apptainer_argv", "limit_argv", "sandbox_argv",
-    "job_sandbox", "attempt_sandbox", "JOB_PASS_ENV", "GPU_DEVICES", "JOB_MAX_PROCS",
+    "job_sandbox", "attempt_sandbox", "data_binds", "JOB_PASS_ENV", "GPU_DEVICES", "JOB_MAX_PROCS",
     "bwrap_problem", "resolve_kind", "interpreter_paths", "package_dir", "RUN_WARNING",
 ]
 
@@ -361,22 +361,49 @@ def interpreter_paths(python: str = sys.executable) -> tuple[str, ...]:
     return tuple(out)
 
 
+#: Files of a Hugging Face home that hold credentials (``huggingface-cli login`` writes them beside hub/).
+HF_TOKEN_FILES = ("token", "stored_tokens")
+
+
+def data_binds(train, cluster) -> list[str]:
+    """The host directories a job reads its data from, bound read-only into its sandbox: ``train.token_file``'s
+    directory, ``train.data``, ``train.lm_eval_include``, and ``cluster.hf_cache`` when lm-eval tasks run.
+    Candidate code can read all of them, so :class:`SandboxUnavailable` (saying what to move) for one that is
+    the root, a home directory or above one, and for a hub cache that holds a Hugging Face token."""
+    named = []
+    if train.token_file:
+        named.append(("train.token_file's directory", Path(train.token_file).resolve().parent))
+    named += [(key, Path(value).resolve()) for key, value in (("train.data", train.data),
+                                                             ("train.lm_eval_include", train.lm_eval_include)) if value]
+    if cluster.hf_cache and train.lm_eval_tasks:
+        named.append(("cluster.hf_cache", Path(cluster.hf_cache).resolve()))
+    for key, path in named:
+        if _unsafe(path):
+            raise SandboxUnavailable(f"{key} is {path}: jobs bind it whole, read-only, where candidate code can read "
+                                     f"it, and it is the root, a home directory or above one; move the data into a "
+                                     f"directory of its own")
+    if cluster.hf_cache and train.lm_eval_tasks:
+        found = [name for name in HF_TOKEN_FILES if (named[-1][1] / name).exists()]
+        if found:
+            raise SandboxUnavailable(f"cluster.hf_cache is {named[-1][1]}, which holds a Hugging Face token "
+                                     f"({', '.join(found)}) that candidate code in the jobs could read: point it at "
+                                     f"the hub cache itself ({named[-1][1] / 'hub'}) or a copy of it")
+    return [str(path) for _, path in named]
+
+
 def attempt_sandbox(cluster, *, train, python: str, attempt_dir, checkpoint_path: str, protected=(),
                     env=()) -> SandboxSpec | None:
     """The sandbox of one attempt's training job under ``cluster.sandbox`` (None for 'none').
 
     Writable: the attempt directory and the checkpoint's directory (the candidate's: a retry
     resumes from it); read-only on top: ``protected`` (the layer, the spec, the job script); the
-    data (``train.token_file``'s directory, ``train.data``, ``train.lm_eval_include``, ``cluster.hf_cache``) read-only. Raises
-    :class:`SandboxUnavailable` when the sandbox cannot run (``auto`` without a working bwrap).
+    data (:func:`data_binds`) read-only. Raises :class:`SandboxUnavailable` when the sandbox cannot run
+    (``auto`` without a working bwrap) or the data would bind too much.
     """
     kind = resolve_kind(cluster.sandbox, container_image=cluster.container_image)
     if kind == "none":
         return None
-    data = [str(Path(train.token_file).resolve().parent)] if train.token_file else []
-    data += [str(Path(train.data).resolve())] if train.data else []  # a prepared directory (asiarch data prepare)
-    data += [str(Path(train.lm_eval_include).resolve())] if train.lm_eval_include else []
-    data += [str(Path(cluster.hf_cache).resolve())] if cluster.hf_cache and train.lm_eval_tasks else []
+    data = data_binds(train, cluster)
     common = dict(attempt_dir=str(Path(attempt_dir).resolve()), writable=(str(Path(checkpoint_path).parent),),
                   protected=tuple(str(Path(p).resolve()) for p in protected), env=env, nodes=cluster.nodes,
                   gpus=cluster.gpus_per_node)

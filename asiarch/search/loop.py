@@ -31,10 +31,10 @@ from dataclasses import dataclass
 
 from asiarch.analysis.format import candidate_label
 from asiarch.analysis.stages import promote, stage_agreement, stage_rows
-from asiarch.config import Config, render_toml
+from asiarch.config import Config, render_toml, stage_train
 from asiarch.dispatch.base import JobState, Scheduler, SchedulerError
 from asiarch.dispatch.registry import make_scheduler as make_backend
-from asiarch.dispatch.sandbox import RUN_WARNING, SandboxUnavailable, resolve_kind
+from asiarch.dispatch.sandbox import RUN_WARNING, SandboxUnavailable, data_binds, resolve_kind
 from asiarch.job.candidate import code_sha256
 from asiarch.job.contract import atomic_write
 from asiarch.layout import ExperimentDir
@@ -146,10 +146,13 @@ class Search:
 
     # ------------------------------------------------------------------ top level
     def check_sandbox(self) -> None:
-        """Refuse to start where cluster.sandbox cannot run; warn on every run without a sandbox."""
+        """Refuse to start where cluster.sandbox cannot run, or where the jobs' data would bind a home directory
+        (or a token) into the sandbox; warn on every run without a sandbox."""
         c = self.cfg.cluster
         try:
             kind = resolve_kind(c.sandbox, container_image=c.container_image)
+            for stage in ("explore", "verify") if kind != "none" else ():  # what the jobs will bind
+                data_binds(stage_train(self.cfg, stage), c)
         except SandboxUnavailable as exc:
             raise SearchError(str(exc)) from None
         if kind == "none":

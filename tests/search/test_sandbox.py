@@ -715,3 +715,73 @@ def test_lm_eval_inputs_are_bound_read_only_into_the_job(tmp_path):
         if BWRAP:
             assert f"--ro-bind-try {tmp_path / 'tasks'} {tmp_path / 'tasks'}" in script
             assert (f"--ro-bind-try {tmp_path / 'hub'} {tmp_path / 'hub'}" in script) is bound
+
+
+@pytest.fixture
+def home_with_data(tmp_path, monkeypatch):
+    """A home directory (HOME) holding a credential and, loose in it, a token file."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".netrc").write_text("machine example.org password CANARY-NETRC\n")
+    (home / "tokens.bin").write_bytes(b"\0" * 64)
+    monkeypatch.setenv("HOME", str(home))
+    return home
+
+
+@needs_bwrap
+def test_data_that_would_bind_a_home_is_refused(home_with_data, tmp_path):
+    """A token file loose in the home directory: its directory is bound whole, and the job's candidate
+    code reads ~/.netrc there (shown with the check off: the bind the old code made). data_binds refuses it,
+    so neither the head nor `asiarch train` starts such a job; a directory of its own is fine."""
+    home = home_with_data
+    spec = sb.SandboxSpec(kind="bwrap", cwd=str(tmp_path), read_only=sb.interpreter_paths() + (str(home),))
+    leaked = subprocess.run(sb.bwrap_argv(spec, ["cat", str(home / ".netrc")]), capture_output=True, text=True)
+    assert "CANARY-NETRC" in leaked.stdout, leaked.stderr  # the attack, without the check
+    with pytest.raises(sb.SandboxUnavailable, match=r"train.token_file's directory is .*home directory"):
+        sb.data_binds(TrainConfig(task="lm", token_file=str(home / "tokens.bin")), ClusterConfig())
+    own = home / "data"
+    own.mkdir()
+    assert sb.data_binds(TrainConfig(task="lm", data=str(own)), ClusterConfig()) == [str(own.resolve())]
+    # what a user sees: asiarch train refuses in one line, before any job starts
+    layer = LAYERS / "good_plain.py"
+    res = subprocess.run([sys.executable, "-m", "asiarch", "train", str(layer), "--out", str(tmp_path / "r.h5"),
+                          "--task", "lm", "--token-file", str(home / "tokens.bin"), "--steps", "1"],
+                         capture_output=True, text=True, env={**os.environ, "HOME": str(home)}, cwd=ROOT)
+    assert res.returncode == 2 and "home directory" in res.stderr and "Traceback" not in res.stderr, res.stderr
+    assert not (tmp_path / "r.h5").exists()
+
+
+def test_an_hf_cache_holding_a_token_is_refused(tmp_path):
+    """`huggingface-cli login` writes the token beside hub/: pointing cluster.hf_cache at that home would
+    bind the token into every lm-eval job. Only when lm-eval tasks run is the cache bound at all."""
+    hf = tmp_path / "huggingface"
+    (hf / "hub").mkdir(parents=True)
+    (hf / "token").write_text("hf_CANARY\n")
+    train = TrainConfig(task="lm", data=str(tmp_path), lm_eval_tasks=["piqa"])
+    with pytest.raises(sb.SandboxUnavailable, match=r"holds a Hugging Face token \(token\).*hub"):
+        sb.data_binds(train, ClusterConfig(hf_cache=str(hf)))
+    assert str((hf / "hub").resolve()) in sb.data_binds(train, ClusterConfig(hf_cache=str(hf / "hub")))
+    assert sb.data_binds(TrainConfig(task="lm", data=str(tmp_path)), ClusterConfig(hf_cache=str(hf))) == \
+        [str(tmp_path.resolve())]
+
+
+def test_config_paths_expand_the_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    cfg = from_dict({"cluster": {"hf_cache": "~/hub"}}, base=tmp_path / "exp")
+    assert cfg.cluster.hf_cache == str(tmp_path / "hub")
+
+
+@needs_bwrap
+def test_the_head_refuses_to_start_on_data_that_would_bind_a_home(home_with_data, tmp_path, capsys):
+    """`asiarch run` with train.token_file loose in the home directory stops before any job, saying what to move."""
+    from asiarch.cli import main
+
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    (exp / "config.toml").write_text('[train]\ntask = "lm"\ntoken_file = "~/tokens.bin"\nseq_len = 32\n'
+                                     '[cluster]\nsandbox = "bwrap"\n')
+    capsys.readouterr()
+    assert main(["run", str(exp), "--quiet"]) != 0
+    err = capsys.readouterr().err
+    assert "train.token_file's directory" in err and "home directory" in err, err
+    assert not list(exp.glob("**/attempt-*"))
