@@ -238,12 +238,10 @@ def test_the_reference_trains_to_the_end_and_every_stop_is_logged(watched):
 
 # on the test Slurm only: the local scheduler's watchdog path is the module fixture's (slow, stalled)
 @pytest.mark.parametrize("where", ["slurm"])
-def test_implausible_below_the_lm_floor_and_the_reference_is_never_stopped(where, tmp_path, request):
+def test_implausible_below_the_lm_floor_and_the_reference_is_never_stopped(where, tmp_path, slurm_cluster):
     """The LM task with watchdog.implausible_floor = 50 nats, above any loss these runs reach (ln 256 = 5.5 at
     the start): the configured floor says every loss is too good to be true, so the rule fires for the
     honest candidate once past warm-up and would for the reference, which trains to the end regardless."""
-    if where == "slurm":
-        request.getfixturevalue("slurm_cluster")
     tokens = write_token_file(tmp_path / "tokens.bin", "the quick brown fox jumps over the lazy dog. " * 400)
     cfg = watched_config("floor", 1, task="lm", token_file=str(tokens), vocab_size=256)
     cfg.watchdog.implausible_floor = 50.0
