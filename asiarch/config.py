@@ -280,7 +280,8 @@ class WatchdogConfig:
     slow_fraction: float = _f(1 / 3, "'slow': tokens/s below this fraction of the median of the peers' tokens/s.")
     stall_s: float = _f(900.0, "'stalled': seconds without a new progress record (or, before the first, since the "
                                "attempt started running).")
-    diverging_window: int = _f(5, "'diverging': the last this many curve points rise (least-squares slope > 0) ...")
+    diverging_window: int = _f(5, "'diverging': the curve points since the lowest loss, at least this many, rise "
+                                 "(least-squares slope > 0) ...")
     diverging_rise: float = _f(0.1, "... and the last one is above the lowest loss so far by this fraction of the "
                                     "larger of that loss and the progress made down to it (first loss - lowest).")
     implausible_floor: float = _f(0.0, "'implausible', LM task: a loss below this cannot be honest (0: use "

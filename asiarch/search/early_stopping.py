@@ -10,9 +10,9 @@ out by writing the attempt's control file (:func:`asiarch.job.contract.request_s
 
 - ``stalled``: no progress record for ``stall_s`` seconds (before the first, since it started running);
 - after ``warmup_fraction`` of its steps:
-  ``diverging``: the last ``diverging_window`` curve points rise (least-squares slope > 0) and the last is
-  above the lowest loss so far by ``diverging_rise`` of the larger of that lowest loss and the progress made
-  down to it (the first point's loss less the lowest), or the loss is not finite;
+  ``diverging``: the curve points since the lowest loss so far (``diverging_window`` of them at least) rise
+  (least-squares slope > 0) and the last is above that lowest loss by ``diverging_rise`` of the larger of it
+  and the progress made down to it (the first point's loss less the lowest), or the loss is not finite;
   ``implausible``: the loss is below the task's floor (:func:`task_floor`), or below
   ``implausible_factor`` times the lowest loss of every peer at the same step (``min_peers`` of them);
   ``slow``: tokens/s below ``slow_fraction`` of the median of its peers' (``min_peers`` of them).
@@ -280,19 +280,22 @@ def watchdog_decision(snap: Snapshot, group: Sequence[Snapshot], wcfg, *, now: f
     peers = [p for p in group if p.key != key]
     stop = dict(step=step, rungs_passed=snap.rungs_passed)
 
-    after = [p for p in snap.curve if p[0] >= warm]
-    window = after[-wcfg.diverging_window:]
     if not math.isfinite(loss):
         return Decision(key, True, "diverging", f"diverging: the loss is {loss} at step {step}", **stop)
-    if len(window) >= wcfg.diverging_window:
-        lowest = min(l for _, l in snap.curve)
+    # the points from the lowest loss (its last occurrence) to now, after warm-up: judged on the curve itself, so
+    # that the verdict does not hang on which of the job's records a poll happened to read
+    lowest = min(l for _, l in snap.curve)
+    low_at = max(i for i, (_, l) in enumerate(snap.curve) if l == lowest)
+    since = [p for p in snap.curve[low_at:] if p[0] >= warm]
+    if len(since) >= wcfg.diverging_window:
         # the rise is measured against the larger of the lowest loss and the progress made down to it, so that a
         # run near zero loss (an easy LM text) is not called diverging for a bump of a few hundredths
         bar = lowest + wcfg.diverging_rise * max(abs(lowest), snap.curve[0][1] - lowest)
-        if _slope(window) > 0 and loss > bar:
-            return Decision(key, True, "diverging", f"diverging: the loss rose over the last {len(window)} points to "
-                            f"{loss:.4g} at step {step}, above {bar:.4g} (its lowest {lowest:.4g} plus "
-                            f"watchdog.diverging_rise of the larger of it and the progress made down to it)", **stop)
+        if _slope(since) > 0 and loss > bar:
+            return Decision(key, True, "diverging", f"diverging: the loss rose over the {len(since)} points since its "
+                            f"lowest ({lowest:.4g} at step {snap.curve[low_at][0]}) to {loss:.4g} at step {step}, "
+                            f"above {bar:.4g} (the lowest plus watchdog.diverging_rise of the larger of it and the "
+                            f"progress made down to it)", **stop)
 
     if loss < floor:
         return Decision(key, True, "implausible", f"implausible: loss {loss:.4g} at step {step} is below the floor "

@@ -169,6 +169,31 @@ def test_diverging_when_the_loss_rises_over_the_window_after_warmup():
     assert d.stop and d.reason == "diverging" and "above 0.568" in d.message
 
 
+#: The live diverging test's layer on a loaded CI machine (steps 2-76 of 400, every 2): the loss rises from
+#: 1.082 at step 42 to 1.645 at 58, then the model works around the pattern and it falls back.
+CI_DIVERGER = tuple(zip(range(2, 77, 2), (
+    4.766, 4.557, 4.358, 4.15, 3.946, 3.729, 3.515, 3.319, 3.121, 2.918, 2.721, 2.523, 2.334, 2.144, 1.988, 1.789,
+    1.625, 1.464, 1.327, 1.185, 1.082, 1.126, 1.242, 1.372, 1.432, 1.551, 1.592, 1.631, 1.645, 1.579, 1.617,
+    1.628, 1.537, 1.561, 1.527, 1.522, 1.484, 1.449)))
+
+
+def test_diverging_is_judged_on_the_curve_not_on_which_record_a_poll_read():
+    """The job writes a progress record every 2 s at most; on CI the watchdog's reads fell at step 62 or later,
+    where the last 5 points no longer rise (slope <= 0): a rule on the last window alone let the run train to
+    the end. Judged on the points since the lowest, every read from step 52 to 74, while the loss is above the bar
+    (1.082 + 0.1 x 3.684 = 1.45), stops it; the same read before the rise does not."""
+    w = WatchdogConfig(diverging_window=5, diverging_rise=0.1, warmup_fraction=0.05)
+    for end in range(52, 76, 2):
+        curve = tuple(p for p in CI_DIVERGER if p[0] <= end)
+        d = es.watchdog_decision(running("d", curve, steps=400), [], w, now=NOW)
+        assert d.stop and d.reason == "diverging" and "since its lowest (1.082 at step 42)" in d.message, (end, d)
+        if end >= 62:
+            assert es._slope(curve[-5:]) <= 0  # what the last-window rule saw
+    before = tuple(p for p in CI_DIVERGER if p[0] <= 44)
+    assert not es.watchdog_decision(running("d", before, steps=400), [], w, now=NOW).stop
+    assert not es.watchdog_decision(running("d", CI_DIVERGER, steps=400), [], w, now=NOW).stop  # 1.449: back under
+
+
 def test_implausible_below_the_floor_or_far_below_every_peer_at_the_same_step():
     w = WatchdogConfig(implausible_factor=0.25, min_peers=2, implausible_fraction=0.5)
     assert es.task_floor("mqar", w, 2.0) == 0.0
