@@ -370,24 +370,21 @@ def data_binds(train, cluster) -> list[str]:
     directory, ``train.data``, ``train.lm_eval_include``, and ``cluster.hf_cache`` when lm-eval tasks run.
     Candidate code can read all of them, so :class:`SandboxUnavailable` (saying what to move) for one that is
     the root, a home directory or above one, and for a hub cache that holds a Hugging Face token."""
-    named = []
-    if train.token_file:
-        named.append(("train.token_file's directory", Path(train.token_file).resolve().parent))
+    hub = Path(cluster.hf_cache).resolve() if cluster.hf_cache and train.lm_eval_tasks else None
+    named = [("train.token_file's directory", Path(train.token_file).resolve().parent)] if train.token_file else []
     named += [(key, Path(value).resolve()) for key, value in (("train.data", train.data),
                                                              ("train.lm_eval_include", train.lm_eval_include)) if value]
-    if cluster.hf_cache and train.lm_eval_tasks:
-        named.append(("cluster.hf_cache", Path(cluster.hf_cache).resolve()))
+    named += [("cluster.hf_cache", hub)] if hub else []
     for key, path in named:
         if _unsafe(path):
             raise SandboxUnavailable(f"{key} is {path}: jobs bind it whole, read-only, where candidate code can read "
                                      f"it, and it is the root, a home directory or above one; move the data into a "
                                      f"directory of its own")
-    if cluster.hf_cache and train.lm_eval_tasks:
-        found = [name for name in HF_TOKEN_FILES if (named[-1][1] / name).exists()]
-        if found:
-            raise SandboxUnavailable(f"cluster.hf_cache is {named[-1][1]}, which holds a Hugging Face token "
-                                     f"({', '.join(found)}) that candidate code in the jobs could read: point it at "
-                                     f"the hub cache itself ({named[-1][1] / 'hub'}) or a copy of it")
+    found = [name for name in HF_TOKEN_FILES if hub and (hub / name).exists()]
+    if found:
+        raise SandboxUnavailable(f"cluster.hf_cache is {hub}, which holds a Hugging Face token ({', '.join(found)}) "
+                                 f"that candidate code in the jobs could read: point it at the hub cache itself "
+                                 f"({hub / 'hub'}) or a copy of it")
     return [str(path) for _, path in named]
 
 
