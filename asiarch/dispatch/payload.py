@@ -27,12 +27,19 @@ class JobScriptFailed(RuntimeError):
     pass
 
 
-def _ignore_warnings() -> None:
-    """In the job's shell: ignore USR1/USR2. Slurm's --signal reaches every process of the step;
-    the disposition survives exec, so bash and torchrun are not killed by it, while the trainer
-    installs its own handlers and hears it."""
+def _job_signals() -> None:
+    """In the job's shell: ignore USR1/USR2, and give HUP, INT, TERM and QUIT their default action.
+
+    Slurm's --signal reaches every process of the step; the disposition survives exec, so bash and
+    torchrun are not killed by it, while the trainer installs its own handlers and hears it. The
+    others are reset because bash cannot trap a signal that was ignored when it started: a head run
+    under ``nohup`` (HUP ignored) or as a background job of a script (INT and QUIT ignored) would hand
+    that on, and the job script's forwarding of the time-limit warning (HUP) to the trainer would be
+    dropped without a word (the job then trains to its time limit and dies without a result)."""
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+    for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
+        signal.signal(sig, signal.SIG_DFL)
 
 
 class StopSignals:
@@ -188,7 +195,7 @@ def run_job_script(script: str, log: str, extra_secrets: tuple[str, ...] = ()) -
 def _run(script: str, log: str, env: dict, signals: StopSignals) -> int:
     with open(log, "ab") as out:
         proc = subprocess.Popen(["bash", script], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=env, start_new_session=False, preexec_fn=_ignore_warnings)
+                                env=env, start_new_session=False, preexec_fn=_job_signals)
         signals.attach(proc)
         try:
             while True:

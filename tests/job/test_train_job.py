@@ -114,23 +114,41 @@ def test_sigterm_checkpoints_and_a_rerun_resumes_from_it(tmp_path):
     assert not ckpt.exists()  # finished: nothing left to resume
 
 
-def test_a_time_limit_warning_before_the_trainer_is_ready_is_held_not_fatal(tmp_path):
+def _ignore_hangup_and_interrupt():
+    """What `nohup` (HUP) and a script's `cmd &` (INT, QUIT) do to the processes they start."""
+    for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT):
+        signal.signal(sig, signal.SIG_IGN)
+
+
+@pytest.mark.parametrize("started", ["plainly", "under nohup"])
+def test_a_time_limit_warning_before_the_trainer_is_ready_is_held_not_fatal(tmp_path, started):
     """Slurm may send --signal up to a minute early, for a short job at its very start: the payload
     holds the warning until the trainer has written its first progress record, then passes it on,
-    and the run ends as a timeout with its partial curve instead of dying without a result."""
+    and the run ends as a timeout with its partial curve instead of dying without a result.
+
+    'under nohup': the payload inherits HUP (and INT, QUIT) ignored, as from a head started with
+    nohup or in the background of a script; bash cannot trap a signal ignored at its start, so
+    unless the payload gives the job's shell the default dispositions the warning is dropped and
+    the job trains on (here: a million steps)."""
     from asiarch.job.contract import AttemptFiles
     JOB_MARKER = AttemptFiles.JOB_MARKER
 
     paths, req = _attempt(tmp_path, CUMSUM.format(extra=""), steps=1_000_000, nproc=1)
     payload = subprocess.Popen([sys.executable, "-c", "import sys; from asiarch.dispatch.payload import "
                                 "run_job_script; run_job_script(sys.argv[1], sys.argv[2])",
-                                str(req.script), str(req.log)])
-    deadline = time.time() + 60
-    while not (paths.dir / JOB_MARKER).exists() and time.time() < deadline:
-        time.sleep(0.02)
-    assert not paths.progress.exists(), "the trainer was already up: nothing to hold"
-    payload.send_signal(signal.SIGUSR1)
-    payload.wait(timeout=180)  # non-zero: torchrun's agent exits with an error on the HUP it forwarded
+                                str(req.script), str(req.log)], start_new_session=True,
+                               preexec_fn=_ignore_hangup_and_interrupt if started == "under nohup" else None)
+    try:
+        deadline = time.time() + 60
+        while not (paths.dir / JOB_MARKER).exists() and time.time() < deadline:
+            time.sleep(0.02)
+        assert not paths.progress.exists(), "the trainer was already up: nothing to hold"
+        payload.send_signal(signal.SIGUSR1)
+        payload.wait(timeout=120)  # non-zero: torchrun's agent exits with an error on the HUP it forwarded
+    finally:  # a job that did not hear the warning must not train on beside the rest of the suite
+        if payload.poll() is None:
+            os.killpg(payload.pid, signal.SIGKILL)
+            payload.wait()
     rec = rf.read_result(paths.result)
     assert rec.status == "timeout" and rec.steps_done > 0 and len(rec.curve.loss) > 0
 
