@@ -185,16 +185,22 @@ def rung_eta(cfg, index: int) -> float:
     return cfg.first_rung_eta if index == 0 and cfg.first_rung_eta else cfg.eta
 
 
+def rung_cut(competitors: Sequence[float], eta: float) -> tuple[int, float]:
+    """How many of ``competitors`` (the losses at a rung of every attempt that reached it) continue, the
+    best ``len // eta`` (at least one), and the loss the last of them has: the bar to be within."""
+    k = max(1, int(len(competitors) // eta))
+    return k, sorted(competitors)[k - 1]
+
+
 def promotable(value: float, competitors: Sequence[float], eta: float) -> bool:
     """Optuna's SuccessiveHalvingPruner rule: ``value`` (one of ``competitors``, the losses at the rung of
     every attempt that reached it, its own included) is within the best ``len // eta`` of them, or is the
     best when there are fewer than ``eta``."""
-    ordered = sorted(competitors)
-    k = max(1, int(len(ordered) // eta))
-    return value <= ordered[k - 1]
+    return value <= rung_cut(competitors, eta)[1]
 
 
-def _rung_values(group: Iterable[Snapshot], step: int) -> list[float]:
+def rung_values(group: Iterable[Snapshot], step: int) -> list[float]:
+    """The losses at ``step`` of the attempts of ``group`` that reached it."""
     return [v for v in (loss_at(s.curve, step) for s in group) if v is not None]
 
 
@@ -207,12 +213,11 @@ def asha_decision(snap: Snapshot, group: Sequence[Snapshot], cfg) -> Decision:
         value = loss_at(snap.curve, steps[i])
         if value is None:
             break
-        values = _rung_values(group, steps[i])
-        if snap.reference or promotable(value, values, rung_eta(cfg, i)):
+        values = rung_values(group, steps[i])
+        k, bar = rung_cut(values, rung_eta(cfg, i))
+        if snap.reference or value <= bar:
             passed = i + 1
             continue
-        k = max(1, int(len(values) // rung_eta(cfg, i)))
-        bar = sorted(values)[k - 1]
         return Decision(snap.key, True, "rung", f"stopped at rung {i + 1} of {len(steps)} (step {steps[i]} of "
                         f"{snap.steps}): loss {value:.4g} is outside the best {k} of the {len(values)} attempts "
                         f"that reached the rung (needed <= {bar:.4g})", rung=i + 1, step=steps[i], rungs_passed=passed)
@@ -231,7 +236,7 @@ def promotions(group: Sequence[Snapshot], cfg) -> list[Hashable]:
             continue
         step = steps[snap.stopped_rung - 1]
         value = loss_at(snap.curve, step)
-        if value is not None and promotable(value, _rung_values(group, step), rung_eta(cfg, snap.stopped_rung - 1)):
+        if value is not None and promotable(value, rung_values(group, step), rung_eta(cfg, snap.stopped_rung - 1)):
             out.append(snap.key)
     return out
 

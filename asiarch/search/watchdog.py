@@ -14,9 +14,11 @@ reason. The reference baseline is never stopped.
 ASHA's promotions (an attempt stopped at a rung that more arrivals have brought within the top
 1/eta) are handed to ``on_promote``, which trains the candidate again from its checkpoint; the
 new attempt starts past the rung it was stopped at (``scores["stopped"]["rung"]``), so it is not judged
-there again. What is not kept across a head restart: the rungs each running attempt has passed (a
-resumed head judges it again at them, against the peers it then knows), and when each job was first
-seen running (a resumed head counts a job's stall from when it first sees it).
+there again. Each rung a running attempt passes is recorded in the store (a 'rung-passed' event, with
+its step, loss and standing there), so a resumed head (asiarch.search.recovery re-attaches the running
+jobs) continues past the rungs an attempt already passed instead of judging it there again against the
+peers it then knows. What is not kept across a head restart: when each job was first seen running (a
+resumed head counts a job's stall from when it first sees it).
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ class Watchdog:
         self.active = active
         self.console = console
         self.on_promote = on_promote
-        self.rungs: dict[int, int] = {}          # attempt id -> rungs passed (this head's memory)
+        self.rungs: dict[int, int] = {}          # attempt id -> rungs passed (each also a 'rung-passed' event)
         self.requested: dict[int, tuple[float, es.Decision]] = {}  # attempt id -> (when, why)
         self.peers: dict[int, es.Snapshot] | None = None  # ended attempt id -> its snapshot
         self.stages: dict[int, str] = {}
@@ -115,8 +117,8 @@ class Watchdog:
             # the scheduler's start is not recorded: a job's stall before its first progress record counts
             # from when this head first saw it running (not its submission: it may have queued for hours)
             started = self.running_since.setdefault(attempt_id, now)
-            if attempt_id not in self.rungs:
-                self.rungs[attempt_id] = self.resumed_past(a)
+            if attempt_id not in self.rungs:  # past those a promotion resumed it after, and those it passed since
+                self.rungs[attempt_id] = self.resumed_past(a) + self.store.rungs_passed(attempt_id)
             snap = es.snapshot_from_progress(attempt_id, progress, steps=self.steps(a), started_at=started,
                                              reference=self.is_reference(a.candidate_id),
                                              rungs_passed=self.rungs[attempt_id])
@@ -126,18 +128,37 @@ class Watchdog:
         for stage, snaps in running.items():
             ended = [p for k, p in self.peers.items() if self.stages.get(k) == stage and k not in self.promoted]
             group = snaps + ended
+            by_key = {snap.key: snap for snap in snaps}
             for key, d in es.decide(group, watchdog=self.cfg.watchdog, early_stopping=self.cfg.early_stopping,
                                     stage=stage, now=now, floor=floor).items():
+                self.passed(attempts[key], by_key[key], group, d.rungs_passed)
                 if d.stop:
                     self.stop(attempts[key], d, now)
-                else:
-                    self.rungs[key] = d.rungs_passed
             if self.on_promote is not None and es.applies(self.cfg.early_stopping, stage):
                 # against every attempt that reached the rung, the running ones included: the arrival that
                 # makes an earlier stopped attempt promotable may be the last job of the search
                 for key in es.promotions(group, self.cfg.early_stopping):
                     if key not in self.asked:
                         self.promote(key)
+
+    def passed(self, a: Attempt, snap: es.Snapshot, group: list[es.Snapshot], rungs_passed: int) -> None:
+        """Keep the rungs ``a`` has now passed, and record each newly passed one in the store (a
+        'rung-passed' event: its step, the attempt's loss there and its standing among the ``group``
+        attempts that reached it, as the rule judged it), so that a restarted head continues past them."""
+        held = self.rungs[a.id]
+        self.rungs[a.id] = rungs_passed
+        steps = es.rung_steps(self.cfg.early_stopping, snap.steps)
+        for i in range(held, rungs_passed):
+            step = steps[i]
+            loss = es.loss_at(snap.curve, step)
+            values = es.rung_values(group, step)
+            if snap.reference:
+                standing = "the reference baseline, never stopped"
+            else:
+                k, _ = es.rung_cut(values, es.rung_eta(self.cfg.early_stopping, i))
+                standing = f"within the best {k} of {len(values)}"
+            self.store.log_event("rung-passed", f"attempt {a.n}: passed rung {i + 1} of {len(steps)} at step {step} "
+                                 f"of {snap.steps} (loss {loss:.4g}, {standing})", a.candidate_id, a.id)
 
     def promote(self, key: int) -> None:
         """Hand a stopped attempt the rule now lets continue to ``on_promote`` (once); when its candidate

@@ -173,11 +173,18 @@ class Store:
     def candidate_events(self, cid: int) -> list[dict]:
         """What happened to a candidate besides its attempts (ts, kind, message), oldest first: the
         Engineer's repairs, promotion to verification, re-attachment by a restarted head, failed seeds,
-        early stops."""
+        ASHA rungs passed, early stops."""
         rows = self.conn.execute("SELECT ts, kind, message FROM events WHERE candidate_id = ? AND kind IN"
-                                 " ('repaired', 'promoted', 'adopted', 'seed-failed', 'stopped') ORDER BY id",
-                                 (cid,))
+                                 " ('repaired', 'promoted', 'adopted', 'seed-failed', 'rung-passed', 'stopped')"
+                                 " ORDER BY id", (cid,))
         return [dict(r) for r in rows]
+
+    def rungs_passed(self, attempt_id: int) -> int:
+        """How many ASHA rungs the watchdog recorded an attempt passing (its 'rung-passed' events): a
+        restarted head does not judge the attempt at them again."""
+        row = self.conn.execute("SELECT COUNT(*) FROM events WHERE attempt_id = ? AND kind = 'rung-passed'",
+                                (attempt_id,)).fetchone()
+        return int(row[0])
 
     def events(self, limit: int = 20) -> list[dict]:
         rows = self.conn.execute("SELECT * FROM events ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
