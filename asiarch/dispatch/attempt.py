@@ -42,7 +42,8 @@ def job_command(spec_path: Path, *, train: TrainConfig, cluster: ClusterConfig, 
 
 def write_attempt_files(paths: AttemptFiles, *, layer_path: Path, identity: JobIdentity | dict, train: TrainConfig,
                         cluster: ClusterConfig, class_name: str, python: str,
-                        bind_root: Path | None = None, checkpoint_name: str = "checkpoint.pt") -> JobRequest:
+                        bind_root: Path | None = None, checkpoint_name: str = "checkpoint.pt",
+                        report_steps: tuple[int, ...] = ()) -> JobRequest:
     """Write spec.json (a :class:`~asiarch.job.contract.JobSpec`) and job.sh for one attempt; return
     the request to submit. ``identity`` as a dict is checked like the job checks it (unknown or
     missing keys are a JobSpecError naming them).
@@ -50,7 +51,8 @@ def write_attempt_files(paths: AttemptFiles, *, layer_path: Path, identity: JobI
     ``bind_root`` is the directory a container must see (the experiment directory); by
     default the attempt's candidate directory and the layer's. The checkpoint lives in the
     candidate's directory under ``checkpoint_name`` (one per stage and seed), so that a
-    requeued job or a retry of the same run resumes from it."""
+    requeued job or a retry of the same run resumes from it. ``report_steps``: the early-stopping rungs
+    (the trainer writes its progress record on reaching each, for the head to judge it there at once)."""
     paths.dir.mkdir(parents=True, exist_ok=True)
     if not isinstance(identity, JobIdentity):
         identity = JobIdentity.from_dict(identity, source=f"identity of {paths.spec}")
@@ -63,6 +65,7 @@ def write_attempt_files(paths: AttemptFiles, *, layer_path: Path, identity: JobI
         # per candidate, not per attempt: a requeued job or a retry of the same code resumes from it
         checkpoint_path=str((paths.dir.parent / checkpoint_name).resolve()),
         train=dataclasses.asdict(train),
+        report_steps=tuple(report_steps),
     )
     spec.write(paths.spec)
     env = (("OMP_NUM_THREADS", str(train.threads_per_rank)), ("PYTHONUNBUFFERED", "1"))

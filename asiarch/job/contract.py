@@ -306,6 +306,9 @@ class JobSpec:
     train: dict           # the resolved [train] section (asiarch.config.TrainConfig): TRAIN_KEYS at least
     class_name: str = DEFAULT_CLASS_NAME
     checkpoint_path: str = ""   # where a requeued or retried run resumes from; empty: no checkpoint
+    # steps after which the progress record is written at the next logged point whatever its rate limit:
+    # the early-stopping rungs, so that the head judges an attempt there as soon as it gets there
+    report_steps: tuple[int, ...] = ()
 
     @classmethod
     def from_dict(cls, data: Any, *, source: str = "job spec") -> JobSpec:
@@ -320,6 +323,11 @@ class JobSpec:
         if missing:
             raise JobSpecError(f"{source}: missing required key(s) {', '.join('train.' + k for k in missing)} "
                                "(the head and the job must run the same asiarch; re-render the attempt)")
+        steps = data.get("report_steps", ())
+        if not isinstance(steps, (list, tuple)) or not all(isinstance(x, int) and not isinstance(x, bool) and x > 0
+                                                           for x in steps):
+            raise JobSpecError(f"{source}: report_steps must be a list of positive step numbers, got {steps!r}")
+        data["report_steps"] = tuple(steps)
         spec = cls(**data)
         _check_types(spec, "", source)
         return spec

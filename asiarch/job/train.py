@@ -68,6 +68,29 @@ class Dist:
         return self.rank == 0
 
 
+class ProgressClock:
+    """When rank 0 rewrites the progress record at a logged point: at most every ``interval`` seconds (the
+    record holds the whole curve so far), at the last step, and at the first logged point at or past each
+    of ``report_steps`` (the early-stopping rungs: the head judges an attempt at a rung from the record,
+    and a rung point held back by the rate limit would let the attempt train on, past where its stop
+    belongs, for up to ``interval`` more seconds)."""
+
+    def __init__(self, report_steps=(), interval: float = 2.0):
+        self.pending = sorted(set(report_steps))
+        self.interval = interval
+        self.last = -math.inf
+
+    def due(self, step: int, now: float, *, final: bool = False) -> bool:
+        """Whether to write the record at ``step`` (steps done) at time ``now``; if so, counted as written."""
+        reached = bool(self.pending) and step >= self.pending[0]
+        while self.pending and self.pending[0] <= step:
+            self.pending.pop(0)
+        if final or reached or now - self.last > self.interval:
+            self.last = now
+            return True
+        return False
+
+
 def setup_distributed(threads: int) -> Dist:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -279,7 +302,8 @@ def train(spec: JobSpec, d: Dist, record: rf.ResultRecord, stop: dict) -> None:
     stop_path = AttemptFiles(Path(spec.result_path).parent).stop
     t0 = time.time()
     t_measure, step_measure = None, 0  # throughput excludes the first step (allocation, warm-up)
-    first_loss, last_progress = None, 0.0
+    first_loss = None
+    clock = ProgressClock(spec.report_steps)
     recent: list[float] = []
     for step in range(start, cfg["steps"]):
         lr = wsd_lr(step, peak=cfg["lr"], steps=cfg["steps"], warmup=cfg["warmup_steps"],
@@ -330,12 +354,11 @@ def train(spec: JobSpec, d: Dist, record: rf.ResultRecord, stop: dict) -> None:
             recent.clear()
             record.curve.append(step + 1, (step + 1) * tokens_per_step, mean_loss, lr, elapsed)
             record.steps_done = step + 1
-            if d.main and (time.time() - last_progress > 2.0 or step == cfg["steps"] - 1):
+            if d.main and clock.due(step + 1, time.time(), final=step == cfg["steps"] - 1):
                 tps = tokens_per_step * step_measure / (time.time() - t_measure) if step_measure else float("nan")
                 rf.write_progress(progress_path, step=step + 1, steps=cfg["steps"], tokens=(step + 1) * tokens_per_step,
                                   loss=mean_loss, lr=lr, tokens_per_s=tps, elapsed=elapsed,
                                   curve=[list(x) for x in zip(record.curve.step, record.curve.loss)])
-                last_progress = time.time()
         if not math.isfinite(loss_value):
             raise Diverged(f"loss became {loss_value} at step {step + 1}")
         if step >= cfg["warmup_steps"] and loss_value > cfg["divergence_factor"] * first_loss:

@@ -16,6 +16,7 @@ from asiarch.dispatch.base import JobRequest, Scheduler
 from asiarch.job.contract import atomic_write
 from asiarch.layout import ExperimentDir, run_key
 from asiarch.search.errors import SearchError
+from asiarch.search import early_stopping as es
 from asiarch.store import Attempt, Candidate, Store
 
 # Attempt statuses of work the scheduler has (or is about to have): not ended, so not to be repeated.
@@ -58,10 +59,11 @@ class Submitter:
         identity = {"experiment": self.cfg.experiment.name, "candidate_id": cand.id, "attempt": n,
                     "run_key": key, "code_sha256": cand.code_sha256, "stage": stage, "seed": seed}
         checkpoint = "checkpoint.pt" if (stage, seed) == ("explore", 0) else f"checkpoint-{stage}-s{seed}.pt"
-        request = write_attempt_files(paths, layer_path=layer, identity=identity,
-                                      train=stage_train(self.cfg, stage, seed), cluster=self.cfg.cluster,
+        train = stage_train(self.cfg, stage, seed)
+        rungs = es.rung_steps(self.cfg.early_stopping, train.steps) if es.applies(self.cfg.early_stopping, stage) else []
+        request = write_attempt_files(paths, layer_path=layer, identity=identity, train=train, cluster=self.cfg.cluster,
                                       class_name=self.cfg.search.class_name, python=self.python,
-                                      bind_root=self.exp.root, checkpoint_name=checkpoint)
+                                      bind_root=self.exp.root, checkpoint_name=checkpoint, report_steps=tuple(rungs))
         attempt_id = self.store.add_attempt(cand.id, n, key, self.exp.relative(paths.dir), cand.code_sha256,
                                             stage=stage, seed=seed)
         return attempt_id, request

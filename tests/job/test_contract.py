@@ -200,6 +200,15 @@ def test_job_spec_names_unknown_and_missing_keys():
         JobSpec.from_dict(_spec_dict(train=train))
 
 
+def test_job_spec_report_steps_default_empty_and_refused_when_not_step_numbers():
+    assert JobSpec.from_dict(_spec_dict()).report_steps == ()
+    spec = JobSpec.from_dict(_spec_dict(report_steps=[100, 200]))
+    assert spec.report_steps == (100, 200) and JobSpec.from_json(spec.to_json()) == spec
+    for bad in ([100, "200"], [0], [True], 100):
+        with pytest.raises(JobSpecError, match="report_steps must be a list of positive step numbers"):
+            JobSpec.from_dict(_spec_dict(report_steps=bad))
+
+
 def test_job_spec_refuses_wrong_types_and_broken_files(tmp_path):
     with pytest.raises(JobSpecError, match="identity.candidate_id must be an integer, got '1'"):
         JobSpec.from_dict(_spec_dict(identity=IDENTITY | {"candidate_id": "1"}))

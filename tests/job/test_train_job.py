@@ -14,7 +14,7 @@ from asiarch.config import ClusterConfig, TrainConfig
 from asiarch.dispatch.payload import JobScriptFailed, run_job_script
 from asiarch.job import result as rf
 from asiarch.job.tasks import write_token_file
-from asiarch.job.train import wsd_lr
+from asiarch.job.train import ProgressClock, wsd_lr
 from asiarch.job.contract import AttemptFiles
 
 pytestmark = pytest.mark.slow
@@ -168,6 +168,24 @@ def test_wsd_schedule():
     lrs = [wsd_lr(s, peak=1.0, steps=100, warmup=10, decay_fraction=0.2) for s in range(100)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == 1.0 and lrs[50] == 1.0
     assert lrs[80] == 1.0 and lrs[90] == pytest.approx(0.5) and lrs[99] == pytest.approx(0.05)
+
+
+def _written(clock: ProgressClock, *, steps=300, log_every=10, step_s=0.06) -> list[int]:
+    """The steps at which ``clock`` has the progress record written, for a run logging every ``log_every``
+    steps at ``step_s`` seconds a step (about the demo's MQAR on 2 cores)."""
+    return [s for s in range(log_every, steps + 1, log_every) if clock.due(s, s * step_s, final=s == steps)]
+
+
+def test_the_progress_record_is_written_on_reaching_each_rung_whatever_the_rate_limit():
+    """The record is rewritten at most every 2 s (it holds the whole curve); the head judges an attempt at
+    a rung from it, so a rung point held back would let the attempt train on past its stop."""
+    plain = _written(ProgressClock())
+    assert plain == [10, 50, 90, 130, 170, 210, 250, 290, 300]  # 100 and 200 held back by the rate limit
+    rungs = _written(ProgressClock((100, 200)))
+    assert {100, 200} <= set(rungs)
+    others = [s for s in rungs if s not in (100, 200, 300)]
+    assert all((b - a) * 0.06 > 2.0 for a, b in zip(others, others[1:]))  # the rate limit still holds between
+    assert 100 in _written(ProgressClock((95,)))  # a rung between logged points: the first logged point past it
 
 
 def test_training_inside_a_container_through_the_apptainer_stand_in(tmp_path, monkeypatch):

@@ -139,3 +139,23 @@ def test_open_refuses_a_scheduler_that_cannot_run_before_writing_the_config(tmp_
     with pytest.raises(SearchError):
         Search.open(exp, cfg)  # no controller here: the Slurm check refuses
     assert not exp.config.exists()
+
+
+@pytest.mark.parametrize("early_stopping, stage, expected", [(True, "explore", [100, 200]), (False, "explore", []),
+                                                             (True, "verify", [])])
+def test_an_attempt_asks_for_a_progress_record_at_each_rung_of_its_stage(tmp_path, early_stopping, stage, expected):
+    """The job writes its progress record on reaching each rung (asiarch.job.train.ProgressClock) only where early
+    stopping judges the stage: the submitter puts the rung steps in the spec."""
+    import json
+
+    cfg = Config()
+    cfg.train.steps = 300
+    cfg.early_stopping.enabled = early_stopping
+    search = Search.open(ExperimentDir(tmp_path / "exp"), cfg)
+    try:
+        search.register_baselines()
+        base = search.store.candidates(origin="baseline")[0]
+        _, request = search.submitter.prepare_attempt(base, 1, stage=stage)
+        assert json.loads((request.script.parent / "spec.json").read_text())["report_steps"] == expected
+    finally:
+        search.close()
