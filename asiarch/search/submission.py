@@ -15,8 +15,8 @@ from asiarch.dispatch.attempt import write_attempt_files
 from asiarch.dispatch.base import JobRequest, Scheduler
 from asiarch.job.contract import atomic_write
 from asiarch.layout import ExperimentDir, run_key
-from asiarch.search.errors import SearchError
 from asiarch.search import early_stopping as es
+from asiarch.search.errors import SearchError
 from asiarch.store import Attempt, Candidate, Store
 
 # Attempt statuses of work the scheduler has (or is about to have): not ended, so not to be repeated.
