@@ -5,7 +5,8 @@ kills its head with SIGKILL at random moments ``kills`` times -- each time start
 again with ``asiarch run DIR`` -- then lets the last head finish, and audits the store and
 the attempt directories:
 
-- lost: candidates the budget asked for that did not end scored or failed;
+- lost: candidates the budget asked for that did not end scored, failed or stopped (a watchdog or
+  early-stopping stop ends a candidate with its reason and partial curve: settled, not lost);
 - trained twice: candidates with more than one attempt whose job ran the trainer to a
   result file (a head that forgot a running job and started it again);
 - wasted: attempts given up as lost although their job had started training;
@@ -179,7 +180,7 @@ def audit(root: Path, budget: int) -> dict:
         attempts = {c.id: s.attempts(c.id) for c in cands}
         adopted = queries.event_count(s, "adopted")
     statuses = Counter(c.status for c in cands)
-    settled = statuses.get("done", 0) + statuses.get("failed", 0)
+    settled = statuses.get("done", 0) + statuses.get("failed", 0) + statuses.get("stopped", 0)
     trained_twice, wasted, abandoned_started = [], [], 0
     for c in cands:
         ran_ok = 0

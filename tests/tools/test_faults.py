@@ -131,3 +131,19 @@ def test_kill_head_stress_loses_and_duplicates_nothing(tmp_path):
     assert out["statuses"] == {"done": 4}, out
     assert (out["lost"], out["trained_twice"], out["over_budget"], out["duplicate_code"],
             out["wasted_trainings"]) == (0, 0, 0, 0, 0), out
+
+
+def test_the_audit_counts_a_candidate_the_watchdog_stopped_as_settled_not_lost(tmp_path):
+    """A stop (watchdog or early stopping) ends a candidate with its reason and partial curve; the kill-head
+    audit counted it lost (seen in a kill-head run here: a job re-attached after a kill was stopped as slow)."""
+    from asiarch.store import Store
+    from asiarch.tools.kill_head import audit
+
+    exp = ExperimentDir(tmp_path / "exp")
+    exp.root.mkdir()
+    with Store.open(exp.db) as store:
+        for name, status in (("a", "done"), ("b", "stopped"), ("c", "proposed")):
+            cid = store.add_candidate(name=name, origin="offline", code=f"# {name}", code_sha256=name)
+            store.set_candidate_status(cid, status)
+    assert audit(exp.root, 2)["lost"] == 0   # done + stopped settle a budget of 2
+    assert audit(exp.root, 3)["lost"] == 1   # the proposed one is still lost
