@@ -278,6 +278,9 @@ class WatchdogConfig:
     min_peers: int = _f(2, "Other attempts at the same stage and settings (running or finished) the slow and "
                            "peer-implausible rules need before they judge.")
     slow_fraction: float = _f(1 / 3, "'slow': tokens/s below this fraction of the median of the peers' tokens/s.")
+    slow_min_s: float = _f(60.0, "'slow' judges an attempt only after it has trained this many seconds (and its "
+                                 "warm-up): a rate over a few seconds says more about the machine's load then (a "
+                                 "head restarting beside local jobs) than about the layer.")
     stall_s: float = _f(900.0, "'stalled': seconds without a new progress record (or, before the first, since the "
                                "attempt started running).")
     diverging_window: int = _f(5, "'diverging': the curve points since the lowest loss, at least this many, rise "
@@ -606,7 +609,7 @@ def _validate_stopping(cfg: Config) -> None:
     if not 0 < w.implausible_fraction < 1 or not 0 < w.implausible_factor < 1:
         raise ConfigError("watchdog.implausible_fraction and watchdog.implausible_factor must be in (0, 1), got "
                           f"{w.implausible_fraction} and {w.implausible_factor}")
-    for key in ("min_peers", "stall_s", "diverging_rise", "implausible_floor"):
+    for key in ("min_peers", "stall_s", "slow_min_s", "diverging_rise", "implausible_floor"):
         if getattr(w, key) < 0:
             raise ConfigError(f"watchdog.{key} must be >= 0, got {getattr(w, key)}")
     if w.diverging_window < 2:

@@ -15,7 +15,9 @@ out by writing the attempt's control file (:func:`asiarch.job.contract.request_s
   and the progress made down to it (the first point's loss less the lowest), or the loss is not finite;
   ``implausible``: the loss is below the task's floor (:func:`task_floor`), or below
   ``implausible_factor`` times the lowest loss of every peer at the same step (``min_peers`` of them);
-  ``slow``: tokens/s below ``slow_fraction`` of the median of its peers' (``min_peers`` of them).
+  ``slow``: tokens/s below ``slow_fraction`` of the median of its peers' (``min_peers`` of them), once it
+  has trained ``slow_min_s`` seconds (its throughput is the mean since its first step: over a few seconds
+  it measures a load spike as readily as a slow layer).
 
 **ASHA** (``[early_stopping]``; Li et al., "A System for Massively Parallel Hyperparameter Tuning",
 MLSys 2020; the rule of Optuna's ``SuccessiveHalvingPruner``): rungs at fractions of the steps
@@ -65,6 +67,7 @@ class Snapshot:
     steps: int                                     # steps the attempt trains for
     curve: tuple[tuple[int, float], ...] = ()
     tokens_per_s: float | None = None              # training throughput, all ranks together
+    elapsed: float | None = None                   # seconds this run of the attempt has trained
     updated_at: float | None = None                # unix time of the latest progress record
     started_at: float | None = None                # unix time the attempt started running
     finished: bool = False                         # trained to the end
@@ -112,12 +115,13 @@ def settings_key(train: Mapping) -> str:
 def snapshot_from_progress(key: Hashable, progress: Mapping | None, *, steps: int, started_at: float | None = None,
                            reference: bool = False, rungs_passed: int = 0) -> Snapshot:
     """A running attempt's snapshot from its progress record (asiarch.job.result.read_progress: step,
-    tokens_per_s, updated_at, curve as [[step, loss], ...]); None (no record yet) gives an empty one."""
+    tokens_per_s, elapsed, updated_at, curve as [[step, loss], ...]); None (no record yet) gives an empty one."""
     progress = progress or {}
     curve = tuple((int(s), float(l)) for s, l in (progress.get("curve") or ()))
-    tps = progress.get("tokens_per_s")
+    tps, elapsed = progress.get("tokens_per_s"), progress.get("elapsed")
     return Snapshot(key=key, steps=int(progress.get("steps") or steps), curve=curve,
                     tokens_per_s=float(tps) if isinstance(tps, (int, float)) else None,
+                    elapsed=float(elapsed) if isinstance(elapsed, (int, float)) else None,
                     updated_at=progress.get("updated_at"), started_at=started_at, reference=reference,
                     rungs_passed=rungs_passed)
 
@@ -314,11 +318,13 @@ def watchdog_decision(snap: Snapshot, group: Sequence[Snapshot], wcfg, *, now: f
     speeds = [p.tokens_per_s for p in peers if p.tokens_per_s and math.isfinite(p.tokens_per_s)
               and (not p.running or p.step >= warm)]
     tps = snap.tokens_per_s
-    if tps is not None and math.isfinite(tps) and len(speeds) >= max(1, wcfg.min_peers):
+    timed = snap.elapsed is None or snap.elapsed >= wcfg.slow_min_s
+    if tps is not None and math.isfinite(tps) and timed and len(speeds) >= max(1, wcfg.min_peers):
         median = statistics.median(speeds)
         if tps < wcfg.slow_fraction * median:
             return Decision(key, True, "slow", f"slow: {tps:,.0f} tokens/s at step {step}, below "
-                            f"{wcfg.slow_fraction:.2g} of the median {median:,.0f} of {len(speeds)} peers", **stop)
+                            f"{wcfg.slow_fraction:.2g} of the median {median:,.0f} of {len(speeds)} peers"
+                            + (f" after {snap.elapsed:.0f} s of training" if snap.elapsed is not None else ""), **stop)
     return Decision(key, rungs_passed=snap.rungs_passed)
 
 

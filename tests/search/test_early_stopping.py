@@ -1,5 +1,6 @@
 """The early-stopping policy (asiarch.search.early_stopping) on hand-built curves."""
 
+import dataclasses
 import math
 
 import pytest
@@ -147,6 +148,20 @@ def test_slow_against_the_median_of_peers_after_warmup_and_with_enough_peers():
     assert not es.watchdog_decision(running("s", line({10: 2.0, 20: 1.5}), tps=350.0), peers, w, now=NOW).stop
     assert not es.watchdog_decision(running("s", line({5: 2.0}), tps=10.0), peers, w, now=NOW).stop  # warm-up
     assert not es.watchdog_decision(slow, peers[:1] + [slow], w, now=NOW).stop  # one peer is not enough
+
+
+def test_slow_waits_for_slow_min_s_of_training_so_a_load_spike_at_the_start_is_not_a_slow_layer():
+    w = WatchdogConfig(slow_fraction=1 / 3, warmup_fraction=0.1, min_peers=2, slow_min_s=60)
+    peers = [finished("a", line({100: 1.0}), tps=900.0), finished("b", line({100: 1.0}), tps=1200.0)]
+    def slow(elapsed):
+        return dataclasses.replace(running("s", line({10: 2.0, 20: 1.5}), tps=300.0), elapsed=elapsed)
+    assert not es.watchdog_decision(slow(5.0), peers + [slow(5.0)], w, now=NOW).stop
+    d = es.watchdog_decision(slow(60.0), peers + [slow(60.0)], w, now=NOW)
+    assert d.stop and d.reason == "slow" and "after 60 s of training" in d.message
+    # the progress record's elapsed is what the head reads
+    snap = es.snapshot_from_progress("s", {"curve": [[10, 2.0], [20, 1.5]], "tokens_per_s": 300.0, "elapsed": 5.0},
+                                     steps=100)
+    assert snap.elapsed == 5.0 and not es.watchdog_decision(snap, peers + [snap], w, now=NOW).stop
 
 
 def test_diverging_when_the_loss_rises_over_the_window_after_warmup():

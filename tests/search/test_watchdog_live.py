@@ -141,6 +141,7 @@ def watched_config(name: str, candidates: int, **train):
     cfg.search.preflight_workers = 1
     w = cfg.watchdog
     w.enabled, w.min_peers, w.warmup_fraction, w.stall_s = True, 1, 0.05, 25.0
+    w.slow_min_s = 2.0  # these jobs train for seconds; the default (60 s) would never judge their speed
     return cfg
 
 
