@@ -63,7 +63,7 @@ class ProgressBar:
 def cmd_prepare(args) -> int:
     """Tokenize the inputs into DIR; print the splits and the throughput (tokens/s of this run)."""
     try:
-        from asiarch.data.prepare import PrepareError, prepare
+        from asiarch.data.prepare import PrepareError, prepare, tokenizer_alone
         from asiarch.data.sources import InputError
         from asiarch.data.tokenizers import TokenizerError
         from asiarch.job.data import DataError
@@ -84,11 +84,21 @@ def cmd_prepare(args) -> int:
     splits = ", ".join(f"{name} {m.splits[name].tokens:,} tokens in {len(m.splits[name].shards)} shard(s)"
                        for name in ("train", "val"))
     print(f"{args.out}: {m.tokenizer} (vocabulary {m.vocab_size:,}, end-of-text {m.eot}, {m.dtype}); {splits}")
+    if m.splits["val"].tokens > m.splits["train"].tokens:
+        print(f"asiarch: data prepare: note: the validation split holds more tokens than the training split "
+              f"({m.splits['val'].tokens:,} against {m.splits['train'].tokens:,}); for a corpus this small give a "
+              f"lower --val-tokens (into a new --out)", file=sys.stderr)
     if not result.already_done:
         kept = f"; {result.kept_shards} shard(s) of the interrupted run verified and kept" if result.kept_shards else ""
         print(f"encoded {result.encoded_tokens:,} tokens in {result.seconds:.1f} s with {args.workers} worker(s): "
               f"{result.tokens_per_s:,.0f} tokens/s ({time.time() - t0:.1f} s in all, tokenizer loading "
               f"included){kept}")
+        if not args.no_compare and result.encoded_tokens:
+            alone = tokenizer_alone(args.inputs, tokenizer=args.tokenizer, field=args.field, eot=args.eot)
+            print(f"against the tokenizer alone ({alone.method}, on the first {alone.documents:,} documents, "
+                  f"{alone.chars:,} characters, in memory): {alone.tokens_per_s:,.0f} tokens/s; this run "
+                  f"{result.tokens_per_s / alone.tokens_per_s:.2f}x that, reading, writing and hashing included "
+                  f"(--no-compare skips this)")
     print(f"train on it: asiarch train LAYER.py --task lm --data {args.out} --out RESULT.h5, or train.data = "
           f"{str(os.path.abspath(args.out))!r} in config.toml")
     return 0
@@ -120,6 +130,9 @@ def prepare_parser(ds) -> None:
     p.add_argument("--shard-tokens", type=_count, default=DEFAULT_SHARD_TOKENS, metavar="N",
                    help=f"tokens per shard at most (default {DEFAULT_SHARD_TOKENS:,})")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--no-compare", action="store_true",
+                   help="skip the closing comparison: the tokenizer alone, one thread, on the first few MB of the "
+                        "same inputs")
     p.set_defaults(func=cmd_prepare)
 
 

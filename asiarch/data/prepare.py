@@ -395,3 +395,54 @@ def prepare(inputs: list[str], *, tokenizer: str, out: str | os.PathLike, val_to
     seconds = time.time() - t0
     report(done=True)
     return PrepareResult(manifest, out, state["encoded"], seconds, len(kept))
+
+
+# --------------------------------------------------------------------------- the tokenizer alone, for comparison
+
+#: Characters of the inputs' first documents that :func:`tokenizer_alone` encodes (a few seconds at most).
+COMPARE_CHARS = 4_000_000
+
+
+@dataclass
+class EncodeRate:
+    """The tokenizer alone on texts in memory, one thread: what ``prepare``'s own rate is measured against."""
+
+    method: str           # e.g. "tiktoken encode_ordinary, 1 thread"
+    documents: int
+    chars: int
+    tokens: int
+    seconds: float
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else float("nan")
+
+
+def encode_rate(tok: Tokenizer, texts: list[str]) -> EncodeRate:
+    """Time ``tok`` encoding ``texts`` (already in memory) in this process: for gpt2 tiktoken's
+    ``encode_ordinary`` over each text, one thread, its fastest single-thread path (its
+    ``encode_ordinary_batch`` with ``num_threads=1`` is slower on short documents)."""
+    method = {"gpt2": "tiktoken encode_ordinary, 1 thread", "bytes": "UTF-8 bytes"}.get(
+        tok.name, "tokenizers encode_batch, its own threads")
+    tok.encode_batch(texts[:200])  # warm-up: the first calls build the tokenizer's caches
+    t0 = time.perf_counter()
+    tokens = sum(len(ids) for ids in tok.encode_batch(texts))
+    return EncodeRate(method, len(texts), sum(map(len, texts)), tokens, time.perf_counter() - t0)
+
+
+def tokenizer_alone(inputs: list[str], *, tokenizer: str, field: str = "text", eot: str | None = None,
+                    max_chars: int = COMPARE_CHARS) -> EncodeRate:
+    """:func:`encode_rate` on the first documents of ``inputs`` (up to ``max_chars`` characters), read
+    into memory first: the same text ``prepare`` encoded, without its reading, writing and hashing."""
+    tok = load_tokenizer(tokenizer, eot=eot)
+    texts, chars = [], 0
+    for source in (open_source(name) for name in inputs):
+        for text, _ in documents(source, field):
+            texts.append(text)
+            chars += len(text)
+            if chars >= max_chars:
+                break
+        if chars >= max_chars:
+            break
+    return encode_rate(tok, texts)
+

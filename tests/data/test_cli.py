@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from asiarch.cli import main
@@ -25,9 +27,39 @@ def test_prepare_prints_the_splits_and_its_throughput(kjv_small, tmp_path, capsy
     assert "gpt2 (vocabulary 50,257, end-of-text 50256, uint16); train " in out and "val 3,0" in out
     assert "tokens/s" in out and "with 2 worker(s)" in out and f"--data {d}" in out
     assert "prepare [##############################] 100.0%" in err  # the progress bar's last line
+    # against tiktoken alone on the same text, one thread: its rate and the run's multiple of it
+    alone = re.search(r"against the tokenizer alone \(tiktoken encode_ordinary, 1 thread, on the first 1,500 "
+                      r"documents, [\d,]+ characters, in memory\): ([\d,]+) tokens/s; this run ([\d.]+)x", out)
+    assert alone and int(alone[1].replace(",", "")) > 0 and float(alone[2]) > 0, out
     assert main(["data", "prepare", str(kjv_small), "--tokenizer", "gpt2", "--out", str(d), "--val-tokens", "3k",
                  "--quiet"]) == 0
-    assert "already prepared with these inputs and settings" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "already prepared with these inputs and settings" in out and "against the tokenizer alone" not in out
+    assert main(["data", "prepare", str(kjv_small), "--tokenizer", "bytes", "--out", str(tmp_path / "b"),
+                 "--val-tokens", "3k", "--quiet", "--no-compare"]) == 0
+    assert "against the tokenizer alone" not in capsys.readouterr().out
+
+
+def test_prepare_notes_a_validation_split_larger_than_the_training_split(kjv_small, tmp_path, capsys):
+    assert main(["data", "prepare", str(kjv_small), "--tokenizer", "bytes", "--out", str(tmp_path / "d"),
+                 "--val-tokens", "120k", "--quiet", "--no-compare"]) == 0
+    assert "the validation split holds more tokens than the training split" in capsys.readouterr().err
+    assert main(["data", "prepare", str(kjv_small), "--tokenizer", "bytes", "--out", str(tmp_path / "e"),
+                 "--val-tokens", "50k", "--quiet", "--no-compare"]) == 0
+    assert "validation split" not in capsys.readouterr().err
+
+
+def test_bench_data_prepare_prints_prepare_against_tiktoken_on_the_same_text(kjv_small, capsys):
+    """`asiarch bench data-prepare` on a small corpus: a row per method, every one of the same tokens (prepare's
+    with one end-of-text per document more), each rate as a multiple of the faster tiktoken row."""
+    assert main(["bench", "data-prepare", "--input", str(kjv_small), "--workers", "2"]) == 0
+    out = capsys.readouterr().out
+    rows = {m[1].strip(): (int(m[2].replace(",", "")), float(m[3]))
+            for m in re.finditer(r"^((?:tiktoken|asiarch)[^\n]*?)\s+([\d,]+)\s+[\d.]+\s+[\d,]+\s+([\d.]+)$", out, re.M)}
+    assert len(rows) == 4, out
+    loop, batch = rows["tiktoken encode_ordinary loop"], rows["tiktoken encode_ordinary_batch, 1 thread"]
+    assert loop[0] == batch[0] and max(loop[1], batch[1]) == 1.0, out
+    assert rows["asiarch data prepare, 2 worker(s), end to end"][0] == loop[0] + 1500, out
 
 
 def test_prepare_errors_are_one_line_and_exit_2(tmp_path, capsys):
