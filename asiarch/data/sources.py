@@ -86,13 +86,26 @@ def _text(source: Source, field: str) -> Iterator[tuple[str, int]]:
 
 
 def _jsonl(source: Source, field: str) -> Iterator[tuple[str, int]]:
-    with open(source.name, "rb") as f:
-        for no, line in enumerate(f, 1):
+    # read as text and decode each line with a decoder made once: json.loads on bytes pays for guessing
+    # the encoding and decoding again on every line (the main process parses while workers encode, so
+    # this is prepare's ceiling: ~0.3 s per 100k lines against ~0.8 s)
+    decode = json.JSONDecoder().decode
+    no = 0
+    with open(source.name, encoding="utf-8", newline="") as f:
+        lines = iter(f)
+        while True:
+            try:
+                line = next(lines)
+            except StopIteration:
+                return
+            except UnicodeDecodeError:
+                raise InputError(_not_utf8_line(source.name)) from None
+            no += 1
             if not line.strip():
                 continue
             where = f"{source.name}:{no}"
             try:
-                obj = json.loads(line)
+                obj = decode(line)
             except ValueError as exc:
                 raise InputError(f"{where}: not JSON ({exc}); each line must be one JSON object") from None
             if not isinstance(obj, dict) or field not in obj:
@@ -103,7 +116,20 @@ def _jsonl(source: Source, field: str) -> Iterator[tuple[str, int]]:
             if not isinstance(text, str):
                 raise InputError(f"{where}: field {field!r} is {type(text).__name__}, not a string; name the "
                                  f"text field with --field")
-            yield text, len(line)
+            yield text, len(line) if line.isascii() else len(line.encode("utf-8"))
+
+
+def _not_utf8_line(name: str) -> str:
+    """Which line of the file ``name`` is not UTF-8, and how to fix it (the text reader fails on a buffer of
+    lines; the error path reads the file again line by line to name the line)."""
+    with open(name, "rb") as f:
+        for no, line in enumerate(f, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                return (f"{name}:{no}: not UTF-8 (byte {exc.start} of the line: {exc.reason}); convert the file, e.g. "
+                        f"iconv -f LATIN1 -t UTF-8")
+    return f"{name}: not UTF-8; convert the file, e.g. iconv -f LATIN1 -t UTF-8"
 
 
 def _parquet(source: Source, field: str) -> Iterator[tuple[str, int]]:

@@ -139,6 +139,9 @@ def test_bad_inputs_are_named_and_nothing_is_lost(kjv_small, tmp_path):
     bad.write_text('{"text": "fine"}\nnot json\n')
     with pytest.raises(InputError, match=r"bad.jsonl:2: not JSON"):
         prepare([str(bad)], tokenizer="bytes", out=tmp_path / "g", val_tokens=1)
+    bad.write_bytes('{"text": "fine"}\n{"text": "caf\xe9"}\n'.encode("latin-1"))
+    with pytest.raises(InputError, match=r"bad.jsonl:2: not UTF-8 \(byte 13 of the line.*iconv"):
+        prepare([str(bad)], tokenizer="bytes", out=tmp_path / "g2", val_tokens=1)
     (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
     with pytest.raises(InputError, match="latin1.txt: not UTF-8 text .byte 3"):
         prepare([str(tmp_path / "latin1.txt")], tokenizer="bytes", out=tmp_path / "h", val_tokens=1)
