@@ -148,12 +148,14 @@ def cmd_bench_early_stopping(args) -> int:
     import json
     import tempfile
 
-    from asiarch.tools.early_stopping import (bench_early_stopping, bench_live, format_live, format_table,
-                                              run_replay_search)
+    from asiarch.tools.early_stopping import (bench_early_stopping, bench_live, bench_seeds, format_live,
+                                              format_seeds, format_table, run_replay_search)
 
     say = (lambda *a, **k: None) if args.json else print
     if args.live < 0:
         return die(f"--live must be >= 0 (0: no live search), got {args.live}")
+    if args.seeds < 0 or args.seeds_top < 0:
+        return die(f"--seeds and --seeds-top must be >= 0, got {args.seeds} and {args.seeds_top}")
     if args.dir:
         root = Path(args.dir)
         if not (root / "asiarch.db").exists():
@@ -185,6 +187,14 @@ def cmd_bench_early_stopping(args) -> int:
         except RuntimeError as exc:
             return die(str(exc))
         say(format_live(out["live"]))
+    if args.seeds:
+        try:
+            work = root.parent if not args.dir else Path(tempfile.mkdtemp(prefix="asiarch-es-"))
+            out["seed_noise"] = bench_seeds(root, work / "seeds", seeds=args.seeds,
+                                            top=args.seeds_top or 2 * args.k, k=args.k, progress=say)
+        except RuntimeError as exc:
+            return die(str(exc))
+        say(format_seeds(out["seed_noise"]))
     if args.json:
         print(json.dumps(out, indent=1))
     return 0
@@ -201,6 +211,12 @@ def early_stopping_parser(bs) -> None:
     b.add_argument("--live", type=int, default=8,
                    help="train this many of the experiment's first candidates again, early stopping on, and "
                         "compare with the replay (default 8; 0: replay only)")
+    b.add_argument("--seeds", type=int, default=0,
+                   help="seed noise: train the best candidates (--seeds-top) and the baselines again with this "
+                        "many more seeds, and say whether the top-k by the mean over seeds is the replay's and "
+                        "kept (default 0: not run; each seed is one more job per candidate)")
+    b.add_argument("--seeds-top", type=int, default=0, metavar="M",
+                   help="with --seeds: the M best candidates by final loss (default 2 x --k)")
     b.add_argument("--json", action="store_true", help="print the figures and the table as one JSON object")
     b.set_defaults(func=cmd_bench_early_stopping)
 

@@ -43,6 +43,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from asiarch.config import Config, EarlyStoppingConfig, demo_config, load_config, render_toml
+from asiarch.analysis.stats import paired_difference, summarize
 from asiarch.job import result as rf
 from asiarch.job.contract import AttemptFiles
 from asiarch.layout import ExperimentDir
@@ -50,7 +51,8 @@ from asiarch.search.early_stopping import ReplayCurve, replay, rung_fractions
 from asiarch.store import Store, queries
 
 __all__ = ["replay_search_config", "load_curves", "bench_early_stopping", "settings_table", "format_table",
-           "over_orders", "live_search_config", "run_live_search", "live_figures", "format_live", "bench_live"]
+           "over_orders", "live_search_config", "run_live_search", "live_figures", "format_live", "bench_live",
+           "seeds_config", "seed_finals", "seed_figures", "format_seeds", "bench_seeds"]
 
 #: The settings the table compares besides the default, each with one reduction factor at every rung (eta,
 #: rungs as fractions of the steps). On the demo's MQAR curves the loss sits on a plateau until step ~100 of
@@ -209,22 +211,153 @@ def live_search_config(cfg: Config, candidates: int) -> Config:
 
 def run_live_search(source: Path, root: Path, cfg: Config, keys: list[int], *, python: str | None = None,
                     progress=print) -> float:
+    """Train the candidates ``keys`` of the experiment in ``source`` again in a new experiment in ``root``
+    under :func:`live_search_config`; returns the search's wall seconds."""
+    return _rerun(source, root, live_search_config(cfg, len(keys)), keys, python=python, progress=progress,
+                  what=f"training {len(keys)} of them again with early stopping on")
+
+
+def _rerun(source: Path, root: Path, cfg: Config, keys: list[int], *, what: str, python: str | None = None,
+           progress=print) -> float:
     """Train the candidates ``keys`` of the experiment in ``source`` again (their layer files, added with
-    `asiarch add` in this order) in a new experiment in ``root`` under :func:`live_search_config`;
-    returns the search's wall seconds."""
+    `asiarch add` in this order) in a new experiment in ``root`` under ``cfg``; returns the search's wall
+    seconds."""
     src = ExperimentDir(source)
     with Store.open_readonly(src.db) as store:
         names = [store.candidate(key).name for key in keys]
     root.mkdir(parents=True)
-    (root / "config.toml").write_text(render_toml(live_search_config(cfg, len(keys))))
+    (root / "config.toml").write_text(render_toml(cfg))
     for key, name in zip(keys, names):
         done = subprocess.run([python or sys.executable, "-m", "asiarch", "add", str(root),
                                str(src.layer_file(key, name)), "--name", name],
                               capture_output=True, text=True, stdin=subprocess.DEVNULL)
         if done.returncode != 0:
-            raise RuntimeError(f"`asiarch add` of {name} to the live experiment failed: {done.stderr.strip()}")
-    progress(f"training {len(keys)} of them again with early stopping on in {root} (log: search.log)")
+            raise RuntimeError(f"`asiarch add` of {name} to the experiment in {root} failed: {done.stderr.strip()}")
+    progress(f"{what} in {root} (log: search.log)")
     return _run_search(root, python)
+
+
+# ---------------------------------------------------------------------------------- seed noise
+
+
+def seeds_config(cfg: Config, candidates: int, seeds: int) -> Config:
+    """The seed-noise search: the experiment's settings with ``seeds`` training seeds per candidate, after
+    the ones it used (train.seed + train.seeds onwards), nothing stopped (early stopping and the watchdog
+    off: every run's final loss is needed), ``candidates`` of them (added by hand)."""
+    again = copy.deepcopy(cfg)
+    again.experiment.name = f"{cfg.experiment.name}-seeds"
+    again.budget.candidates = candidates
+    again.train.seed = cfg.train.seed + cfg.train.seeds
+    again.train.seeds = seeds
+    again.early_stopping.enabled = False
+    again.watchdog.enabled = False
+    return again
+
+
+def seed_finals(exp: ExperimentDir) -> dict[str, dict[int, float]]:
+    """Candidate name -> {training seed: final evaluation loss} of the experiment's exploration attempts
+    trained to the end (the first one of each seed)."""
+    cfg, _ = experiment_config(exp)
+    with Store.open_readonly(exp.db) as store:
+        rows = queries.finished_explore_results(store)
+    out: dict[str, dict[int, float]] = {}
+    for r in rows:
+        if r["eval_loss"] is not None and math.isfinite(r["eval_loss"]):
+            out.setdefault(r["name"], {}).setdefault(cfg.train.seed + int(r["seed"] or 0), float(r["eval_loss"]))
+    return out
+
+
+def seed_figures(finals: dict[str, dict[int, float]], curves: list[ReplayCurve], names: dict[int, str],
+                 policy: EarlyStoppingConfig, *, parallel: int, k: int = 3) -> dict:
+    """How the replay's top-k recall stands against seed noise. ``finals``: name -> {seed: final loss} of
+    the attempts ``names`` (replayed key -> name: the candidates retrained and the baselines) over every
+    seed run; ``curves``: the
+    replayed experiment's (one seed). The candidates are ranked by their mean over the seeds; the policy's
+    verdict on each is the replay's in submission order, and over random arrival orders the share that keep
+    all k best by the mean (the candidates not trained again ranked behind those that were). Says whether the k-th and the (k+1)-th by the
+    mean are apart beyond the seed noise (a paired t interval over their common seeds excludes 0)."""
+    outcome = replay(curves, policy, parallel=parallel, k=k)
+    by_key = {c.key: c for c in curves}
+    rows = []
+    for key, c in ((c.key, c) for c in curves if c.key in names):
+        name = names[key]
+        seeds = finals.get(name, {})
+        if not seeds:
+            continue
+        iv = summarize(list(seeds.values()))
+        verdict = ("baseline" if c.baseline else f"stopped at rung {outcome.stopped[key]}" if key in outcome.stopped
+                   else "kept")
+        rows.append({"key": key, "name": name, "baseline": c.baseline, "finals": dict(sorted(seeds.items())),
+                     "mean": iv.mean, "sd": iv.sd, "policy": verdict, "replayed_final": by_key[key].final_loss})
+    cands = sorted((r for r in rows if not r["baseline"]), key=lambda r: r["mean"])
+    for rank, r in enumerate(cands, 1):
+        r["rank"] = rank
+    top = cands[:k]
+    out = {"k": min(k, len(cands)), "rows": rows, "top_by_mean": [r["name"] for r in top],
+           "topk_recall_by_mean": sum(r["policy"] == "kept" for r in top) / len(top) if top else math.nan,
+           "topk_recall": outcome.topk_recall, "seeds": sorted({s for r in rows for s in r["finals"]})}
+    # the same question over random arrival orders: the candidates not trained again ranked behind those that were
+    means = {r["key"]: r["mean"] for r in cands}
+    behind = max(means.values(), default=0.0) + 1.0   # finite: the replay's Spearman ranks them, in their order
+    ranked = [c if c.baseline else dataclasses.replace(c, final_loss=means.get(c.key, behind + c.final_loss))
+              for c in curves]
+    out["orders_by_mean"] = over_orders(ranked, policy, parallel=parallel, k=k)
+    if len(cands) > k:
+        gap = paired_difference(cands[k - 1]["finals"], cands[k]["finals"], higher_is_better=False)
+        iv = gap.interval
+        out["gap"] = {"between": [cands[k - 1]["name"], cands[k]["name"]], "mean": iv.mean, "low": iv.low,
+                      "high": iv.high, "seeds": len(gap.seeds), "separated": bool(iv.low > 0), "note": gap.note}
+    return out
+
+
+def format_seeds(out: dict) -> str:
+    """The seed-noise figures as a table and two lines of verdict."""
+    k = out["k"]
+    lines = [f"seed noise: final loss over seeds {', '.join(map(str, out['seeds']))} (the replay is of the first); "
+             f"policy: its verdict in the replay, submission order",
+             f"{'candidate':<36} {'finals':<24} {'mean':>7} {'sd':>7} {'rank':>5}  policy"]
+    for r in sorted(out["rows"], key=lambda r: (r["baseline"], r["mean"])):
+        finals = " ".join(f"{v:.3f}" for v in r["finals"].values())
+        sd = "-" if math.isnan(r["sd"]) else f"{r['sd']:.3f}"
+        lines.append(f"{r['name'][:36]:<36} {finals:<24} {r['mean']:>7.3f} {sd:>7} {r.get('rank', '-'):>5}  "
+                     f"{r['policy']}")
+    lines.append(f"top {k} by the mean: {', '.join(out['top_by_mean'])}: the policy kept "
+                 f"{100 * out['topk_recall_by_mean']:.0f} % of them (of the top {k} by the first seed alone: "
+                 f"{100 * out['topk_recall']:.0f} %); over {out['orders_by_mean']['orders']} random arrival orders "
+                 f"all {k} kept in {100 * out['orders_by_mean']['all_k_kept']:.0f} %")
+    gap = out.get("gap")
+    if gap:
+        a, b = gap["between"]
+        if math.isnan(gap["low"]):
+            lines.append(f"#{k} {a} against #{k + 1} {b}: {gap['note']}")
+        else:
+            lines.append(f"#{k} {a} against #{k + 1} {b}: {gap['mean']:.3f} apart by the mean, 95 % interval "
+                         f"[{gap['low']:.3f}, {gap['high']:.3f}] over {gap['seeds']} seeds: "
+                         + ("separated beyond the seed noise" if gap["separated"] else
+                            "not separated by these seeds (which of them is the top-k is noise here)"))
+    return "\n".join(lines)
+
+
+def bench_seeds(root: Path, seeds_root: Path, *, seeds: int, top: int, k: int = 3, progress=print) -> dict:
+    """The seed-noise half for the experiment in ``root``: its ``top`` best candidates by final loss and its
+    baselines trained again with ``seeds`` more seeds in ``seeds_root`` (:func:`seeds_config`), and
+    :func:`seed_figures` over every seed."""
+    exp = ExperimentDir(Path(root))
+    cfg, note = experiment_config(exp)
+    if note:
+        raise RuntimeError(f"the seed-noise search trains under the experiment's own settings, and its config does "
+                           f"not load: {note.split(';')[0]}; fix {exp.config}, or give --seeds 0")
+    curves = load_curves(exp)
+    keys = [c.key for c in sorted((c for c in curves if not c.baseline), key=lambda c: c.final_loss)[:top]]
+    with Store.open_readonly(exp.db) as store:
+        names = {c.key: store.candidate(c.key).name for c in curves if c.baseline or c.key in keys}
+    wall = _rerun(exp.root, seeds_root, seeds_config(cfg, len(keys), seeds), keys, progress=progress,
+                  what=f"training the {len(keys)} best candidates and the baselines with {seeds} more seed(s)")
+    finals = seed_finals(exp)
+    for name, more in seed_finals(ExperimentDir(seeds_root)).items():
+        finals.setdefault(name, {}).update(more)
+    out = seed_figures(finals, curves, names, cfg.early_stopping, parallel=max(1, cfg.cluster.max_in_flight), k=k)
+    return {**out, "wall_s": wall, "dir": str(seeds_root)}
 
 
 # ---------------------------------------------------------------------------------- live figures

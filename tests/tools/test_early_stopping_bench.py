@@ -14,24 +14,31 @@ from asiarch.job.tasks import write_token_file
 from asiarch.layout import ExperimentDir
 from asiarch.search.ingest import ingest_attempt
 from asiarch.store import Store
-from asiarch.tools.early_stopping import load_curves
+from asiarch.tools.early_stopping import format_seeds, load_curves, seed_figures, seed_finals, seeds_config
 
 
-def _trained(exp, store, cfg, name, origin, at50):
+def _trained(exp, store, cfg, name, origin, at50, *, seeds=(None,)):
     """A candidate trained to the end: loss at50 at step 50, falling 0.01 a step; final eval loss at50 - 0.5;
-    10 s on 2 ranks (20 device-seconds)."""
+    10 s on 2 ranks (20 device-seconds). ``seeds``: its final eval loss at each seed index (None: at50 - 0.5),
+    an attempt each."""
     cid = store.add_candidate(name=name, origin=origin, code=f"# {name}", code_sha256=f"sha-{name}")
-    paths = exp.attempt(cid, name, 1)
+    for seed, final in enumerate(seeds):
+        _attempt(exp, store, cfg, cid, name, at50, seed, at50 - 0.5 if final is None else final)
+
+
+def _attempt(exp, store, cfg, cid, name, at50, seed, final):
+    paths = exp.attempt(cid, name, seed + 1)
     paths.dir.mkdir(parents=True)
-    aid = store.add_attempt(cid, 1, f"e-c{cid:05d}-a1", exp.relative(paths.dir), f"sha-{name}")
+    aid = store.add_attempt(cid, seed + 1, f"e-c{cid:05d}-a{seed + 1}", exp.relative(paths.dir), f"sha-{name}",
+                            seed=seed)
     store.mark_submitted(aid, "local", str(aid))
     curve = rf.Curve()
     for s in range(10, 101, 10):
         curve.append(s, s * 100, at50 + (50 - s) * 0.01, 1e-3, s * 0.1)
-    rec = rf.ResultRecord(experiment="e", candidate_id=cid, attempt=1, run_key=f"e-c{cid:05d}-a1",
+    rec = rf.ResultRecord(experiment="e", candidate_id=cid, attempt=seed + 1, run_key=f"e-c{cid:05d}-a{seed + 1}",
                           code_sha256=f"sha-{name}", status="ok", config={"steps": 100}, env={"world_size": 2},
                           curve=curve, steps_done=100, started_at=1.0, finished_at=11.0,
-                          metrics={"eval/loss": at50 - 0.5, "mqar/accuracy": 0.5}, eval_loss=at50 - 0.5)
+                          metrics={"eval/loss": final, "mqar/accuracy": 0.5}, eval_loss=final)
     rf.write_result(paths.result, rec)
     ingest_attempt(store, exp, cfg, store.attempt(aid), JobState.COMPLETED)
 
@@ -95,6 +102,50 @@ def test_an_unreadable_config_replays_under_the_defaults_and_says_so(experiment,
     # the live half needs the experiment's own settings: a clear error, not a search under others
     assert cli_main(["bench", "early-stopping", str(experiment.root), "--live", "2"]) == 2
     assert "its config does not load" in capsys.readouterr().err
+
+
+def test_seed_noise_ranks_by_the_mean_over_seeds_and_says_whether_the_kth_is_apart(experiment, tmp_path):
+    """The experiment's 4 candidates (seed 0; the replay stops B and C at the rung) and its reference, trained
+    again with seeds 1 and 2 in a second experiment (as seeds_config sets it: train.seed 1): ranked by the
+    mean over the three seeds, C is third, and the policy stopped it; C against B is apart on every seed."""
+    cfg = load_config(experiment.config)
+    again = seeds_config(cfg, 4, 2)
+    assert (again.train.seed, again.train.seeds, again.budget.candidates) == (1, 2, 4)
+    assert not again.early_stopping.enabled and not again.watchdog.enabled
+    more = ExperimentDir(tmp_path / "more")
+    more.root.mkdir()
+    more.config.write_text(render_toml(again))
+    with Store.open(more.db) as store:
+        for name, at50, finals in (("deltanet", 2.0, (1.4, 1.6)), ("D", 0.8, (0.35, 0.32)), ("A", 1.0, (0.55, 0.52)),
+                                   ("C", 2.5, (1.9, 2.1)), ("B", 3.0, (2.4, 2.6))):
+            _trained(more, store, again, name, "baseline" if name == "deltanet" else "manual", at50, seeds=finals)
+    finals = seed_finals(experiment)
+    assert finals["C"] == {0: pytest.approx(2.0)}
+    for name, runs in seed_finals(more).items():
+        finals[name].update(runs)
+    assert finals["C"] == pytest.approx({0: 2.0, 1: 1.9, 2: 2.1})
+    curves = load_curves(experiment)
+    names = {c.key: n for c, n in zip(curves, ("deltanet", "A", "B", "C", "D"))}
+    out = seed_figures(finals, curves, names, cfg.early_stopping, parallel=1, k=3)
+    assert out["top_by_mean"] == ["D", "A", "C"] and out["seeds"] == [0, 1, 2]
+    assert out["topk_recall_by_mean"] == pytest.approx(2 / 3) and out["topk_recall"] == pytest.approx(2 / 3)
+    policy = {r["name"]: r["policy"] for r in out["rows"]}
+    assert policy == {"deltanet": "baseline", "A": "kept", "B": "stopped at rung 1", "C": "stopped at rung 1",
+                      "D": "kept"}
+    assert out["orders_by_mean"]["orders"] == 100 and 0 <= out["orders_by_mean"]["all_k_kept"] <= 1
+    assert out["gap"]["between"] == ["C", "B"] and out["gap"]["separated"] and out["gap"]["mean"] == pytest.approx(0.5)
+    text = format_seeds(out)
+    assert "top 3 by the mean: D, A, C: the policy kept 67 %" in text and "separated beyond the seed noise" in text
+    # a candidate not trained again (B) is ranked behind those that were, over the orders too
+    partial = seed_figures(finals, curves, {key: n for key, n in names.items() if n != "B"}, cfg.early_stopping,
+                           parallel=1, k=3)
+    assert partial["top_by_mean"] == ["D", "A", "C"] and "gap" not in partial
+    assert 0 <= partial["orders_by_mean"]["all_k_kept"] <= 1
+    # B better than C on seed 1 only: the mean still ranks C third, and the interval says it is noise
+    finals["B"][1] = 1.0
+    out = seed_figures(finals, curves, names, cfg.early_stopping, parallel=1, k=3)
+    assert out["top_by_mean"] == ["D", "A", "C"] and not out["gap"]["separated"] and out["gap"]["low"] < 0
+    assert "not separated by these seeds" in format_seeds(out)
 
 
 def test_a_directory_without_a_store_is_a_clear_error(tmp_path, capsys):
