@@ -113,6 +113,7 @@ def show_text(store: Store, exp: ExperimentDir, ref: str, palette: Palette = PLA
     if kids[0]:
         lines.append(f"children   {kids[0]} (best fitness {number(kids[1], '.3f')})")
     lines += _scores(store, cand)
+    lines += [palette.paint(x, "red") for x in _lm_eval_errors(cand)]
     lines += _stages(store, exp, cand)
 
     lines += ["", h("Motivation")] + _wrap(cand.motivation)
@@ -199,6 +200,13 @@ def _scores(store: Store, cand: Candidate) -> list[str]:
                f"{number(s.get('tokens_per_s'), ',.0f')} tok/s   peak memory "
                f"{number((s.get('peak_memory_bytes') or 0) / 2**30, '.2f')} GiB")
     return out
+
+
+def _lm_eval_errors(cand: Candidate) -> list[str]:
+    """The lm-eval tasks its jobs could not run (``scores["lm_eval_errors"]``, kept redacted by the ingest): its
+    task score lacks them."""
+    errors = (cand.scores or {}).get("lm_eval_errors") or {}
+    return [f"lm-eval {task} did not run: {(why.splitlines() or [''])[0][:300]}" for task, why in errors.items()]
 
 
 def _failure_tracebacks(store: Store, exp: ExperimentDir, cand: Candidate, palette: Palette) -> list[str]:

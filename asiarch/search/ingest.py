@@ -132,6 +132,7 @@ def ingest_attempt(store: Store, exp: ExperimentDir, cfg: Config, attempt: Attem
             return Outcome("leak", "rejected", False, error, message=rec.error, **shown)
         return Outcome(rec.status, "queued" if retry else "failed", retry, error, message=rec.error, **shown)
 
+    cand = record_lm_eval_errors(store, cand, attempt, rec, secrets)
     shown.update(tokens_per_s=rec.tokens_per_s, wall_s=wall)
     one_seed = dict(shown, loss=rec.eval_loss, acc=bench_score(metrics))
     runs = [r for r in store.seed_results(stage=attempt.stage, cid=cand.id) if r["code_sha256"] == cand.code_sha256]
@@ -157,6 +158,24 @@ def ingest_attempt(store: Store, exp: ExperimentDir, cfg: Config, attempt: Attem
     cand = store.candidate(cand.id)
     write_analysis(store, cand)
     return Outcome("ok", "done", loss=cand.loss, acc=bench, fitness=cand.fitness, averaged=len(runs), **shown)
+
+
+def record_lm_eval_errors(store: Store, cand: Candidate, attempt: Attempt, rec: rf.ResultRecord,
+                          secrets: tuple[str, ...]) -> Candidate:
+    """The lm-eval tasks an ok job could not run (the result's ``env["lm_eval_errors"]``, lm-eval's words,
+    redacted): one 'lm-eval-failed' event each, and kept in the candidate's ``scores["lm_eval_errors"]``
+    (task -> message, added to those of its earlier seeds), since its task score then lacks them. Returns
+    the candidate as stored now."""
+    errors = {str(task): redact(str(why), secrets) for task, why in (rec.env.get("lm_eval_errors") or {}).items()}
+    if not errors:
+        return cand
+    for task, why in errors.items():
+        store.log_event("lm-eval-failed", f"attempt {attempt.n} ({attempt.stage} seed {attempt.seed}): lm-eval {task} "
+                        f"did not run: {why}"[:1000], cand.id, attempt.id)
+    scores = {**cand.scores, "lm_eval_errors": {**(cand.scores.get("lm_eval_errors") or {}), **errors}}
+    store.set_scores(cand.id, fitness=cand.fitness, loss=cand.loss, score=cand.score, scores=scores,
+                     num_params=cand.num_params, status=cand.status, reason=cand.reason)
+    return store.candidate(cand.id)
 
 
 def record_stopped(store: Store, cand: Candidate, attempt: Attempt, rec: rf.ResultRecord, shown: dict) -> Outcome:

@@ -173,9 +173,10 @@ class Store:
     def candidate_events(self, cid: int) -> list[dict]:
         """What happened to a candidate besides its attempts (ts, kind, message), oldest first: the
         Engineer's repairs, promotion to verification, re-attachment by a restarted head, failed seeds,
-        ASHA rungs passed, early stops."""
+        ASHA rungs passed, early stops, lm-eval tasks a job could not run."""
         rows = self.conn.execute("SELECT ts, kind, message FROM events WHERE candidate_id = ? AND kind IN"
-                                 " ('repaired', 'promoted', 'adopted', 'seed-failed', 'rung-passed', 'stopped')"
+                                 " ('repaired', 'promoted', 'adopted', 'seed-failed', 'rung-passed', 'stopped',"
+                                 " 'lm-eval-failed')"
                                  " ORDER BY id", (cid,))
         return [dict(r) for r in rows]
 
