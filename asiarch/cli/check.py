@@ -131,7 +131,7 @@ def cmd_train(args) -> int:
     t = cfg.train
     t.task, t.steps, t.nproc = args.task, args.steps, args.nproc
     if args.token_file:
-        t.token_file = args.token_file
+        t.token_file = str(Path(args.token_file).resolve())  # as --data: the job runs elsewhere
     if args.data:
         t.data = str(Path(args.data).resolve())  # the job runs in its attempt directory
     if args.lm_eval:

@@ -119,6 +119,32 @@ def test_hf_dataset_needs_the_library_and_its_cache(tmp_path):
         prepare(["hf:surely-not-cached/none"], tokenizer="bytes", out=tmp_path / "d", val_tokens=1)
 
 
+def test_hf_input_from_a_local_directory_of_jsonl_files(kjv_small, tmp_path):
+    """hf:DIR, a local directory of JSON-lines files that datasets.load_dataset reads offline (a real
+    `asiarch data prepare` run with HF_HOME in tmp_path, so neither the network nor the user's cache is
+    touched): the same tokens, splits and shards as the file given as plain JSONL."""
+    pytest.importorskip("datasets")
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "train.jsonl").write_bytes(kjv_small.read_bytes())
+    hf_home = tmp_path / "hf"
+    env = {**os.environ, "HF_HOME": str(hf_home), "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    res = subprocess.run([sys.executable, str(ROOT / "bin" / "asiarch"), "data", "prepare", f"hf:{corpus}",
+                          "--tokenizer", "bytes", "--val-tokens", "3000", "--shard-tokens", "20000", "--workers",
+                          "1", "--quiet", "--out", str(tmp_path / "hf-out")],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    ref = prepare([str(corpus / "train.jsonl")], tokenizer="bytes", out=tmp_path / "jsonl-out", val_tokens=3000,
+                  shard_tokens=20_000).manifest
+    m = read_manifest(tmp_path / "hf-out")
+    assert m.sources == (f"hf:{corpus}",)
+    assert m.to_dict() == {**ref.to_dict(), "sources": [f"hf:{corpus}"]}  # every split, shard and sha256
+    # bytes: one token a byte of each verse, and the end-of-text after each
+    assert sum(s.tokens for _, s in m.shards()) == sum(len(v.encode()) + 1 for v in verses(kjv_small))
+    verify_shards(tmp_path / "hf-out")
+    assert (hf_home / "datasets").is_dir()  # datasets' cache went to the HF_HOME given
+
+
 def test_bad_inputs_are_named_and_nothing_is_lost(kjv_small, tmp_path):
     with pytest.raises(InputError, match="missing.txt: no such input file"):
         prepare([str(kjv_small), str(tmp_path / "missing.txt")], tokenizer="bytes", out=tmp_path / "d")

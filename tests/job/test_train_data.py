@@ -10,6 +10,7 @@ import pytest
 
 from asiarch.cli import main
 from asiarch.job import result as rf
+from asiarch.job.tasks import write_token_file
 from tests.job.test_train_job import CUMSUM
 
 pytestmark = pytest.mark.slow
@@ -37,3 +38,18 @@ def test_two_ranks_train_on_a_prepared_directory(tmp_path, capsys):
     assert rec.env["data"]["eval_windows"] == 8 * 8  # train.eval_batches x batch_size, shared by the ranks
     assert rec.curve.tokens[-1] == 12 * 8 * 64
     assert 0 < rec.eval_loss < math.log(257)  # below a uniform guess over the vocabulary: it learned
+
+
+def test_a_relative_token_file_is_found_by_the_job(tmp_path, monkeypatch, capsys):
+    """`asiarch train --token-file tok.bin`, run from the file's directory: the job (which runs in its attempt
+    directory) trains on that file."""
+    write_token_file(tmp_path / "tok.bin", "the quick brown fox jumps over the lazy dog. " * 200)
+    layer = tmp_path / "layer.py"
+    layer.write_text(CUMSUM.format(extra=""))
+    monkeypatch.chdir(tmp_path)
+    code = main(["train", "layer.py", "--out", "r.h5", "--task", "lm", "--token-file", "tok.bin", "--steps", "2",
+                 "--nproc", "1", "--batch-size", "2", "--seq-len", "32", "--hidden-size", "16", "--vocab-size", "256"])
+    printed = capsys.readouterr()
+    assert code == 0, printed.out + printed.err
+    rec = rf.read_result(tmp_path / "r.h5")
+    assert rec.status == "ok" and rec.config["token_file"] == str(tmp_path.resolve() / "tok.bin")
