@@ -22,7 +22,7 @@ from asiarch.job.contract import atomic_write
 from asiarch.layout import ExperimentDir
 from asiarch.analysis.lineage import load_lineage, render_lineage
 from asiarch.analysis.show import best_result
-from asiarch.analysis.stages import arm_curves, stage_agreement
+from asiarch.analysis.stages import arm_curves, stage_agreement, stage_rows
 from asiarch.store import Candidate, Store, queries
 from asiarch.analysis.format import interval, number, plus_minus
 from asiarch.analysis.views import (DEFAULT_STAGE, STAGES, failures_by_reason, leaderboard_rows, load_budget,
@@ -168,9 +168,10 @@ def stages_context(store: Store, exp: ExperimentDir, table_rows: int) -> dict:
     """Per-stage tables (seed means with intervals, paired gains against the reference), the stage rank
     agreement and the arms shown in the ablation plot."""
     reference, fitness_cfg = load_reference(exp)
+    by_stage = {stage: stage_rows(store, stage, reference, fitness_cfg=fitness_cfg) for stage in STAGES}
     stages = []
     for stage in STAGES:
-        rows = stage_leaderboard_rows(store, stage, reference, fitness_cfg)
+        rows = stage_leaderboard_rows(store, stage, reference, fitness_cfg, rows=by_stage[stage])
         if not rows:
             continue
         stages.append({"name": stage, "n": str(len(rows)), "rows": [
@@ -180,7 +181,7 @@ def stages_context(store: Store, exp: ExperimentDir, table_rows: int) -> dict:
              "score": plus_minus(r["score"], ".3f"), "gain": interval(r["loss_vs_ref"], "+.4f"),
              "score_gain": interval(r["score_vs_ref"], "+.3f"),
              "beats": {True: "yes", False: "no", None: "-"}[r["beats_ref"]]} for r in rows[:table_rows]]})
-    ag = stage_agreement(store, reference)
+    ag = stage_agreement(store, reference, by_stage)
     if ag.n >= 3:
         agreement = (f"Spearman rank correlation of the mean evaluation losses over the {ag.n} candidates trained in "
                      f"both stages: {ag.rho:+.2f} (1: the exploration stage ranks them as verification does; "

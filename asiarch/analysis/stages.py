@@ -44,9 +44,9 @@ class StageRow:
         return not (self.score_vs_ref is not None and self.score_vs_ref.worse)
 
 
-def _runs(store: Store, stage: str) -> dict[int, dict[int, dict]]:
-    """candidate id -> seed -> ok result of the candidate's current code in ``stage``."""
-    codes = {c.id: c.code_sha256 for c in store.candidates()}
+def _runs(store: Store, stage: str, candidates) -> dict[int, dict[int, dict]]:
+    """candidate id -> seed -> ok result of the candidate's current code in ``stage`` (of ``candidates``)."""
+    codes = {c.id: c.code_sha256 for c in candidates}
     out: dict[int, dict[int, dict]] = {}
     for r in store.seed_results(stage=stage):
         if codes.get(r["candidate_id"]) == r["code_sha256"]:
@@ -66,8 +66,9 @@ def stage_rows(store: Store, stage: str, reference: str, *, fitness_cfg=None) ->
     """
     if stage not in STAGES:
         raise ValueError(f"no stage {stage!r}; stages: {', '.join(STAGES)}")
-    runs = _runs(store, stage)
-    cands = {c.id: c for c in store.candidates() if c.id in runs}
+    every = store.candidates()
+    runs = _runs(store, stage, every)
+    cands = {c.id: c for c in every if c.id in runs}
     ref = next((c for c in cands.values() if c.origin == "baseline" and c.name == reference), None)
     ref_runs = runs.get(ref.id, {}) if ref else {}
     ref_loss = {s: _loss(r) for s, r in ref_runs.items() if _loss(r) is not None}
@@ -135,12 +136,14 @@ class Agreement:
     pairs: list[tuple[str, float, float]]        # (name, exploration mean loss, verification mean loss)
 
 
-def stage_agreement(store: Store, reference: str) -> Agreement:
+def stage_agreement(store: Store, reference: str, rows: dict | None = None) -> Agreement:
     """Spearman correlation between the exploration and verification mean losses of the candidates
-    trained in both stages (baselines excluded)."""
-    explore = {r.candidate.id: r for r in stage_rows(store, "explore", reference)}
+    trained in both stages (baselines excluded). ``rows``: stage -> its :func:`stage_rows`, when the
+    caller has them already."""
+    rows = rows or {stage: stage_rows(store, stage, reference) for stage in ("explore", "verify")}
+    explore = {r.candidate.id: r for r in rows["explore"]}
     pairs = [(r.candidate.name, explore[r.candidate.id].loss.mean, r.loss.mean)
-             for r in stage_rows(store, "verify", reference)
+             for r in rows["verify"]
              if r.candidate.id in explore and r.candidate.origin != "baseline"]
     rho = spearman([p[1] for p in pairs], [p[2] for p in pairs]) if len(pairs) >= 3 else math.nan
     return Agreement(rho=rho, n=len(pairs), pairs=pairs)

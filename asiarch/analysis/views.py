@@ -212,15 +212,18 @@ def interval_dict(iv) -> dict:
     return {"mean": _num(iv.mean), "sd": _num(iv.sd), "low": _num(iv.low), "high": _num(iv.high), "n": iv.n}
 
 
-def stage_leaderboard_rows(store: Store, stage: str, reference: str, fitness_cfg=None) -> list[dict]:
+def stage_leaderboard_rows(store: Store, stage: str, reference: str, fitness_cfg=None, *, rows=None) -> list[dict]:
     """One row per candidate trained in ``stage``, best first: seeds, loss and task score as mean with
     its 95 % interval, fitness on the means, and the paired difference against ``reference`` (positive
-    = better than the reference; ``beats`` when its interval excludes zero)."""
+    = better than the reference; ``beats`` when its interval excludes zero). ``rows``: the stage's
+    asiarch.analysis.stages.stage_rows when the caller has them already."""
     from asiarch.analysis.stages import stage_rows
 
     check_stage(stage)
     out = []
-    for rank, r in enumerate(stage_rows(store, stage, reference, fitness_cfg=fitness_cfg), 1):
+    if rows is None:
+        rows = stage_rows(store, stage, reference, fitness_cfg=fitness_cfg)
+    for rank, r in enumerate(rows, 1):
         c = r.candidate
         out.append({
             "rank": rank, "id": c.id, "name": c.name, "origin": c.origin, "stage": stage, "seeds": len(r.seeds),
