@@ -338,16 +338,22 @@ def format_seeds(out: dict) -> str:
     return "\n".join(lines)
 
 
+def _retrain_source(root: Path, what: str, off: str) -> tuple[ExperimentDir, Config, list[ReplayCurve]]:
+    """The experiment in ``root`` that ``what`` trains candidates of again, its config (which must load: the
+    new runs take its settings; else RuntimeError naming ``off``, the option that skips it) and its curves."""
+    exp = ExperimentDir(Path(root))
+    cfg, note = experiment_config(exp)
+    if note:
+        raise RuntimeError(f"{what} trains under the experiment's own settings, and its config does not load: "
+                           f"{note.split(';')[0]}; fix {exp.config}, or give {off}")
+    return exp, cfg, load_curves(exp)
+
+
 def bench_seeds(root: Path, seeds_root: Path, *, seeds: int, top: int, k: int = 3, progress=print) -> dict:
     """The seed-noise half for the experiment in ``root``: its ``top`` best candidates by final loss and its
     baselines trained again with ``seeds`` more seeds in ``seeds_root`` (:func:`seeds_config`), and
     :func:`seed_figures` over every seed."""
-    exp = ExperimentDir(Path(root))
-    cfg, note = experiment_config(exp)
-    if note:
-        raise RuntimeError(f"the seed-noise search trains under the experiment's own settings, and its config does "
-                           f"not load: {note.split(';')[0]}; fix {exp.config}, or give --seeds 0")
-    curves = load_curves(exp)
+    exp, cfg, curves = _retrain_source(root, "the seed-noise search", "--seeds 0")
     keys = [c.key for c in sorted((c for c in curves if not c.baseline), key=lambda c: c.final_loss)[:top]]
     with Store.open_readonly(exp.db) as store:
         names = {c.key: store.candidate(c.key).name for c in curves if c.baseline or c.key in keys}
@@ -482,12 +488,7 @@ def bench_live(root: Path, live_root: Path, *, candidates: int, k: int = 3, prog
     """The live half for the experiment in ``root``: its first ``candidates`` candidates (submission
     order) trained again in ``live_root`` with early stopping on (:func:`run_live_search`), and
     :func:`live_figures`."""
-    exp = ExperimentDir(Path(root))
-    cfg, note = experiment_config(exp)
-    if note:
-        raise RuntimeError(f"the live search trains under the experiment's own settings, and its config does not "
-                           f"load: {note.split(';')[0]}; fix {exp.config}, or give --live 0")
-    curves = load_curves(exp)
+    exp, cfg, curves = _retrain_source(root, "the live search", "--live 0")
     keys = [c.key for c in curves if not c.baseline][:candidates]
     with Store.open_readonly(exp.db) as store:
         names = {key: store.candidate(key).name for key in keys}
