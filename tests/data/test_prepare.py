@@ -168,6 +168,11 @@ def test_bad_inputs_are_named_and_nothing_is_lost(kjv_small, tmp_path):
     bad.write_bytes('{"text": "fine"}\n{"text": "caf\xe9"}\n'.encode("latin-1"))
     with pytest.raises(InputError, match=r"bad.jsonl:2: not UTF-8 \(byte 13 of the line.*iconv"):
         prepare([str(bad)], tokenizer="bytes", out=tmp_path / "g2", val_tokens=1)
+    # a byte-order mark before the first line and a "\r" between JSON tokens are read as JSON reads them
+    odd = tmp_path / "odd.jsonl"
+    odd.write_bytes(b'\xef\xbb\xbf{"text": "one"}\n{"text": "two",\r "id": 2}\n')
+    r = prepare([str(odd)], tokenizer="bytes", out=tmp_path / "odd", val_tokens=4)
+    assert sum(s.tokens for _, s in r.manifest.shards()) == len("one") + len("two") + 2
     (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
     with pytest.raises(InputError, match="latin1.txt: not UTF-8 text .byte 3"):
         prepare([str(tmp_path / "latin1.txt")], tokenizer="bytes", out=tmp_path / "h", val_tokens=1)
