@@ -271,11 +271,11 @@ def seed_figures(finals: dict[str, dict[int, float]], curves: list[ReplayCurve],
                  policy: EarlyStoppingConfig, *, parallel: int, k: int = 3) -> dict:
     """How the replay's top-k recall stands against seed noise. ``finals``: name -> {seed: final loss} of
     the attempts ``names`` (replayed key -> name: the candidates retrained and the baselines) over every
-    seed run; ``curves``: the
-    replayed experiment's (one seed). The candidates are ranked by their mean over the seeds; the policy's
-    verdict on each is the replay's in submission order, and over random arrival orders the share that keep
-    all k best by the mean (the candidates not trained again ranked behind those that were). Says whether the k-th and the (k+1)-th by the
-    mean are apart beyond the seed noise (a paired t interval over their common seeds excludes 0)."""
+    seed run; ``curves``: the replayed experiment's (one seed). The candidates are ranked by their mean
+    over the seeds; the policy's verdict on each is the replay's in submission order, and over random
+    arrival orders the share that keep all k best by the mean (the candidates not trained again ranked
+    behind those that were). Says whether the k-th and the (k+1)-th by the mean are apart beyond the seed
+    noise (a paired t interval over their common seeds excludes 0)."""
     outcome = replay(curves, policy, parallel=parallel, k=k)
     by_key = {c.key: c for c in curves}
     rows = []
