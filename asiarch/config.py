@@ -303,18 +303,23 @@ class EarlyStoppingConfig:
     # attempt reaches a rung, never by waiting for a cohort. Off by default: a stopped candidate is ranked on a
     # partial curve, so opt in once `asiarch bench early-stopping DIR` shows the settings keep the best on
     # curves like yours. The default rungs and reduction factors are the demo's (MQAR): its curves sit on a
-    # plateau until about a third of the steps and the best cross the others late, so the first rung keeps
-    # the best half and only the second, once the curves have separated, keeps the best third.
+    # plateau until about a third of the steps and the best cross the others late, so the first rung (at 3/10)
+    # keeps the best 40 % and only the second, once the curves have separated, keeps the best third; and an
+    # attempt whose loss is falling as fast as the best's there goes on too (drop_window: one taking off late).
     enabled: bool = _f(False, "Stop attempts at rungs when their loss is outside the top 1/eta of the attempts "
                               "that reached the rung (the reference baseline always continues and always counts).")
     stages: list[str] = _f(["explore"], "Stages early stopping applies to (explore, verify).")
     eta: float = _f(3.0, "Reduction factor: at each rung after the first the top 1/eta continue (Optuna: "
                          "reduction_factor).")
-    first_rung_eta: float = _f(2.0, "Reduction factor at the first rung, where the curves have separated least "
+    first_rung_eta: float = _f(2.5, "Reduction factor at the first rung, where the curves have separated least "
                                     "(0: eta there too).")
-    rungs: list[float] = _f([1 / 3, 2 / 3], "Rungs as fractions of the steps, increasing, each in (0, 1) (empty: "
+    rungs: list[float] = _f([0.3, 2 / 3], "Rungs as fractions of the steps, increasing, each in (0, 1) (empty: "
                                             "min_fraction * eta^k for k = 0, 1, ... below 1).")
     min_fraction: float = _f(1 / 9, "With rungs empty: the first rung as a fraction of the steps.")
+    drop_window: float = _f(1 / 12, "A second way past a rung: an attempt whose loss fell, over this fraction of "
+                                    "the steps before the rung, by as much as the best 1/eta of the attempts "
+                                    "there also continues (a curve taking off; on MQAR the eventual best can "
+                                    "still sit on the plateau at a rung). 0: the loss alone (plain ASHA).")
 
 
 @dataclass
@@ -619,6 +624,9 @@ def _validate_stopping(cfg: Config) -> None:
     if e.first_rung_eta != 0 and e.first_rung_eta <= 1:
         raise ConfigError(f"early_stopping.first_rung_eta must be above 1 (2 keeps the top half) or 0 (eta at the "
                           f"first rung too), got {e.first_rung_eta}")
+    if not 0 <= e.drop_window < 1:
+        raise ConfigError(f"early_stopping.drop_window must be in [0, 1) (a fraction of the steps; 0 turns the "
+                          f"fall rule off), got {e.drop_window}")
     if not e.rungs and not 0 < e.min_fraction < 1:
         raise ConfigError(f"early_stopping.min_fraction must be in (0, 1), got {e.min_fraction}")
     if any(not 0 < r < 1 for r in e.rungs) or any(b <= a for a, b in zip(e.rungs, e.rungs[1:])):

@@ -175,7 +175,8 @@ def cmd_bench_early_stopping(args) -> int:
         print(json.dumps({key: out[key] for key in ("candidates", "compute_saved", "k", "topk_recall",
                                                     "rank_spearman")}))
         o = out["orders"]
-        print(f"policy: eta {out['eta']}, rungs {out['rungs']} of the steps, {out['parallel']} in flight, "
+        print(f"policy: eta {out['eta']}, rungs {out['rungs']} of the steps, fall rule over {out['drop']} of them, "
+              f"{out['parallel']} in flight, "
               f"{out['baselines']} baseline(s) as peers: {out['stopped']} stopped, {out['promoted']} promoted; "
               f"over {o['orders']} random arrival orders {100 * o['saved_mean']:.1f} % saved on average "
               f"(lowest {100 * o['saved_min']:.1f} %), all {out['k']} best kept in {100 * o['all_k_kept']:.0f} %")

@@ -31,6 +31,12 @@ own, ``first_rung_eta`` (:func:`rung_eta`; by default 2 there, 3 after), because
 the curves have separated least (on the demo's MQAR curves the later best still sit on the plateau
 with the worst at a third of the steps), so it should keep more.
 
+A second departure, the fall rule (``drop_window``, on by default): an attempt also continues when its
+loss fell over the ``drop_window`` of the steps before the rung by as much as the best ``n // eta``
+falls there (:func:`loss_drop`, :func:`standing`). On MQAR a good mixer's loss takes off from the
+plateau at a step that varies with the seed; one that took off late is behind at a rung by its loss
+and ahead by its fall, and the loss alone stops it. ``drop_window = 0`` is plain ASHA.
+
 The reference baseline is never stopped, by either rule. Rungs are numbered from 1.
 """
 
@@ -196,16 +202,89 @@ def rung_cut(competitors: Sequence[float], eta: float) -> tuple[int, float]:
     return k, sorted(competitors)[k - 1]
 
 
-def promotable(value: float, competitors: Sequence[float], eta: float) -> bool:
-    """Optuna's SuccessiveHalvingPruner rule: ``value`` (one of ``competitors``, the losses at the rung of
-    every attempt that reached it, its own included) is within the best ``len // eta`` of them, or is the
-    best when there are fewer than ``eta``."""
-    return value <= rung_cut(competitors, eta)[1]
+def drop_window(cfg, steps: int) -> int:
+    """The steps over which :func:`loss_drop` is measured for an attempt of ``steps`` steps
+    (``drop_window`` of them, rounded; 0: the rule judges the loss alone)."""
+    return max(0, round(cfg.drop_window * steps)) if cfg.drop_window else 0
 
 
-def rung_values(group: Iterable[Snapshot], step: int) -> list[float]:
-    """The losses at ``step`` of the attempts of ``group`` that reached it."""
-    return [v for v in (loss_at(s.curve, step) for s in group) if v is not None]
+def loss_drop(curve: Sequence[tuple[int, float]], step: int, window: int) -> float | None:
+    """How far the loss of ``curve`` fell over the ``window`` steps up to ``step`` (:func:`loss_at` there
+    and ``window`` steps before; a curve taking off falls fast); None when ``window`` is 0 or the curve has
+    not reached ``step``, minus infinity when either loss is not finite."""
+    if not window:
+        return None
+    now = loss_at(curve, step)
+    if now is None:
+        return None
+    before = loss_at(curve, max(0, step - window))
+    return before - now if math.isfinite(now) and before is not None and math.isfinite(before) else -math.inf
+
+
+@dataclass(frozen=True)
+class Standing:
+    """An attempt's standing at a rung among the ``n`` attempts that reached it (itself included): it
+    continues when its loss is within the best ``k`` (at most ``bar``), or, where the drop rule is on, its
+    fall over the window before the rung is within the best ``k`` falls (at least ``drop_bar``)."""
+
+    value: float
+    drop: float | None
+    n: int
+    k: int
+    bar: float
+    drop_bar: float | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.value <= self.bar or self.by_drop
+
+    @property
+    def by_drop(self) -> bool:
+        """Within the best by its fall, not by its loss: a curve taking off."""
+        return self.value > self.bar and self.drop is not None and self.drop_bar is not None \
+            and self.drop >= self.drop_bar
+
+    def why_stopped(self) -> str:
+        """Why it does not continue, in a sentence's second half."""
+        out = (f"loss {self.value:.4g} is outside the best {self.k} of the {self.n} attempts that reached the rung "
+               f"(needed <= {self.bar:.4g})")
+        if self.drop is not None and self.drop_bar is not None:
+            out += f" and so is its fall over the window before it, {self.drop:.4g} (needed >= {self.drop_bar:.4g})"
+        return out
+
+
+def standing(value: float, drop: float | None, competitors: Sequence[tuple[float, float | None]],
+             eta: float) -> Standing:
+    """The standing of an attempt with loss ``value`` and fall ``drop`` at a rung, against ``competitors``
+    (the (loss, fall) of every attempt that reached the rung, its own included): the best ``n // eta``
+    by loss continue (the best one when ``n < eta``, as Optuna's SuccessiveHalvingPruner does), and so do
+    the best ``n // eta`` by their fall over the window before the rung, where it is measured."""
+    k, bar = rung_cut([v for v, _ in competitors], eta)
+    drops = [d for _, d in competitors if d is not None]
+    drop_bar = sorted(drops, reverse=True)[min(k, len(drops)) - 1] if drop is not None and drops else None
+    return Standing(value=value, drop=drop, n=len(competitors), k=k, bar=bar, drop_bar=drop_bar)
+
+
+def rung_values(group: Iterable[Snapshot], step: int, window: int = 0) -> list[tuple[float, float | None]]:
+    """The (loss, fall over ``window`` steps) at ``step`` of the attempts of ``group`` that reached it."""
+    out = []
+    for s in group:
+        v = loss_at(s.curve, step)
+        if v is not None:
+            out.append((v, loss_drop(s.curve, step, window)))
+    return out
+
+
+def rung_standing(snap: Snapshot, group: Iterable[Snapshot], cfg, index: int) -> Standing | None:
+    """``snap``'s standing at its rung ``index`` (0-based) against ``group`` (itself included); None before
+    its curve reaches the rung."""
+    step = rung_steps(cfg, snap.steps)[index]
+    window = drop_window(cfg, snap.steps)
+    value = loss_at(snap.curve, step)
+    if value is None:
+        return None
+    return standing(value, loss_drop(snap.curve, step, window), rung_values(group, step, window),
+                    rung_eta(cfg, index))
 
 
 def asha_decision(snap: Snapshot, group: Sequence[Snapshot], cfg) -> Decision:
@@ -214,17 +293,14 @@ def asha_decision(snap: Snapshot, group: Sequence[Snapshot], cfg) -> Decision:
     steps = rung_steps(cfg, snap.steps)
     passed = snap.rungs_passed
     for i in range(passed, len(steps)):
-        value = loss_at(snap.curve, steps[i])
-        if value is None:
+        st = rung_standing(snap, group, cfg, i)
+        if st is None:
             break
-        values = rung_values(group, steps[i])
-        k, bar = rung_cut(values, rung_eta(cfg, i))
-        if snap.reference or value <= bar:
+        if snap.reference or st.passed:
             passed = i + 1
             continue
         return Decision(snap.key, True, "rung", f"stopped at rung {i + 1} of {len(steps)} (step {steps[i]} of "
-                        f"{snap.steps}): loss {value:.4g} is outside the best {k} of the {len(values)} attempts "
-                        f"that reached the rung (needed <= {bar:.4g})", rung=i + 1, step=steps[i], rungs_passed=passed)
+                        f"{snap.steps}): {st.why_stopped()}", rung=i + 1, step=steps[i], rungs_passed=passed)
     return Decision(snap.key, rungs_passed=passed)
 
 
@@ -233,14 +309,10 @@ def promotions(group: Sequence[Snapshot], cfg) -> list[Hashable]:
     have reached that rung since): resume each from its checkpoint, with ``rungs_passed`` = its rung."""
     out = []
     for snap in group:
-        if not snap.stopped or not snap.stopped_rung:
+        if not snap.stopped or not snap.stopped_rung or snap.stopped_rung > len(rung_steps(cfg, snap.steps)):
             continue
-        steps = rung_steps(cfg, snap.steps)
-        if snap.stopped_rung > len(steps):
-            continue
-        step = steps[snap.stopped_rung - 1]
-        value = loss_at(snap.curve, step)
-        if value is not None and promotable(value, rung_values(group, step), rung_eta(cfg, snap.stopped_rung - 1)):
+        st = rung_standing(snap, group, cfg, snap.stopped_rung - 1)
+        if st is not None and st.passed:
             out.append(snap.key)
     return out
 
@@ -392,13 +464,19 @@ def replay(curves: Sequence[ReplayCurve], cfg, *, parallel: int = 1, k: int = 3)
     against training every candidate to the end, and how well the best survive."""
     base = [c for c in curves if c.baseline]
     cands = [c for c in curves if not c.baseline]
-    reached: dict[int, list[float]] = {}          # rung step -> losses there, in arrival order
+    reached: dict[int, list[tuple[float, float | None]]] = {}  # rung step -> (loss, fall) there, in arrival order
 
-    def arrive(c: ReplayCurve, step: int) -> float:
+    def at(c: ReplayCurve, step: int) -> tuple[float, float | None]:
         v = loss_at(c.curve, step)
-        v = math.inf if v is None else v
-        reached.setdefault(step, []).append(v)
-        return v
+        return (math.inf if v is None else v), loss_drop(c.curve, step, drop_window(cfg, c.steps))
+
+    def arrive(c: ReplayCurve, step: int) -> tuple[float, float | None]:
+        reached.setdefault(step, []).append(at(c, step))
+        return reached[step][-1]
+
+    def passes(c: ReplayCurve, index: int) -> bool:
+        step = rung_steps(cfg, c.steps)[index]
+        return standing(*at(c, step), reached[step], rung_eta(cfg, index)).passed
 
     for b in base:
         for s in rung_steps(cfg, b.steps):
@@ -432,8 +510,8 @@ def replay(curves: Sequence[ReplayCurve], cfg, *, parallel: int = 1, k: int = 3)
             fill()
             continue
         trained[c.key] = steps[i]
-        value = arrive(c, steps[i])
-        if promotable(value, reached[steps[i]], rung_eta(cfg, i)):
+        arrive(c, steps[i])
+        if passes(c, i):
             start(c, i + 1)
         else:
             stopped[c.key] = i + 1
@@ -441,8 +519,7 @@ def replay(curves: Sequence[ReplayCurve], cfg, *, parallel: int = 1, k: int = 3)
             rung = stopped.get(other.key)
             if rung is None or other.key == c.key:
                 continue
-            step = rung_steps(cfg, other.steps)[rung - 1]
-            if promotable(loss_at(other.curve, step), reached[step], rung_eta(cfg, rung - 1)):
+            if passes(other, rung - 1):
                 del stopped[other.key]
                 promoted += 1
                 resume.append((other, rung))

@@ -149,16 +149,15 @@ class Watchdog:
         self.rungs[a.id] = rungs_passed
         steps = es.rung_steps(self.cfg.early_stopping, snap.steps)
         for i in range(held, rungs_passed):
-            step = steps[i]
-            loss = es.loss_at(snap.curve, step)
-            values = es.rung_values(group, step)
+            st = es.rung_standing(snap, group, self.cfg.early_stopping, i)
             if snap.reference:
-                standing = "the reference baseline, never stopped"
+                why = "the reference baseline, never stopped"
+            elif st.by_drop:
+                why = f"its fall {st.drop:.4g} over the window before the rung within the best {st.k} of {st.n}"
             else:
-                k, _ = es.rung_cut(values, es.rung_eta(self.cfg.early_stopping, i))
-                standing = f"within the best {k} of {len(values)}"
-            self.store.log_event("rung-passed", f"attempt {a.n}: passed rung {i + 1} of {len(steps)} at step {step} "
-                                 f"of {snap.steps} (loss {loss:.4g}, {standing})", a.candidate_id, a.id)
+                why = f"within the best {st.k} of {st.n}"
+            self.store.log_event("rung-passed", f"attempt {a.n}: passed rung {i + 1} of {len(steps)} at step {steps[i]} "
+                                 f"of {snap.steps} (loss {st.value:.4g}, {why})", a.candidate_id, a.id)
 
     def promote(self, key: int) -> None:
         """Hand a stopped attempt the rule now lets continue to ``on_promote`` (once); when its candidate

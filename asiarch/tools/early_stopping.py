@@ -116,8 +116,13 @@ def _etas(policy: EarlyStoppingConfig) -> str:
     return f"{first:g},{policy.eta:g}" if first and first != policy.eta else f"{policy.eta:g}"
 
 
+def _drop(policy: EarlyStoppingConfig) -> str:
+    """The fall rule's window as a fraction of the steps ('1/12'), or '0' where the loss alone decides."""
+    return str(Fraction(policy.drop_window).limit_denominator(24)) if policy.drop_window else "0"
+
+
 def _same_policy(a: EarlyStoppingConfig, b: EarlyStoppingConfig) -> bool:
-    return (_etas(a), rung_fractions(a)) == (_etas(b), rung_fractions(b))
+    return (_etas(a), rung_fractions(a), _drop(a)) == (_etas(b), rung_fractions(b), _drop(b))
 
 
 def over_orders(curves: list[ReplayCurve], policy: EarlyStoppingConfig, *, parallel: int, k: int = 3,
@@ -139,7 +144,8 @@ def over_orders(curves: list[ReplayCurve], policy: EarlyStoppingConfig, *, paral
 
 def _row(curves, policy: EarlyStoppingConfig, *, parallel: int, k: int, orders: int, label: str = "") -> dict:
     o = replay(curves, policy, parallel=parallel, k=k)
-    return {"eta": _etas(policy), "rungs": _fractions(rung_fractions(policy)), "compute_saved": o.compute_saved,
+    return {"eta": _etas(policy), "rungs": _fractions(rung_fractions(policy)), "drop": _drop(policy),
+            "compute_saved": o.compute_saved,
             "topk_recall": o.topk_recall, "rank_spearman": o.rank_spearman, "stopped": len(o.stopped),
             "promoted": o.promoted, **over_orders(curves, policy, parallel=parallel, k=k, orders=orders),
             "policy": label}
@@ -147,31 +153,41 @@ def _row(curves, policy: EarlyStoppingConfig, *, parallel: int, k: int, orders: 
 
 def settings_table(curves: list[ReplayCurve], policy: EarlyStoppingConfig, *, parallel: int, k: int = 3,
                    orders: int = ORDERS) -> list[dict]:
-    """The replay's figures for the default policy, the configured ``policy`` where it differs, then each
-    (eta, rungs) of :data:`GRID` with that eta at every rung; ``policy`` names the first rows."""
+    """The replay's figures for the default policy, the configured ``policy`` where it differs, the default
+    with the loss alone deciding (drop_window 0: what the fall rule buys), then each (eta, rungs) of
+    :data:`GRID` with that eta at every rung, with and without the fall rule (the default's window, or the
+    configured one where it has one); ``policy`` names the first rows."""
     default = EarlyStoppingConfig()
     same = _same_policy(policy, default)
     rows = [_row(curves, default, parallel=parallel, k=k, orders=orders,
                  label="default, configured" if same else "default")]
     if not same:
         rows.append(_row(curves, policy, parallel=parallel, k=k, orders=orders, label="configured"))
+    plain = dataclasses.replace(default, drop_window=0.0)
+    rows.append(_row(curves, plain, parallel=parallel, k=k, orders=orders,
+                     label="default by the loss alone" + (", configured" if _same_policy(policy, plain) else "")))
+    windows = (0.0, policy.drop_window or default.drop_window)
     for eta, rungs in GRID:
-        grid = dataclasses.replace(default, eta=float(eta), first_rung_eta=0.0, rungs=list(rungs))
-        rows.append(_row(curves, grid, parallel=parallel, k=k, orders=orders))
+        for window in windows:
+            grid = dataclasses.replace(default, eta=float(eta), first_rung_eta=0.0, rungs=list(rungs),
+                                       drop_window=window)
+            rows.append(_row(curves, grid, parallel=parallel, k=k, orders=orders))
     return rows
 
 
 def format_table(rows: list[dict], k: int = 3) -> str:
     """The table of :func:`settings_table` as text, with a line saying what its columns are."""
     orders = rows[0]["orders"] if rows else ORDERS
-    lines = [f"eta 'a,b': a at the first rung, b at the others; in submission order, then over {orders} random "
-             f"arrival orders: mean and lowest saved, share keeping all {k} best",
-             f"{'eta':>5} {'rungs':<10} {'saved':>6} {f'top-{k}':>6} {'rho':>6} {'stopped':>8} {'promoted':>9}"
-             f" {'mean':>6} {'lowest':>7} {f'all-{k}':>6}  policy"]
+    lines = [f"eta 'a,b': a at the first rung, b at the others; drop: the fall rule's window (0: the loss alone); "
+             f"in submission order, then over {orders} random arrival orders: mean and lowest saved, share keeping "
+             f"all {k} best",
+             f"{'eta':>5} {'rungs':<10} {'drop':>5} {'saved':>6} {f'top-{k}':>6} {'rho':>6} {'stopped':>8} "
+             f"{'promoted':>9} {'mean':>6} {'lowest':>7} {f'all-{k}':>6}  policy"]
     for r in rows:
         rho = "nan" if math.isnan(r["rank_spearman"]) else f"{r['rank_spearman']:+.2f}"
-        lines.append(f"{r['eta']:>5} {r['rungs']:<10} {100 * r['compute_saved']:>5.1f}% {r['topk_recall']:>6.2f} "
-                     f"{rho:>6} {r['stopped']:>8} {r['promoted']:>9} {100 * r['saved_mean']:>5.1f}% "
+        lines.append(f"{r['eta']:>5} {r['rungs']:<10} {r['drop']:>5} {100 * r['compute_saved']:>5.1f}% "
+                     f"{r['topk_recall']:>6.2f} {rho:>6} {r['stopped']:>8} {r['promoted']:>9} "
+                     f"{100 * r['saved_mean']:>5.1f}% "
                      f"{100 * r['saved_min']:>6.1f}% {r['all_k_kept']:>6.2f}  {r['policy']}".rstrip())
     return "\n".join(lines)
 
@@ -470,6 +486,7 @@ def bench_early_stopping(root: Path, *, k: int = 3, orders: int = ORDERS) -> dic
     o = replay(curves, policy, parallel=parallel, k=k)
     return {"candidates": o.candidates, "compute_saved": o.compute_saved, "k": o.k, "topk_recall": o.topk_recall,
             "rank_spearman": o.rank_spearman, "eta": _etas(policy), "rungs": _fractions(rung_fractions(policy)),
+            "drop": _drop(policy),
             "parallel": parallel, "baselines": sum(1 for c in curves if c.baseline), "stopped": len(o.stopped),
             "promoted": o.promoted, "orders": over_orders(curves, policy, parallel=parallel, k=k, orders=orders),
             "table": settings_table(curves, policy, parallel=parallel, k=k, orders=orders), "config_note": note}

@@ -13,8 +13,9 @@ NOW = 10_000.0
 
 
 def asha(**kw):
-    """An enabled [early_stopping] with one reduction factor at every rung (first_rung_eta 0) unless given."""
-    cfg = EarlyStoppingConfig(enabled=True, first_rung_eta=0.0)
+    """An enabled [early_stopping] with one reduction factor at every rung (first_rung_eta 0) and the loss
+    alone deciding (drop_window 0: plain ASHA) unless given."""
+    cfg = EarlyStoppingConfig(enabled=True, first_rung_eta=0.0, drop_window=0.0)
     for k, v in kw.items():
         setattr(cfg, k, v)
     return cfg
@@ -47,8 +48,8 @@ def test_loss_at_interpolates_between_logged_points():
 
 
 def test_rung_steps_from_eta_and_minimum_or_given_fractions():
-    assert es.rung_fractions(EarlyStoppingConfig()) == pytest.approx([1 / 3, 2 / 3])  # the defaults
-    assert es.rung_steps(EarlyStoppingConfig(), 300) == [100, 200]
+    assert es.rung_fractions(EarlyStoppingConfig()) == pytest.approx([0.3, 2 / 3])  # the defaults
+    assert es.rung_steps(EarlyStoppingConfig(), 300) == [90, 200]
     assert es.rung_fractions(asha(rungs=[])) == pytest.approx([1 / 9, 1 / 3])      # min_fraction * eta^k
     assert es.rung_steps(asha(rungs=[]), 300) == [33, 100]
     assert es.rung_steps(asha(rungs=[], eta=2.0, min_fraction=0.25), 100) == [25, 50]
@@ -56,17 +57,67 @@ def test_rung_steps_from_eta_and_minimum_or_given_fractions():
     assert es.rung_steps(asha(rungs=[0.001, 0.002]), 100) == [1]  # distinct steps, at least 1
 
 
-def test_promotable_keeps_the_best_n_over_eta_or_the_best_below_eta():
-    assert es.promotable(1.0, [1.0, 2.0], 3)
-    assert not es.promotable(2.0, [1.0, 2.0], 3)           # n < eta: only the best goes on
+def test_the_best_n_over_eta_go_on_or_the_best_below_eta():
+    def passed(value, values, eta):
+        return es.standing(value, None, [(v, None) for v in values], eta).passed
+    assert passed(1.0, [1.0, 2.0], 3)
+    assert not passed(2.0, [1.0, 2.0], 3)           # n < eta: only the best goes on
     values = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
-    assert es.promotable(2.0, values, 3) and not es.promotable(3.0, values, 3)  # 6 // 3 = 2 go on
-    assert es.promotable(3.0, values, 2) and not es.promotable(4.0, values, 2)
+    assert passed(2.0, values, 3) and not passed(3.0, values, 3)  # 6 // 3 = 2 go on
+    assert passed(3.0, values, 2) and not passed(4.0, values, 2)
+
+
+def test_loss_drop_is_the_fall_over_the_window_before_the_step():
+    curve = line({10: 4.0, 20: 3.0, 30: 1.0})
+    assert es.loss_drop(curve, 30, 10) == pytest.approx(2.0)
+    assert es.loss_drop(curve, 25, 10) == pytest.approx(1.5)      # 3.5 at 15 -> 2.0 at 25
+    assert es.loss_drop(curve, 30, 0) is None                     # the rule off
+    assert es.loss_drop(curve, 40, 10) is None                    # not reached yet
+    assert es.loss_drop(line({10: 4.0, 20: float("nan")}), 20, 10) == -math.inf
+    assert es.drop_window(EarlyStoppingConfig(), 300) == 25 and es.drop_window(asha(), 300) == 0
+
+
+def test_a_curve_taking_off_passes_a_rung_by_its_fall_though_its_loss_is_behind():
+    """Six attempts at a rung at step 50 with eta 3: the best 2 by loss go on, and so do the best 2 by
+    their fall over the 10 steps before it. 'takeoff' is 5th by loss but falls fastest; 'flat' is 4th by
+    loss and falls least: with the fall rule 'takeoff' goes on and 'flat' stops; by the loss alone both stop."""
+    peers = [finished("a", line({40: 1.1, 50: 1.0, 100: 0.5})), finished("b", line({40: 2.2, 50: 2.0, 100: 1.0})),
+             finished("c", line({40: 3.3, 50: 3.0, 100: 2.0})), finished("d", line({40: 6.5, 50: 6.0, 100: 5.0}))]
+    takeoff = running("takeoff", line({40: 6.0, 50: 5.0}))
+    flat = running("flat", line({40: 4.0, 50: 4.0}))
+    group = peers + [takeoff, flat]
+    hedged, plain = asha(rungs=[0.5], drop_window=0.1), asha(rungs=[0.5])
+    st = es.rung_standing(takeoff, group, hedged, 0)
+    assert (st.n, st.k, st.bar, st.drop, st.drop_bar) == (6, 2, 2.0, pytest.approx(1.0), pytest.approx(0.5))
+    assert st.passed and st.by_drop
+    assert not es.asha_decision(takeoff, group, hedged).stop
+    d = es.asha_decision(flat, group, hedged)
+    assert d.stop and "its fall over the window before it, 0 (needed >= 0.5)" in d.message, d.message
+    assert es.asha_decision(takeoff, group, plain).stop and es.asha_decision(flat, group, plain).stop
+    # a stopped attempt is promoted by its fall too, once more attempts reached its rung
+    stopped = Snapshot("takeoff", 100, line({40: 6.0, 50: 5.0}), stopped=True, stopped_rung=1)
+    assert es.promotions(peers + [stopped, flat], hedged) == ["takeoff"]
+    assert es.promotions(peers + [stopped, flat], plain) == []
+
+
+def test_replay_with_the_fall_rule_keeps_a_late_starter():
+    """The reference and five candidates, one rung at 1/2, eta 3: 'late' sits on the plateau at the rung
+    (4th of 6 by loss) but falls fastest there and ends best. Plain ASHA stops it; with the fall rule it
+    trains to the end."""
+    def cand(key, at40, at50, final, baseline=False):
+        return ReplayCurve(key, 100, line({40: at40, 50: at50, 100: final}), final, 100.0, baseline=baseline)
+    curves = [cand("ref", 2.1, 2.0, 1.5, baseline=True), cand("a", 1.6, 1.5, 1.0), cand("b", 1.9, 1.8, 1.2),
+              cand("late", 3.6, 2.5, 0.5), cand("c", 3.0, 3.0, 2.8), cand("d", 3.5, 3.4, 3.0)]
+    plain = es.replay(curves, asha(rungs=[0.5]), k=1)
+    hedged = es.replay(curves, asha(rungs=[0.5], drop_window=0.1), k=1)
+    assert "late" in plain.stopped and plain.topk_recall == 0.0
+    assert "late" not in hedged.stopped and hedged.topk_recall == 1.0
+    assert hedged.compute_saved < plain.compute_saved
 
 
 def test_the_first_rung_has_its_own_reduction_factor():
     default = EarlyStoppingConfig()
-    assert (es.rung_eta(default, 0), es.rung_eta(default, 1)) == (2.0, 3.0)
+    assert (es.rung_eta(default, 0), es.rung_eta(default, 1)) == (2.5, 3.0)
     assert es.rung_eta(asha(eta=4.0), 0) == 4.0                   # first_rung_eta 0: eta there too
     # six reached the first rung: 6 // 2 = 3 go on there; at the second 6 // 3 = 2
     cfg = asha(rungs=[0.2, 0.5], first_rung_eta=2.0, eta=3.0)

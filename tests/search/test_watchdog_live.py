@@ -275,7 +275,7 @@ def test_implausible_below_the_lm_floor_and_the_reference_is_never_stopped(where
 
 
 def test_stopped_at_a_rung_with_its_checkpoint_then_promoted_and_resumed_from_it(tmp_path):
-    """early_stopping on (eta 3, one rung at 0.3 of the steps), the watchdog off so that only ASHA decides:
+    """early_stopping on (eta 3, one rung at 0.3 of the steps, the loss alone deciding), the watchdog off so that only ASHA decides:
     RUNNING_MEAN reaches the rung ahead of the reference and continues; DELTANET_COPY reaches it as the third,
     behind RUNNING_MEAN, is outside the best max(1, 3 // 3) = 1 and stops there with its checkpoint. Promoted
     (Search.promote, what the watchdog calls when later arrivals bring an attempt within the best n // eta),
@@ -284,7 +284,7 @@ def test_stopped_at_a_rung_with_its_checkpoint_then_promoted_and_resumed_from_it
     cfg.train.steps = 200
     cfg.watchdog.enabled = False
     e = cfg.early_stopping
-    e.enabled, e.eta, e.rungs = True, 3.0, [0.3]
+    e.enabled, e.eta, e.rungs, e.drop_window = True, 3.0, [0.3], 0.0  # the loss alone
     root = tmp_path / "exp"
     run_search(root, cfg, {"ahead": RUNNING_MEAN, "behind": DELTANET_COPY})
     exp = ExperimentDir(root)
@@ -331,7 +331,7 @@ SLOW_RUNNING_MEANS = [_layer(f"A causal running mean ({i}), slowed in training b
 
 
 def test_a_later_arrival_promotes_an_attempt_stopped_at_its_rung_and_it_resumes_in_the_same_search(tmp_path):
-    """eta 2 at one rung at 0.3 of 200 steps, the watchdog off so that only ASHA decides, one job at a time.
+    """eta 2 at one rung at 0.3 of 200 steps, the loss alone deciding, the watchdog off so that only ASHA decides, one job at a time.
     The reference trains first; 'late' reaches the rung behind it (2 there, the best 1 goes on) and stops
     there; 'mean1', behind both (3, the best 1), stops; 'mean2', the search's last job, behind all (4, the
     best 2 go on), stops, and its arrival brings 'late' within the best 2: promoted while 'mean2' still runs
@@ -342,7 +342,8 @@ def test_a_later_arrival_promotes_an_attempt_stopped_at_its_rung_and_it_resumes_
     cfg.train.steps = 200
     cfg.watchdog.enabled = False
     e = cfg.early_stopping
-    e.enabled, e.eta, e.first_rung_eta, e.rungs = True, 2.0, 0.0, [0.3]
+    # the loss alone: by its fall at the rung 'late' (learning since step 20) would go on at once
+    e.enabled, e.eta, e.first_rung_eta, e.rungs, e.drop_window = True, 2.0, 0.0, [0.3], 0.0
     root = tmp_path / "exp"
     run_search(root, cfg, {"late": DELTANET_LATE_BY_20_STEPS, "mean1": SLOW_RUNNING_MEANS[0],
                            "mean2": SLOW_RUNNING_MEANS[1]})

@@ -48,7 +48,8 @@ def experiment(tmp_path):
     exp = ExperimentDir(tmp_path / "exp")
     exp.root.mkdir()
     cfg = Config()
-    cfg.early_stopping.rungs, cfg.early_stopping.first_rung_eta = [0.5], 0.0  # eta 3 at one rung at 1/2
+    # eta 3 at one rung at 1/2, the loss alone deciding (these curves all fall at one rate: by their fall all tie)
+    cfg.early_stopping.rungs, cfg.early_stopping.first_rung_eta, cfg.early_stopping.drop_window = [0.5], 0.0, 0.0
     exp.config.write_text(render_toml(cfg))
     with Store.open(exp.db) as store:
         _trained(exp, store, cfg, "deltanet", "baseline", 2.0)
@@ -71,12 +72,16 @@ def test_the_replay_prints_the_compute_saved_and_the_best_kept(experiment, capsy
     assert out["candidates"] == 4 and out["k"] == 3 and out["stopped"] == 2
     assert out["compute_saved"] == pytest.approx(1 - (20 + 10 + 10 + 20) / 80)
     assert out["topk_recall"] == pytest.approx(2 / 3)       # the best 3: D, A, C; C was stopped
-    assert out["rungs"] == "1/2" and out["eta"] == "3" and out["parallel"] == 1 and out["config_note"] == ""
-    # the default first, then the configured policy (it differs), then one eta at every rung over the grid
+    assert out["rungs"] == "1/2" and out["eta"] == "3" and out["drop"] == "0" and out["parallel"] == 1
+    assert out["config_note"] == ""
+    # the default first, then the configured policy (it differs), the default by the loss alone, then one eta
+    # at every rung over the grid, by the loss alone and with the default's fall rule
     table = out["table"]
-    assert [(r["eta"], r["rungs"], r["policy"]) for r in table[:2]] == [("2,3", "1/3,2/3", "default"),
-                                                                        ("3", "1/2", "configured")]
-    assert len(table) == 20 and {r["eta"] for r in table[2:]} == {"2", "3", "4"}
+    assert [(r["eta"], r["rungs"], r["drop"], r["policy"]) for r in table[:3]] == [
+        ("2.5,3", "3/10,2/3", "1/12", "default"), ("3", "1/2", "0", "configured"),
+        ("2.5,3", "3/10,2/3", "0", "default by the loss alone")]
+    assert len(table) == 3 + 2 * 18 and {r["eta"] for r in table[3:]} == {"2", "3", "4"}
+    assert [r["drop"] for r in table[3:5]] == ["0", "1/12"]
     assert {k: table[1][k] for k in ("compute_saved", "topk_recall", "stopped")} == {
         k: out[k] for k in ("compute_saved", "topk_recall", "stopped")}
     # over random arrival orders: the same four candidates, so the figures are bounded by the order's
@@ -88,7 +93,7 @@ def test_the_replay_prints_the_compute_saved_and_the_best_kept(experiment, capsy
     text = capsys.readouterr().out
     assert json.loads(text.splitlines()[0]) == {k: out[k] for k in ("candidates", "compute_saved", "k",
                                                                      "topk_recall", "rank_spearman")}
-    assert "eta rungs" in text and "1/9,1/3" in text and text.count("default") == 1
+    assert "eta rungs" in text and "1/9,1/3" in text and text.count("default") == 2  # and "by the loss alone"
     assert "over 100 random arrival orders" in text
 
 
@@ -98,7 +103,7 @@ def test_an_unreadable_config_replays_under_the_defaults_and_says_so(experiment,
     captured = capsys.readouterr()
     out = json.loads(captured.out)
     assert "replayed under the default [early_stopping]" in captured.err and "train.lm_eval" in captured.err
-    assert out["eta"] == "2,3" and out["table"][0]["policy"] == "default, configured"
+    assert out["eta"] == "2.5,3" and out["table"][0]["policy"] == "default, configured"
     # the live half needs the experiment's own settings: a clear error, not a search under others
     assert cli_main(["bench", "early-stopping", str(experiment.root), "--live", "2"]) == 2
     assert "its config does not load" in capsys.readouterr().err
@@ -156,8 +161,8 @@ def test_a_directory_without_a_store_is_a_clear_error(tmp_path, capsys):
 @pytest.mark.slow
 def test_the_live_half_trains_the_first_candidates_again_and_agrees_with_the_replay(tmp_path, capsys, monkeypatch):
     """A real search trains the reference and two candidates to the end (the LM text of the watchdog's tests,
-    200 steps, early stopping off); the live half trains both again with the default policy on (rungs at
-    1/3 and 2/3, the best half going on at the first): 'late' (DeltaNet that starts mixing after 20 steps)
+    200 steps, early stopping off); the live half trains both again with the experiment's policy on (rungs at
+    1/3 and 2/3, the best half going on at the first, the loss alone deciding): 'late' (DeltaNet that starts mixing after 20 steps)
     reaches the first rung behind the reference, 'mean' (a causal running mean) behind both, so both stop
     there, live as in the replay of their curves."""
     from tests.search.test_watchdog_live import DELTANET_LATE_BY_20_STEPS, SLOW_RUNNING_MEANS, run_search, \
@@ -167,6 +172,9 @@ def test_the_live_half_trains_the_first_candidates_again_and_agrees_with_the_rep
     cfg = watched_config("esl", 2, task="lm", token_file=str(tokens), vocab_size=256)
     cfg.train.steps = 200
     cfg.watchdog.enabled = False
+    # the policy the live half runs under: rungs at 1/3 and 2/3, the best half at the first, the loss alone
+    e = cfg.early_stopping
+    e.rungs, e.first_rung_eta, e.drop_window = [1 / 3, 2 / 3], 2.0, 0.0
     root = tmp_path / "exp"
     run_search(root, cfg, {"late": DELTANET_LATE_BY_20_STEPS, "mean": SLOW_RUNNING_MEANS[0]})
     capsys.readouterr()
