@@ -307,7 +307,8 @@ class EarlyStoppingConfig:
     # keeps the best 40 % and only the second, once the curves have separated, keeps the best third; and an
     # attempt whose loss is falling as fast as the best's there goes on too (drop_window: one taking off late).
     enabled: bool = _f(False, "Stop attempts at rungs when their loss is outside the top 1/eta of the attempts "
-                              "that reached the rung (the reference baseline always continues and always counts).")
+                              "that reached the rung, and so is their fall before it (drop_window); the reference "
+                              "baseline always continues and always counts.")
     stages: list[str] = _f(["explore"], "Stages early stopping applies to (explore, verify).")
     eta: float = _f(3.0, "Reduction factor: at each rung after the first the top 1/eta continue (Optuna: "
                          "reduction_factor).")

@@ -304,6 +304,7 @@ def train(spec: JobSpec, d: Dist, record: rf.ResultRecord, stop: dict) -> None:
     t_measure, step_measure = None, 0  # throughput excludes the first step (allocation, warm-up)
     first_loss = None
     clock = ProgressClock(spec.report_steps)
+    rungs = set(spec.report_steps)
     recent: list[float] = []
     for step in range(start, cfg["steps"]):
         lr = wsd_lr(step, peak=cfg["lr"], steps=cfg["steps"], warmup=cfg["warmup_steps"],
@@ -349,7 +350,9 @@ def train(spec: JobSpec, d: Dist, record: rf.ResultRecord, stop: dict) -> None:
         recent.append(loss_value)
         first_loss = loss_value if first_loss is None else first_loss
         elapsed = time.time() - t0
-        if (step + 1) % cfg["log_every"] == 0 or step == cfg["steps"] - 1 or not math.isfinite(loss_value):
+        # a rung is a logged point too, so that the head judges the attempt there as soon as it trains past it
+        if (step + 1) % cfg["log_every"] == 0 or step == cfg["steps"] - 1 or not math.isfinite(loss_value) \
+                or step + 1 in rungs:
             mean_loss = sum(recent) / len(recent)
             recent.clear()
             record.curve.append(step + 1, (step + 1) * tokens_per_step, mean_loss, lr, elapsed)

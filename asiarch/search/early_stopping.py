@@ -27,7 +27,7 @@ included; it continues when it is within the best ``n // eta`` of those ``n`` (t
 ``n < eta``, as Optuna does), else it stops at that rung. Nobody waits for a cohort. As more attempts
 reach a rung, an attempt stopped there may come within the best ``n // eta``: :func:`promotions` names
 those, to be resumed from their checkpoints. One departure from a single ``eta``: the first rung has its
-own, ``first_rung_eta`` (:func:`rung_eta`; by default 2 there, 3 after), because the first rung is where
+own, ``first_rung_eta`` (:func:`rung_eta`; by default 2.5 there, 3 after), because the first rung is where
 the curves have separated least (on the demo's MQAR curves the later best still sit on the plateau
 with the worst at a third of the steps), so it should keep more.
 
@@ -224,7 +224,7 @@ def loss_drop(curve: Sequence[tuple[int, float]], step: int, window: int) -> flo
 @dataclass(frozen=True)
 class Standing:
     """An attempt's standing at a rung among the ``n`` attempts that reached it (itself included): it
-    continues when its loss is within the best ``k`` (at most ``bar``), or, where the drop rule is on, its
+    continues when its loss is within the best ``k`` (at most ``bar``), or, where the fall rule is on, its
     fall over the window before the rung is within the best ``k`` falls (at least ``drop_bar``)."""
 
     value: float

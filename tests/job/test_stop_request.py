@@ -37,14 +37,14 @@ class DeltaNet(nn.Module):
 '''
 
 
-def _attempt(tmp_path, *, steps):
+def _attempt(tmp_path, *, steps, report_steps=()):
     layer = tmp_path / "layer.py"
     layer.write_text(COUNTING)
     files = AttemptFiles(tmp_path / "attempt-1")
     train = TrainConfig(steps=steps, nproc=2, batch_size=8, log_every=5, warmup_steps=2, num_layers=1)
     ident = {"experiment": "t", "candidate_id": 1, "attempt": 1, "run_key": "t-c00001-a1", "code_sha256": "x"}
     req = write_attempt_files(files, layer_path=layer, identity=ident, train=train, cluster=ClusterConfig(),
-                              class_name="DeltaNet", python=sys.executable)
+                              class_name="DeltaNet", python=sys.executable, report_steps=report_steps)
     return files, req
 
 
@@ -59,7 +59,7 @@ def test_request_stop_round_trip_and_a_broken_file_still_asks_to_stop(tmp_path):
 
 @pytest.mark.slow
 def test_a_stop_request_stops_both_ranks_at_one_step_with_a_checkpoint_and_a_resume_finishes(tmp_path):
-    files, req = _attempt(tmp_path, steps=400)
+    files, req = _attempt(tmp_path, steps=400, report_steps=(12,))  # a rung between logged points (every 5)
     log = open(files.log, "ab")
     proc = subprocess.Popen(["bash", str(req.script)], stdout=log, stderr=subprocess.STDOUT)
     deadline = time.time() + 90
@@ -77,6 +77,7 @@ def test_a_stop_request_stops_both_ranks_at_one_step_with_a_checkpoint_and_a_res
     assert 20 <= stopped_at < 400 and stop["stopped_at"] == stopped_at
     assert f"stopped by the head at step {stopped_at}: stopped at rung 1" in rec.error
     assert rec.curve.step[-1] == stopped_at  # the partial curve reaches the stop
+    assert list(rec.curve.step[:4]) == [5, 10, 12, 15]  # the rung is a logged point: judged there, not at 15
     assert rec.tokens_per_s > 0
     # both ranks ran the same number of training steps (a rank that went on would have hung the other)
     counts = {r: int((files.dir / f"fwd-{r}").read_text()) for r in (0, 1)}

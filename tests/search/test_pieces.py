@@ -141,7 +141,7 @@ def test_open_refuses_a_scheduler_that_cannot_run_before_writing_the_config(tmp_
     assert not exp.config.exists()
 
 
-@pytest.mark.parametrize("early_stopping, stage, expected", [(True, "explore", [100, 200]), (False, "explore", []),
+@pytest.mark.parametrize("early_stopping, stage, expected", [(True, "explore", [90, 200]), (False, "explore", []),
                                                              (True, "verify", [])])
 def test_an_attempt_asks_for_a_progress_record_at_each_rung_of_its_stage(tmp_path, early_stopping, stage, expected):
     """The job writes its progress record on reaching each rung (asiarch.job.train.ProgressClock) only where early
