@@ -132,14 +132,16 @@ def ingest_attempt(store: Store, exp: ExperimentDir, cfg: Config, attempt: Attem
             return Outcome("leak", "rejected", False, error, message=rec.error, **shown)
         return Outcome(rec.status, "queued" if retry else "failed", retry, error, message=rec.error, **shown)
 
-    cand = record_lm_eval_errors(store, cand, attempt, rec, secrets)
+    lm_errors = record_lm_eval_errors(store, cand, attempt, rec, secrets)
     shown.update(tokens_per_s=rec.tokens_per_s, wall_s=wall)
     one_seed = dict(shown, loss=rec.eval_loss, acc=bench_score(metrics))
     runs = [r for r in store.seed_results(stage=attempt.stage, cid=cand.id) if r["code_sha256"] == cand.code_sha256]
-    if attempt.stage != "explore":
-        return Outcome("ok", "verify", **one_seed)
-    if len(runs) < shown["seeds"]:
-        return Outcome("ok", "partial", **one_seed)
+    if attempt.stage != "explore" or len(runs) < shown["seeds"]:
+        if lm_errors != (cand.scores.get("lm_eval_errors") or {}):  # the candidate's only update this time
+            store.set_scores(cand.id, fitness=cand.fitness, loss=cand.loss, score=cand.score,
+                             scores={**cand.scores, "lm_eval_errors": lm_errors}, num_params=cand.num_params,
+                             status=cand.status, reason=cand.reason)
+        return Outcome("ok", "verify" if attempt.stage != "explore" else "partial", **one_seed)
 
     # every seed of the exploration stage is in: the candidate's figures are their means
     metrics = mean_metrics([r["metrics"] for r in runs])
@@ -148,6 +150,8 @@ def ingest_attempt(store: Store, exp: ExperimentDir, cfg: Config, attempt: Attem
     # keep what the candidate brought (e.g. ASI-Arch's reported results under "asi_arch")
     scores = {**cand.scores, "metrics": metrics, "seeds": len(runs), "tokens_per_s": rec.tokens_per_s,
               "peak_memory_bytes": rec.peak_memory_bytes, "mixer_params": rec.env.get("mixer_params")}
+    if lm_errors:
+        scores["lm_eval_errors"] = lm_errors
     if "stopped" in scores:  # stopped early once, then promoted and trained to the end
         scores["promoted_from"] = scores.pop("stopped")
     store.set_scores(cand.id, fitness=None, loss=loss, score=bench, scores=scores,
@@ -161,21 +165,23 @@ def ingest_attempt(store: Store, exp: ExperimentDir, cfg: Config, attempt: Attem
 
 
 def record_lm_eval_errors(store: Store, cand: Candidate, attempt: Attempt, rec: rf.ResultRecord,
-                          secrets: tuple[str, ...]) -> Candidate:
+                          secrets: tuple[str, ...]) -> dict[str, str]:
     """The lm-eval tasks an ok job could not run (the result's ``env["lm_eval_errors"]``, lm-eval's words,
-    redacted): one 'lm-eval-failed' event each, and kept in the candidate's ``scores["lm_eval_errors"]``
-    (task -> message, added to those of its earlier seeds), since its task score then lacks them. Returns
-    the candidate as stored now."""
+    redacted): one 'lm-eval-failed' event each, logged once per attempt and task (an attempt ingested
+    again, e.g. by a restarted head, logs none anew). Returns what the candidate's
+    ``scores["lm_eval_errors"]`` should hold (task -> message: its earlier seeds' with this attempt's
+    added, {} when none), since its task score then lacks them; the caller stores it."""
+    kept = dict(cand.scores.get("lm_eval_errors") or {})
     errors = {str(task): redact(str(why), secrets) for task, why in (rec.env.get("lm_eval_errors") or {}).items()}
     if not errors:
-        return cand
+        return kept
+    where = f"attempt {attempt.n} ({attempt.stage} seed {attempt.seed}): lm-eval"
+    logged = {e["message"] for e in store.candidate_events(cand.id) if e["kind"] == "lm-eval-failed"}
     for task, why in errors.items():
-        store.log_event("lm-eval-failed", f"attempt {attempt.n} ({attempt.stage} seed {attempt.seed}): lm-eval {task} "
-                        f"did not run: {why}"[:1000], cand.id, attempt.id)
-    scores = {**cand.scores, "lm_eval_errors": {**(cand.scores.get("lm_eval_errors") or {}), **errors}}
-    store.set_scores(cand.id, fitness=cand.fitness, loss=cand.loss, score=cand.score, scores=scores,
-                     num_params=cand.num_params, status=cand.status, reason=cand.reason)
-    return store.candidate(cand.id)
+        message = f"{where} {task} did not run: {why}"[:1000]
+        if message not in logged:
+            store.log_event("lm-eval-failed", message, cand.id, attempt.id)
+    return {**kept, **errors}
 
 
 def record_stopped(store: Store, cand: Candidate, attempt: Attempt, rec: rf.ResultRecord, shown: dict) -> Outcome:
@@ -198,6 +204,9 @@ def record_stopped(store: Store, cand: Candidate, attempt: Attempt, rec: rf.Resu
         return Outcome("stopped", "verify", error=reason, message=reason, **shown)
     scores = {**cand.scores, "stopped": info, "tokens_per_s": rec.tokens_per_s,
               "peak_memory_bytes": rec.peak_memory_bytes, "mixer_params": rec.env.get("mixer_params")}
+    earlier = cand.scores.get("stopped")
+    if earlier and earlier.get("attempt") != attempt.n:  # stopped once, promoted, and stopped again further on
+        scores["promoted_from"] = earlier
     store.set_scores(cand.id, fitness=None, loss=None, score=None, scores=scores, num_params=rec.num_params,
                      status="stopped", reason=reason[:500])
     store.log_event("stopped", f"attempt {attempt.n}: {reason}"[:1000], cand.id, attempt.id)

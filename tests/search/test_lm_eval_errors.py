@@ -78,3 +78,18 @@ def test_lm_eval_errors_are_kept_logged_redacted_and_shown(experiment):
     assert other.status == "done" and "lm_eval_errors" not in other.scores
     assert store.candidate_events(clean) == []
     assert "did not run" not in show_text(store, exp, "clean", code=False)
+
+
+def test_an_attempt_ingested_again_logs_its_lm_eval_errors_once(experiment):
+    """A restarted head may ingest an attempt again: its lm-eval events are not logged a second time."""
+    from asiarch.job import result as rf
+    from asiarch.search.ingest import record_lm_eval_errors
+
+    exp, store, cfg = experiment
+    cid = store.add_candidate(name="again", origin="offline", code="# again", code_sha256="sha-again")
+    attempt = _result(exp, store, cid, "again", 1, 0, {"arc_easy": "ValueError: no"})
+    rec = rf.read_result(exp.root / attempt.dir / "result.h5")
+    for _ in range(2):
+        kept = record_lm_eval_errors(store, store.candidate(cid), attempt, rec, (SECRET,))
+    assert kept == {"arc_easy": "ValueError: no"}
+    assert [e["kind"] for e in store.candidate_events(cid)] == ["lm-eval-failed"]

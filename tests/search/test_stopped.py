@@ -17,15 +17,15 @@ from asiarch.search.ingest import ingest_attempt
 from asiarch.store import Store
 
 
-def _result(exp, store, cid, name, *, status, loss, steps_done, stop=None, acc=0.5):
+def _result(exp, store, cid, name, *, status, loss, steps_done, stop=None, acc=0.5, n=1):
     sha = store.candidate(cid).code_sha256
-    paths = exp.attempt(cid, name, 1)
+    paths = exp.attempt(cid, name, n)
     paths.dir.mkdir(parents=True)
-    aid = store.add_attempt(cid, 1, f"e-c{cid:05d}-a1", exp.relative(paths.dir), sha)
+    aid = store.add_attempt(cid, n, f"e-c{cid:05d}-a{n}", exp.relative(paths.dir), sha)
     curve = rf.Curve()
     for s in range(10, steps_done + 1, 10):
         curve.append(s, s * 100, loss + 1.0 / s, 1e-3, s * 0.1)
-    rec = rf.ResultRecord(experiment="e", candidate_id=cid, attempt=1, run_key=f"e-c{cid:05d}-a1", code_sha256=sha,
+    rec = rf.ResultRecord(experiment="e", candidate_id=cid, attempt=n, run_key=f"e-c{cid:05d}-a{n}", code_sha256=sha,
                           status=status, config={"steps": 100},
                           env={"world_size": 2, **({"stop": stop} if stop else {})},
                           curve=curve, steps_done=steps_done, tokens_per_s=1000.0, started_at=1.0, finished_at=11.0,
@@ -80,6 +80,21 @@ def test_a_stopped_result_ends_its_candidate_stopped_with_where_and_why(experime
     assert store.candidate(ids["slowpoke"]).scores["stopped"]["rung"] is None
     assert [e["kind"] for e in store.candidate_events(ids["early"])] == ["stopped"]
     assert store.results(ids["early"])[0]["status"] == "stopped"
+
+
+def test_promoted_and_stopped_again_keeps_where_it_was_first_stopped(experiment):
+    """'early', stopped at rung 1, promoted (a new attempt resumes it) and stopped at rung 2: its scores say
+    both, so that the promotion is not lost (the live bench counts promotions from them)."""
+    exp, store, ids, _ = experiment
+    stop = {"reason": "rung", "rung": 2, "step": 33, "message": "stopped at rung 2 of 2", "stopped_at": 35}
+    store.set_candidate_status(ids["early"], "checked", event="promoted past the rung")  # as Search.promote does
+    a = _result(exp, store, ids["early"], "early", status="stopped", loss=0.7, steps_done=35, stop=stop, n=2)
+    ingest_attempt(store, exp, Config(), a, JobState.COMPLETED)
+    cand = store.candidate(ids["early"])
+    assert cand.status == "stopped" and cand.scores["stopped"]["rung"] == 2 and cand.scores["stopped"]["attempt"] == 2
+    assert cand.scores["promoted_from"]["rung"] == 1 and cand.scores["promoted_from"]["attempt"] == 1
+    # the same attempt ingested again is not a promotion
+    assert "promoted_from" not in store.candidate(ids["later"]).scores
 
 
 def test_stopped_candidates_rank_below_every_candidate_trained_to_the_end(experiment):
