@@ -24,7 +24,7 @@ import math
 from typing import Iterable, TextIO
 
 from asiarch.store import Store, queries
-from asiarch.analysis.views import LEADERBOARD_COLUMNS, leaderboard_rows, stage_leaderboard_rows
+from asiarch.analysis.views import LEADERBOARD_COLUMNS, csv_cells, leaderboard_rows, stage_leaderboard_rows
 
 FORMATS = ("csv", "jsonl")
 # The header of an export with no candidates yet (task and fitness-term columns appear with data).
@@ -78,7 +78,7 @@ def write_rows(rows: Iterable[dict], fmt: str, stream: TextIO) -> int:
         return len(rows)
     writer = csv.DictWriter(stream, fieldnames=list(rows[0]) if rows else list(EMPTY_COLUMNS), lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows(map(csv_cells, rows))
     return len(rows)
 
 

@@ -26,7 +26,7 @@ from asiarch.analysis.stages import arm_curves, stage_agreement, stage_rows
 from asiarch.store import Candidate, Store, queries
 from asiarch.analysis.format import interval, number, plus_minus
 from asiarch.analysis.views import (DEFAULT_STAGE, STAGES, failures_by_reason, leaderboard_rows, load_budget,
-                                    load_reference, open_readonly, stage_leaderboard_rows)
+                                    load_reference, open_readonly, stage_leaderboard_rows, task_cell)
 
 PNG_NAMES = {"discovery_index": "discovery_by_candidate.png", "discovery_compute": "discovery_by_compute.png",
              "curves": "training_curves.png", "tasks": "task_scores.png", "lineage": "lineage.png",
@@ -228,6 +228,14 @@ def _context(store: Store, exp: ExperimentDir, rows: list[dict], best: list[Cand
             by[where] = by.get(where, 0) + 1
         summary.append(("stopped early", f"{len(stopped)} (" + ", ".join(f"{n} at {w}" for w, n in sorted(by.items()))
                         + "), ranked below every candidate trained to the end"))
+    not_run = {}
+    for r in rows:
+        for task in r["lm_eval_not_run"]:
+            not_run[task] = not_run.get(task, 0) + 1
+    if not_run:
+        summary.append(("lm-eval not run", ", ".join(f"{t} for {n} candidate{'s' * (n > 1)}"
+                                                     for t, n in sorted(not_run.items()))
+                        + "; a candidate's task score leaves out what did not run (asiarch show ID: lm-eval's words)"))
     tasks = [k for k in (rows[0] if rows else {}) if "/" in k][:6]
     ranked = [r for r in rows if r["rank"] is not None]
     n_scored = sum(1 for r in ranked if r["status"] != "stopped")
@@ -237,7 +245,7 @@ def _context(store: Store, exp: ExperimentDir, rows: list[dict], best: list[Cand
               "fitness": (f"stopped at rung {r['rung']}" if r["rung"] else "stopped") if r["status"] == "stopped"
               else number(r["fitness"], ".3f"),
               "loss": number(r["loss"], ".4f"), "score": number(r["score"], ".3f"),
-              "tasks": [number(r[t], ".3f") for t in tasks],
+              "tasks": [task_cell(r, t) for t in tasks],
               "params": number(r["num_params"], ",d"), "tps": number(r["tokens_per_s"], ",.0f"),
               "baseline": r["origin"] == "baseline"} for r in shown]
     details = []

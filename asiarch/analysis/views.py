@@ -31,8 +31,10 @@ STAGES = ("explore", "verify")
 # Columns a leaderboard row always has, in order; task-score columns (one per task metric,
 # e.g. "mqar/accuracy") follow "score".
 _HEAD = ("rank", "id", "name", "origin", "parent", "round", "stage", "status", "fitness", "loss", "score")
-# rung, stopped_step: where a candidate stopped early was stopped (status "stopped"; rung None for the watchdog)
-_TAIL = ("num_params", "mixer_params", "tokens_per_s", "attempts", "rung", "stopped_step", "reason")
+# rung, stopped_step: where a candidate stopped early was stopped (status "stopped"; rung None for the watchdog);
+# lm_eval_not_run: the lm-eval tasks its jobs could not run (their task score lacks them), names sorted
+_TAIL = ("num_params", "mixer_params", "tokens_per_s", "attempts", "rung", "stopped_step", "lm_eval_not_run",
+         "reason")
 LEADERBOARD_COLUMNS = _HEAD + _TAIL
 
 
@@ -88,6 +90,29 @@ def _table_tasks(keys) -> list[str]:
     return shown
 
 
+def lm_eval_not_run(scores: dict) -> list[str]:
+    """The lm-eval tasks a candidate's jobs could not run (``scores["lm_eval_errors"]``, kept by the ingest), sorted."""
+    errors = scores.get("lm_eval_errors")
+    return sorted(errors) if isinstance(errors, dict) else []
+
+
+def task_of(metric: str) -> str | None:
+    """``lm_eval/piqa/acc_norm`` -> ``piqa``; None for a metric not from lm-eval."""
+    return metric[len(LM_EVAL_PREFIX):].rpartition("/")[0] if metric.startswith(LM_EVAL_PREFIX) else None
+
+
+def task_cell(row: dict, metric: str) -> str:
+    """A leaderboard row's figure for a task metric: "not run" where lm-eval could not run the task."""
+    if row.get(metric) is None and task_of(metric) in (row.get("lm_eval_not_run") or ()):
+        return "not run"
+    return number(row.get(metric), ".3f")
+
+
+def csv_cells(row: dict) -> dict:
+    """A row as CSV writes it: a list (``lm_eval_not_run``) as its items joined with ``;``."""
+    return {k: ";".join(map(str, v)) if isinstance(v, list) else v for k, v in row.items()}
+
+
 def stop_info(scores: dict) -> dict:
     """Where a candidate stopped early was stopped (``scores["stopped"]``, written by the ingest): reason,
     rung (None for the watchdog), rungs, step, steps, loss (training loss there), message; {} otherwise."""
@@ -120,7 +145,8 @@ def leaderboard_rows(store: Store, *, stage: str | None = None) -> list[dict]:
     Keys: rank (None when unscored; candidates stopped early are ranked below every scored one), id,
     name, origin, parent, round, stage, status, fitness, loss, score, one key per task metric (e.g.
     ``mqar/accuracy``), num_params, mixer_params, tokens_per_s, attempts, rung and stopped_step (where
-    a stopped candidate stopped; None otherwise), reason. The figures are the candidates' own
+    a stopped candidate stopped; None otherwise), lm_eval_not_run (the lm-eval tasks its jobs could not
+    run: a list, [] when none; ``asiarch show`` gives lm-eval's words), reason. The figures are the candidates' own
     (exploration seed means);
     ``stage = 'verify'`` keeps only the candidates with verification results (their figures in that
     stage are :func:`stage_leaderboard_rows`').
@@ -146,7 +172,8 @@ def leaderboard_rows(store: Store, *, stage: str | None = None) -> list[dict]:
         row.update({t: _num(metrics.get(t)) for t in tasks})
         row.update({"num_params": c["num_params"], "mixer_params": scores.get("mixer_params"),
                     "tokens_per_s": _num(scores.get("tokens_per_s")), "attempts": attempts.get(c["id"], 0),
-                    "rung": stop.get("rung"), "stopped_step": stop.get("step"), "reason": c["reason"]})
+                    "rung": stop.get("rung"), "stopped_step": stop.get("step"),
+                    "lm_eval_not_run": lm_eval_not_run(scores), "reason": c["reason"]})
         rows.append(row)
     return rows
 
@@ -155,7 +182,7 @@ def _task_label(name: str) -> str:
     """``mqar/accuracy`` -> ``mqar``, ``lm_eval/piqa/acc_norm`` -> ``piqa``: a short column header (JSON and
     CSV carry the full metric names)."""
     if name.startswith(LM_EVAL_PREFIX):  # one column per task (_table_tasks): the task names it
-        return name[len(LM_EVAL_PREFIX):].rpartition("/")[0][:9]
+        return task_of(name)[:9]
     task, _, metric = name.partition("/")
     return task if metric in ("accuracy", "acc", "") else f"{task}/{metric}"[:9]
 
@@ -170,7 +197,7 @@ def render_leaderboard(rows: list[dict], fmt: str = "table", limit: int | None =
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else list(LEADERBOARD_COLUMNS))
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(map(csv_cells, rows))
         return buf.getvalue()
     tasks = _table_tasks(k for k in (rows[0] if rows else {}) if k not in _HEAD and k not in _TAIL)[:max_task_columns]
     header = (f"{'rank':>4} {'id':>5} {'name':<{NAME_WIDTH}} {'origin':<8} {'parent':>6} {'status':<8} {'fitness':>7} "
@@ -182,14 +209,16 @@ def render_leaderboard(rows: list[dict], fmt: str = "table", limit: int | None =
         if r["rank"] == 1:
             name = palette.paint(name, "bold")
         reason = r["reason"].splitlines()[0][:70] if r["reason"] else ""
+        not_run = r.get("lm_eval_not_run") or []
+        if r["status"] not in ("failed", "rejected", "stopped") or not reason:
+            reason = ("lm-eval did not run: " + ", ".join(not_run))[:70] if not_run else ""
         lines.append(
             f"{number(r['rank'], 'd'):>4} {r['id']:>5} {name} {r['origin'][:8]:<8} "
             f"{number(r['parent'], 'd'):>6} {palette.status(r['status'][:8].ljust(8), r['status'])} "
             f"{number(r['fitness'], '.3f'):>7} {number(r['loss'], '.4f'):>7} {number(r['score'], '.3f'):>6} "
-            + "".join(f"{number(r[t], '.3f'):>9} " for t in tasks)
+            + "".join(f"{task_cell(r, t):>9} " for t in tasks)
             + f"{number(r['num_params'], ',d'):>9} {number(r['tokens_per_s'], ',.0f'):>8}"
-            + (f"  {palette.paint(reason, 'dim')}" if r["status"] in ("failed", "rejected", "stopped") and reason
-               else ""))
+            + (f"  {palette.paint(reason, 'dim')}" if reason else ""))
     return "\n".join(lines)
 
 

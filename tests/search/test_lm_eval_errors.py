@@ -14,7 +14,7 @@ from asiarch.store import Store
 SECRET = "sk-test-0123456789abcdef"
 
 
-def _result(exp, store, cid, name, n, seed, errors):
+def _result(exp, store, cid, name, n, seed, errors, metrics=None):
     """An ok LM result of attempt ``n`` (exploration seed ``seed``), written with the project's writer."""
     sha = store.candidate(cid).code_sha256
     paths = exp.attempt(cid, name, n)
@@ -28,7 +28,8 @@ def _result(exp, store, cid, name, n, seed, errors):
                           config={"task": "lm", "steps": 100},
                           env={"world_size": 1, **({"lm_eval_errors": errors} if errors else {})},
                           curve=curve, steps_done=100, tokens_per_s=1000.0, started_at=1.0, finished_at=11.0,
-                          metrics={"eval/loss": 3.0, "lm_eval/piqa/acc": 0.6}, eval_loss=3.0, final_loss=3.0)
+                          metrics=metrics or {"eval/loss": 3.0, "lm_eval/piqa/acc": 0.6}, eval_loss=3.0,
+                          final_loss=3.0)
     rf.write_result(paths.result, rec)
     return store.attempt(aid)
 
@@ -93,3 +94,62 @@ def test_an_attempt_ingested_again_logs_its_lm_eval_errors_once(experiment):
         kept = record_lm_eval_errors(store, store.candidate(cid), attempt, rec, (SECRET,))
     assert kept == {"arc_easy": "ValueError: no"}
     assert [e["kind"] for e in store.candidate_events(cid)] == ["lm-eval-failed"]
+
+
+def _done(exp, store, cfg, name, errors, metrics=None, origin="offline"):
+    """A candidate trained with both exploration seeds, its jobs unable to run the lm-eval tasks ``errors``."""
+    cid = store.add_candidate(name=name, origin=origin, code=f"# {name}", code_sha256=f"sha-{name}")
+    for n, seed in ((1, 0), (2, 1)):
+        out = ingest_attempt(store, exp, cfg, _result(exp, store, cid, name, n, seed, errors, metrics),
+                             JobState.COMPLETED)
+    assert out.candidate_status == "done"
+    return cid
+
+
+def test_leaderboard_export_and_report_say_which_lm_eval_tasks_did_not_run(experiment):
+    """The leaderboard (table, JSON, CSV), the export and the HTML report name the tasks lm-eval could not
+    run; a task column says "not run" where the candidate's figure is missing for that reason."""
+    import csv
+    import io
+    import json
+
+    from asiarch.analysis.export import export_text
+    from asiarch.analysis.report import write_report
+    from asiarch.analysis.views import leaderboard_rows, render_leaderboard
+
+    exp, store, cfg = experiment
+    ref = cfg.baselines.reference  # trained first: the others get a fitness and a rank in the report's table
+    _done(exp, store, cfg, ref, None, origin="baseline")
+    _done(exp, store, cfg, "lossy", {"hellaswag": f"ValueError: no ({SECRET})", "arc_easy": "FileNotFoundError"})
+    _done(exp, store, cfg, "clean", None)
+    _done(exp, store, cfg, "nopiqa", {"piqa": "KeyError: piqa"}, metrics={"eval/loss": 3.0})
+
+    rows = {r["name"]: r for r in leaderboard_rows(store)}
+    assert rows["lossy"]["lm_eval_not_run"] == ["arc_easy", "hellaswag"]
+    assert rows["clean"]["lm_eval_not_run"] == [] and rows["nopiqa"]["lm_eval_not_run"] == ["piqa"]
+    assert rows["nopiqa"]["lm_eval/piqa/acc"] is None and rows["clean"]["lm_eval/piqa/acc"] == pytest.approx(0.6)
+
+    listed = {r["name"]: r for r in json.loads(render_leaderboard(list(rows.values()), "json"))}
+    assert listed["lossy"]["lm_eval_not_run"] == ["arc_easy", "hellaswag"]
+    cells = {r["name"]: r for r in csv.DictReader(io.StringIO(render_leaderboard(list(rows.values()), "csv")))}
+    assert cells["lossy"]["lm_eval_not_run"] == "arc_easy;hellaswag" and cells["clean"]["lm_eval_not_run"] == ""
+
+    table = render_leaderboard(list(rows.values())).splitlines()
+    header = table[0].split()
+    line = {ln.split()[2]: ln for ln in table[2:]}
+    assert "piqa" in header
+    assert "not run" in line["nopiqa"] and line["nopiqa"].endswith("lm-eval did not run: piqa")
+    assert line["lossy"].endswith("lm-eval did not run: arc_easy, hellaswag") and "not run" not in line["clean"]
+    assert "0.600" in line["lossy"] and "0.600" not in line["nopiqa"]
+
+    exported = {r["name"]: r for r in csv.DictReader(io.StringIO(export_text(store, "csv")))}
+    assert exported["lossy"]["lm_eval_not_run"] == "arc_easy;hellaswag"
+    jsonl = [json.loads(x) for x in export_text(store, "jsonl").splitlines()]
+    assert {r["name"]: r["lm_eval_not_run"] for r in jsonl} == {"lossy": ["arc_easy", "hellaswag"], "clean": [],
+                                                               "nopiqa": ["piqa"], ref: []}
+
+    html = write_report(exp, exp.root / "reports", plots=False).html.read_text()
+    assert "lm-eval not run" in html
+    assert "arc_easy for 1 candidate, hellaswag for 1 candidate, piqa for 1 candidate" in html
+    assert html.count(">not run<") == 1  # nopiqa's piqa cell
+    assert SECRET not in html
