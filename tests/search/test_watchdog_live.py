@@ -218,7 +218,10 @@ def test_a_diverging_layer_is_stopped_as_diverging_before_the_trainers_own_check
         losses = rec.curve.loss
         lowest = min(losses)
         assert rec.status == "stopped" and 40 < rec.curve.step[-1] < cfg.train.steps  # after the drowning began
-        assert losses[-1] > lowest + w.diverging_rise * max(lowest, losses[0] - lowest)
+        # the point the watchdog judged rose past its bar; the job logs a few steps more before it stops (the
+        # poll's lag), so the last point can be a lower one of a noisy rise
+        low_at = max(i for i, x in enumerate(losses) if x == lowest)
+        assert max(losses[low_at:]) > lowest + w.diverging_rise * max(lowest, losses[0] - lowest)
         assert max(losses) < cfg.train.divergence_factor * losses[0]  # the trainer's own check never fired
         assert store.find_candidate("deltanet").status == "done"
 
