@@ -12,7 +12,8 @@ needs:
   are refused; modules are never values (``t = torch``), and the vetted classes are
   called, subclassed or named in ``isinstance``, never passed around;
 - no dunder attribute but ``__init__``/``__name__``/``__qualname__``/``__doc__`` on any
-  object (``self`` included), no stores to dunders, no dunder method but ``__init__`` and
+  object (``self`` included), no dunder bound by any means (assignment, capture pattern,
+  ``except``/``import ... as``, parameter, class name), no dunder method but ``__init__`` and
   ``__repr__``, no override of the ``nn.Module`` methods the trainer calls (``train``,
   ``parameters``, ``state_dict``, ...);
 - private names (``_x``) only on the layer itself (``self._step``), attribute stores only
@@ -20,8 +21,8 @@ needs:
 - no builtins that run, import or inspect code (``eval``, ``exec``, ``compile``, ``open``,
   ``__import__``, ``globals``, ``vars``, ...), no ``getattr``/``setattr``/``delattr`` with a
   computed name, no frame, traceback, code-object or autograd-graph attributes, no
-  ``type(obj)`` beyond ``type(obj).__name__``, no ``match`` class patterns that read
-  attributes, no ``str.format`` templates that read attributes or items, and no rebinding
+  ``type(obj)`` beyond ``type(obj).__name__``, no ``match`` class patterns with
+  subpatterns (they read attributes by name), no ``str.format`` templates that read attributes or items, and no rebinding
   of the builtins these rules rely on or of the names imports bind.
 
 Each finding names its rule, its line and what to do instead. Pure standard library, so
@@ -219,6 +220,13 @@ def static_check(source: str) -> list[Finding]:
 
 # ----------------------------------------------------------------------------------
 # helpers
+
+
+# What binds a name, for the message of a refused dunder binding (keyed by the node's class name).
+_BINDING_KINDS = {"MatchAs": "capture pattern", "MatchStar": "star pattern", "MatchMapping": "mapping pattern's rest",
+                  "ExceptHandler": "'except ... as' name", "Import": "'import ... as' name",
+                  "ImportFrom": "'from ... import ... as' name", "arg": "parameter", "ClassDef": "class name",
+                  "FunctionDef": "function name", "AsyncFunctionDef": "function name"}
 
 
 def _is_dunder(name: str) -> bool:
@@ -453,6 +461,14 @@ class _Linter(ast.NodeVisitor):
     # -- scopes and definitions -----------------------------------------------------
 
     def _check_binding(self, node: ast.AST, name: str) -> None:
+        # every way of binding a name, not only assignment: a capture pattern, ``except ... as``, ``import ... as``,
+        # a parameter or a class name bound in a class body sets a class attribute as ``__x__ = ...`` would
+        # (``case __match_args__:`` let a class pattern read any attribute by a name the lint never saw whole)
+        if _is_dunder(name) and not isinstance(node, ast.Name) and not (
+                isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and name in ALLOWED_DUNDER_DEFS):
+            self.add("dunder", node, f"binding {name} (as a {_BINDING_KINDS.get(type(node).__name__, 'name')}) is not "
+                                     "allowed: dunders change how the interpreter treats the module or class. "
+                                     "Choose a plain name.")
         if name in LINT_BUILTINS or name in _GENERIC_BUILTINS:
             self.add("rebind", node, f"rebinding the builtin {name!r} is not allowed: the lint's rules rely on it "
                                      "meaning what it means. Choose another name.")
@@ -594,11 +610,28 @@ class _Linter(ast.NodeVisitor):
         if node.kwd_attrs:
             self.add("match", node, f"a class pattern with keyword attributes ({', '.join(node.kwd_attrs)}=...) "
                                     "reads attributes past the lint; use isinstance() and plain attribute access.")
+        elif node.patterns:
+            self.add("match", node, f"a class pattern with positional patterns ({_short(node)}) reads the attributes "
+                                    "its class's __match_args__ names, past the lint; use isinstance() and plain "
+                                    "attribute access.")
         self.generic_visit(node)
 
     def visit_MatchAs(self, node: ast.MatchAs) -> None:
         if node.name:
             self._check_binding(node, node.name)
+        self.generic_visit(node)
+
+    visit_MatchStar = visit_MatchAs
+
+    def visit_TypeVar(self, node) -> None:  # Python 3.12's type parameters (class C[T]: ...), by name as well
+        self._check_binding(node, node.name)
+        self.generic_visit(node)
+
+    visit_ParamSpec = visit_TypeVarTuple = visit_TypeVar
+
+    def visit_MatchMapping(self, node: ast.MatchMapping) -> None:
+        if node.rest:
+            self._check_binding(node, node.rest)
         self.generic_visit(node)
 
     # -- names, calls and attributes ------------------------------------------------

@@ -49,6 +49,7 @@ CORPUS: dict[str, tuple[str, str | None]] = {
     "lint_alias_private": ("private", "layer.reached == os.getpid()"),
     "lint_getattr_private": ("private", "layer.reached is os"),
     "lint_match_globals": ("match", "layer.reached == os.getpid()"),
+    "lint_match_dunder_binding": ("dunder", "layer.reached == os.getpid()"),
     "lint_format_environ": ("format", "'PATH' in layer.reached"),
     "lint_typing_operator": ("name", "layer.reached == os.getpid()"),
     "lint_warnings_sys": ("import", "any(line.startswith('Name:') for line in layer.reached)"),
@@ -236,6 +237,16 @@ def test_corpus_layers_do_their_harm_when_nothing_stops_them():
     # match class patterns that read attributes
     ("match x:\n    case object(gi_frame=g):\n        pass", "match"),
     ("match f:\n    case object(__globals__=g):\n        pass", "match"),
+    ("match f:\n    case Reader(g):\n        pass", "match"),  # positional: the attributes __match_args__ names
+    # dunders bound other than by assignment (a class body binds them as class attributes)
+    ("class A:\n    match x:\n        case __match_args__:\n            pass", "dunder"),
+    ("class A:\n    match x:\n        case [*__match_args__]:\n            pass", "dunder"),
+    ("class A:\n    match x:\n        case {**__match_args__}:\n            pass", "dunder"),
+    ("class A:\n    try:\n        pass\n    except ValueError as __subclasshook__:\n        pass", "dunder"),
+    ("class A:\n    import math as __getattr__", "dunder"),
+    ("class A:\n    from math import sqrt as __call__", "dunder"),
+    ("class A:\n    class __class_getitem__:\n        pass", "dunder"),
+    ("def f(__x__):\n    return __x__", "dunder"),
     # rebinding builtins
     ("def f():\n    global len\n    len = g", "rebind"),
     ("def f():\n    def g():\n        nonlocal print\n    return g", "rebind"),
