@@ -6,6 +6,7 @@
       candidates/<id>-<name>/
         layer.py            the code as trained
         attempt-<n>/job.sh, spec.json, result.h5, progress.json, job.log
+        checkpoints/        checkpoint.pt (explore, seed 0), checkpoint-<stage>-s<seed>.pt
       jobs/                 the scheduler's own files (submitit folders)
       reports/              reports and plots
 

@@ -153,7 +153,8 @@ def cmd_train(args) -> int:
     out = Path(args.out).resolve()
     # the attempt's files (spec, script, log, progress) in a directory beside the result, so that the
     # result's rename from there onto --out is atomic (one filesystem)
-    paths = AttemptFiles(Path(tempfile.mkdtemp(prefix="asiarch-train-", dir=out.parent)))
+    # (a directory of its own: the job may write only there, whatever --out's directory is, a home one included)
+    paths = AttemptFiles(Path(tempfile.mkdtemp(prefix="asiarch-train-", dir=out.parent)) / "attempt-1")
     source = layer.read_text()
     ident = {"experiment": "manual", "candidate_id": 0, "attempt": 1, "run_key": f"manual-{layer.stem}",
              "code_sha256": code_sha256(source)}

@@ -7,16 +7,46 @@ through exactly the job path the search uses.
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 from asiarch.config import ClusterConfig, TrainConfig
 from asiarch.dispatch.base import JobRequest
-from asiarch.job.contract import AttemptFiles, JobIdentity, JobSpec, atomic_write
+from asiarch.job.contract import AttemptFiles, JobIdentity, JobSpec, PlantedFileError, atomic_write
 from asiarch.dispatch.render import JobScriptSpec, Raw, apptainer_command, render_job_script, torchrun_command
 from asiarch.dispatch.sandbox import SandboxSpec, apptainer_argv, attempt_sandbox
 
 #: Where a job's datasets library builds lm-eval's datasets from cluster.hf_cache (the sandbox's own /tmp).
 HF_DATASETS_TMP = "/tmp/asiarch-hf-datasets"
+
+#: The directory of a candidate's checkpoints, beside its attempt directories: the one directory of the candidate's
+#: a job may write besides its own attempt's (a job that could write the candidate's directory could plant
+#: ``attempt-<n+1> -> ../..``, and the head would write the next attempt's files, and bind it writable, there).
+CHECKPOINTS = "checkpoints"
+
+
+def _refuse_links(path: Path, top: Path) -> None:
+    """Raise :class:`PlantedFileError` when ``path`` or a directory between it and ``top`` is a symbolic link."""
+    path, top = Path(os.path.abspath(path)), Path(os.path.abspath(top))
+    for p in (path, *path.parents):
+        if p == top or top not in p.parents:
+            break
+        if p.is_symlink():
+            raise PlantedFileError(f"{p} is a symbolic link (to {os.readlink(p)!r}), where asiarch writes a "
+                                   f"directory of its own: a job of an earlier version may have planted it. Move it "
+                                   f"away (keep it to inspect) and run again")
+
+
+def checkpoint_dir(candidate_dir: Path, top: Path | None = None) -> Path:
+    """``candidate_dir/checkpoints``, made and checked for links (from ``top``, default the candidate directory's
+    parent); a checkpoint an earlier version kept in the candidate directory itself is moved in."""
+    ckpt = candidate_dir / CHECKPOINTS
+    _refuse_links(ckpt, top or candidate_dir.parent)
+    ckpt.mkdir(parents=True, exist_ok=True)
+    for old in candidate_dir.glob("checkpoint*.pt"):  # regular files only: a link is left where it is
+        if old.is_file() and not old.is_symlink() and not (ckpt / old.name).exists():
+            os.replace(old, ckpt / old.name)
+    return ckpt
 
 
 def job_command(spec_path: Path, *, train: TrainConfig, cluster: ClusterConfig, python: str,
@@ -50,10 +80,14 @@ def write_attempt_files(paths: AttemptFiles, *, layer_path: Path, identity: JobI
 
     ``bind_root`` is the directory a container must see (the experiment directory); by
     default the attempt's candidate directory and the layer's. The checkpoint lives in the
-    candidate's directory under ``checkpoint_name`` (one per stage and seed), so that a
-    requeued job or a retry of the same run resumes from it. ``report_steps``: the early-stopping rungs
+    candidate's ``checkpoints/`` directory under ``checkpoint_name`` (one per stage and seed), so
+    that a requeued job or a retry of the same run resumes from it; a symbolic link on the way
+    from ``bind_root`` is refused (:class:`PlantedFileError`). ``report_steps``: the early-stopping rungs
     (the trainer writes its progress record on reaching each, for the head to judge it there at once)."""
+    top = Path(bind_root) if bind_root else paths.dir.parent.parent
+    _refuse_links(paths.dir, top)
     paths.dir.mkdir(parents=True, exist_ok=True)
+    ckpt = checkpoint_dir(paths.dir.parent, top)
     if not isinstance(identity, JobIdentity):
         identity = JobIdentity.from_dict(identity, source=f"identity of {paths.spec}")
     spec = JobSpec(
@@ -63,7 +97,7 @@ def write_attempt_files(paths: AttemptFiles, *, layer_path: Path, identity: JobI
         result_path=str(paths.result.resolve()),
         progress_path=str(paths.progress.resolve()),
         # per candidate, not per attempt: a requeued job or a retry of the same code resumes from it
-        checkpoint_path=str((paths.dir.parent / checkpoint_name).resolve()),
+        checkpoint_path=str((ckpt / checkpoint_name).resolve()),
         train=dataclasses.asdict(train),
         report_steps=tuple(report_steps),
     )

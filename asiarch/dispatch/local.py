@@ -31,7 +31,7 @@ import submitit
 from asiarch.dispatch.base import JobRequest, JobState, Scheduler, secrets_hidden
 from asiarch.dispatch.payload import end_attempt_processes, process_start_time, run_job_script
 from asiarch.dispatch.registry import register
-from asiarch.job.contract import AttemptFiles
+from asiarch.job.contract import AttemptFiles, read_job_file
 
 if TYPE_CHECKING:
     from asiarch.config import Config
@@ -159,8 +159,8 @@ class LocalScheduler(Scheduler):
         if process_start_time(pid) == start:
             return JobState.RUNNING
         try:
-            code = json.loads(AttemptFiles(attempt_dir).job_exit.read_text()).get("code")
-        except (OSError, ValueError):
+            code = json.loads(read_job_file(AttemptFiles(attempt_dir).job_exit)).get("code")
+        except (OSError, ValueError, AttributeError):
             code = None
         # no exit record: the job was killed (machine, OOM killer, a signal to the group)
         state = (JobState.NODE_FAIL if code is None else JobState.COMPLETED if code == 0

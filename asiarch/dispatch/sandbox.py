@@ -392,7 +392,7 @@ def attempt_sandbox(cluster, *, train, python: str, attempt_dir, checkpoint_path
                     env=()) -> SandboxSpec | None:
     """The sandbox of one attempt's training job under ``cluster.sandbox`` (None for 'none').
 
-    Writable: the attempt directory and the checkpoint's directory (the candidate's: a retry
+    Writable: the attempt directory and the checkpoint's directory (the candidate's checkpoints/: a retry
     resumes from it); read-only on top: ``protected`` (the layer, the spec, the job script); the
     data (:func:`data_binds`) read-only. Raises :class:`SandboxUnavailable` when the sandbox cannot run
     (``auto`` without a working bwrap) or the data would bind too much.

@@ -18,8 +18,10 @@ What is here is what both sides must agree on, declared once:
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
+import stat
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -119,9 +121,72 @@ def atomic_write(path: str | Path, data: str | bytes, *, durable: bool = True, m
     where a lost update on power loss is harmless and an fsync per update is not. ``mode``: the
     file's permissions (default: 0o666 less the umask, as ``open`` gives)."""
     payload = data.encode("utf-8") if isinstance(data, str) else data
-    with atomic_path(path, durable=durable, mode=mode) as tmp:
-        with open(tmp, "wb") as fh:
-            fh.write(payload)
+    path = Path(path)
+    tmp = _temp_beside(path)
+    try:
+        # opened again without following a link: in a directory a running job can write (the stop request in its
+        # attempt directory), a job that swapped the new file for a link would have the head write its target
+        fd = os.open(tmp, os.O_WRONLY | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0))
+        try:
+            if mode is not None:
+                os.fchmod(fd, mode)
+            view = memoryview(payload)
+            while view:
+                view = view[os.write(fd, view):]
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    if durable:
+        _fsync_dir(path.parent)
+
+
+class PlantedFileError(OSError):
+    """A file a job writes is a symbolic link, a FIFO or anything but a regular file: a job may have planted it to
+    make the head read (or block on) something else; it is not read."""
+
+
+def read_job_file(path: str | Path, *, tail: int | None = None) -> bytes:
+    """The bytes of a file a job wrote (its log, progress record, exit and start records), read by the head without
+    following a symbolic link and only from a regular file, so that a job cannot make the head read its user's files
+    (``job.log -> ~/.ssh/id_rsa``, whose tail would reach the store, the report and the LLM) or hang on a FIFO.
+    ``tail``: at most the last that many bytes. Raises FileNotFoundError, :class:`PlantedFileError` or OSError."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP and os.path.islink(path):
+            raise PlantedFileError(f"{path} is a symbolic link (to {os.readlink(path)!r}), which the job may have "
+                                   "planted: not read") from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise PlantedFileError(f"{path} is not a regular file, which the job may have planted: not read")
+        if tail is not None and st.st_size > tail:
+            os.lseek(fd, st.st_size - tail, os.SEEK_SET)
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def is_planted(path: str | Path) -> bool:
+    """True when ``path`` exists as a symbolic link or as anything but a regular file or directory."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode))
 
 
 @dataclass(frozen=True)

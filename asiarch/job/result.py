@@ -37,7 +37,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from asiarch.job.contract import AttemptFiles, atomic_path, atomic_write
+from asiarch.job.contract import AttemptFiles, atomic_path, atomic_write, is_planted, read_job_file
 
 SCHEMA_VERSION = 1
 # leak: the in-job probe saw the layer read future tokens (asiarch.job.probe); the candidate is refused
@@ -304,6 +304,9 @@ def _diagnose(path: Path, exc: BaseException) -> ResultFileError:
 def read_result(path: str | os.PathLike) -> ResultRecord:
     """Read a result file; any problem raises :class:`ResultFileError` (never h5py/OSError)."""
     path = Path(path)
+    if is_planted(path):  # h5py follows links: a job's result.h5 -> a file of its user's is not opened
+        raise ResultFileError(path, "corrupt", "a symbolic link or not a regular file, which the job may have "
+                                               "planted: not read")
     try:
         size = path.stat().st_size
     except FileNotFoundError:
@@ -402,9 +405,10 @@ def _json_default(value: Any) -> Any:
 
 
 def read_progress(path: str | os.PathLike) -> dict | None:
-    """The progress record at ``path``, or None when missing or unreadable (never raises)."""
+    """The progress record at ``path``, or None when missing or unreadable, a link or not a regular file (a job
+    may have planted it; never raises)."""
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        data = json.loads(read_job_file(path).decode("utf-8"))
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None

@@ -20,7 +20,7 @@ from asiarch.config import Config, stage_seeds
 from asiarch.dispatch.base import JobState
 from asiarch.search.fitness import Reference, bench_score, compute_fitness
 from asiarch.job import result as rf
-from asiarch.job.contract import redact, secret_values
+from asiarch.job.contract import PlantedFileError, read_job_file, redact, secret_values
 from asiarch.layout import ExperimentDir
 from asiarch.store import Attempt, Candidate, Store
 
@@ -56,8 +56,11 @@ class Outcome:
 
 
 def log_tail(path: Path, lines: int = 15) -> str:
+    """The last ``lines`` lines of a job's log (read from its last 256 KiB, never through a link the job planted)."""
     try:
-        text = path.read_text(errors="replace")
+        text = read_job_file(path, tail=256 * 1024).decode("utf-8", errors="replace")
+    except PlantedFileError as exc:
+        return f"(log not read: {exc})"
     except OSError:
         return "(no log)"
     return "\n".join(text.rstrip().splitlines()[-lines:])

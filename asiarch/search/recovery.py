@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 
 from asiarch.dispatch.base import JobState, Scheduler
-from asiarch.job.contract import AttemptFiles
+from asiarch.job.contract import AttemptFiles, read_job_file
 from asiarch.layout import ExperimentDir
 from asiarch.search.errors import SearchError
 from asiarch.search.messages import Sink
@@ -109,7 +109,7 @@ class Recovery:
 def _marker(files: AttemptFiles) -> dict | None:
     """The marker the attempt's job wrote when it started, or None (none yet, or unreadable)."""
     try:
-        marker = json.loads(files.job_marker.read_text())
+        marker = json.loads(read_job_file(files.job_marker))
     except (OSError, ValueError):
         return None
     return marker if isinstance(marker, dict) else None

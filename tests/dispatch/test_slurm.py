@@ -172,7 +172,7 @@ def test_time_limit_warning_records_a_timeout_with_its_partial_curve(slurm_clust
     rec = rf.read_result(paths.result)
     assert rec.status == "timeout", (rec.status, rec.error, paths.log.read_text()[-2000:])
     assert rec.steps_done > 0 and len(rec.curve.loss) > 0
-    assert (paths.dir.parent / "checkpoint.pt").exists()  # a retry of this candidate resumes from it
+    assert (paths.dir.parent / "checkpoints" / "checkpoint.pt").exists()  # a retry of this candidate resumes from it
 
 
 @pytest.mark.slow

@@ -236,7 +236,7 @@ def test_the_head_writes_the_spec_the_job_reads(tmp_path):
     assert spec.identity.stage == "verify" and spec.identity.seed == 2 and spec.train["steps"] == 7
     assert spec.class_name == "MyMixer" and spec.result_path == str(files.result.resolve())
     assert spec.progress_path == str(files.progress.resolve())
-    assert spec.checkpoint_path == str((files.dir.parent / "checkpoint.pt").resolve())
+    assert spec.checkpoint_path == str((files.dir.parent / "checkpoints" / "checkpoint.pt").resolve())
     with pytest.raises(JobSpecError, match=r"unknown key\(s\) identity\.stgae"):
         write_attempt_files(files, layer_path=tmp_path / "layer.py", identity=IDENTITY | {"stgae": "verify"},
                             train=TrainConfig(), cluster=ClusterConfig(), class_name="M", python="python3")

@@ -82,7 +82,7 @@ def test_a_stop_request_stops_both_ranks_at_one_step_with_a_checkpoint_and_a_res
     # both ranks ran the same number of training steps (a rank that went on would have hung the other)
     counts = {r: int((files.dir / f"fwd-{r}").read_text()) for r in (0, 1)}
     assert counts[0] == counts[1] >= stopped_at, counts
-    ckpt = files.dir.parent / "checkpoint.pt"
+    ckpt = files.dir.parent / "checkpoints" / "checkpoint.pt"
     assert ckpt.exists() and torch.load(ckpt, weights_only=False)["step"] == stopped_at
     assert not files.stop.exists()  # acted on: a resumed job does not stop again at once
 

@@ -101,7 +101,7 @@ def test_sigterm_checkpoints_and_a_rerun_resumes_from_it(tmp_path):
     assert rec.status == "preempted" and "SIGTERM" in rec.error
     stopped_at = rec.steps_done
     assert stopped_at >= 5 and len(rec.curve.loss) >= 1
-    ckpt = paths.dir.parent / "checkpoint.pt"
+    ckpt = paths.dir.parent / "checkpoints" / "checkpoint.pt"
     assert ckpt.exists()
     # the scheduler requeues the job: the same script runs again and goes on from the checkpoint
     assert _run(req) == 0, paths.log.read_text()[-3000:]

@@ -616,8 +616,10 @@ def test_a_training_job_trains_in_the_sandbox_and_its_layer_is_contained(tmp_pat
     cand = tmp_path / "exp" / "candidates" / "00001-leaky"
     cand.mkdir(parents=True)
     listener = Listener()
+    # ... and its own candidate's directory, where a planted attempt-2 -> ../.. once had the head bind the
+    # experiment directory writable for the next attempt: only checkpoints/ there is the job's
     planted = [redteam.targets["home_marker"], redteam.targets["sibling_marker"], redteam.targets["tmp_marker"],
-               redteam.targets["project_marker"]]
+               redteam.targets["project_marker"], str(cand / "planted-in-its-candidate-directory")]
     layer = cand / "layer.py"
     # the payload's /proc/PID/environ holds the key: it is this job script's parent
     layer.write_text(JOB_LAYER.replace("{targets}", repr({"needle": redteam.key, "canary": str(redteam.home_canary),
@@ -640,6 +642,8 @@ def test_a_training_job_trains_in_the_sandbox_and_its_layer_is_contained(tmp_pat
     assert out.returncode == 0, log[-3000:]
     rec = rf.read_result(paths.result)
     assert rec.status == "ok" and rec.steps_done == 4
+    # the one directory of the candidate's it writes (the checkpoint is removed once the run is done)
+    assert json.loads(paths.spec.read_text())["checkpoint_path"] == str((cand / "checkpoints" / "checkpoint.pt").resolve())
     found = [p for p in planted if Path(p).exists()]
     if kind == "bwrap":
         assert found == [] and listener.received == b"", found
@@ -785,3 +789,55 @@ def test_the_head_refuses_to_start_on_data_that_would_bind_a_home(home_with_data
     err = capsys.readouterr().err
     assert "train.token_file's directory" in err and "home directory" in err, err
     assert not list(exp.glob("**/attempt-*"))
+
+
+TRAIN_LAYER = '''
+import torch
+from torch import nn
+
+TARGETS = {targets}
+found = []
+try:
+    found.append(open(TARGETS["canary"]).read())
+except OSError as exc:
+    found.append(repr(exc))
+try:
+    open(TARGETS["write"], "a").write("planted by the layer")
+except OSError:
+    pass
+print("layer saw:", found, flush=True)
+
+class DeltaNet(nn.Module):
+    def __init__(self, hidden_size=64, num_heads=2, layer_idx=None, **kwargs):
+        super().__init__()
+        self.proj = nn.Linear(hidden_size, hidden_size)
+    def forward(self, hidden_states, **kwargs):
+        T = hidden_states.shape[1]
+        return torch.cumsum(self.proj(hidden_states), 1) / torch.arange(1, T + 1).view(1, T, 1)
+'''
+
+
+@pytest.mark.slow
+@needs_bwrap
+def test_asiarch_train_with_its_result_in_a_home_binds_only_a_directory_of_its_own(tmp_path, capsys):
+    """`asiarch train --out ~/r.h5` (a red team's find): the job's files and checkpoint went beside the result and
+    the sandbox bound that directory, the home, writable: the layer read ~/.netrc and appended to ~/.bashrc. Now
+    the job writes only a fresh directory of its own there (a real 1-rank job in bubblewrap)."""
+    from asiarch.cli.main import main
+
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".netrc").write_text("machine example.org password canary-netrc-3141\n")
+    (home / ".bashrc").write_text("# the user's\n")
+    layer = tmp_path / "layer.py"
+    layer.write_text(TRAIN_LAYER.replace("{targets}", repr({"canary": str(home / ".netrc"),
+                                                            "write": str(home / ".bashrc")})))
+    assert main(["train", str(layer), "--out", str(home / "r.h5"), "--steps", "2", "--nproc", "1"]) == 0
+    out = capsys.readouterr().out
+    assert (home / ".bashrc").read_text() == "# the user's\n"
+    (job_dir,) = home.glob("asiarch-train-*")
+    log = (job_dir / "attempt-1" / "job.log").read_text()
+    assert "layer saw:" in log and "canary-netrc-3141" not in log + out
+    script = (job_dir / "attempt-1" / "job.sh").read_text()
+    assert f"--bind {home} " not in script and f"--bind {home}\n" not in script  # the home itself is never bound
+    assert str(job_dir / "checkpoints") in script

@@ -300,7 +300,7 @@ def test_stopped_at_a_rung_with_its_checkpoint_then_promoted_and_resumed_from_it
         (first,) = store.attempts(cand.id)
         rec = rf.read_result(root / first.dir / "result.h5")
         assert rec.status == "stopped" and rec.env["stop"]["rung"] == 1 and rec.steps_done == info["step"]
-    checkpoint = exp.layer_file(cand.id, cand.name).parent / "checkpoint.pt"
+    checkpoint = exp.layer_file(cand.id, cand.name).parent / "checkpoints" / "checkpoint.pt"
     assert checkpoint.exists()  # kept for a promotion
 
     search = Search.open(exp, cfg, console=Console(verbose=False))
