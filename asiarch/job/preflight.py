@@ -204,8 +204,10 @@ class _Battery:
     """What the checks after construction share: the settings, the random draws, fresh instances and
     the replayed training."""
 
-    def __init__(self, cls, *, hidden_size, num_heads, seq_len, batch_size, dtype, tol_dtype, seed, describe):
+    def __init__(self, cls, *, hidden_size, num_heads, seq_len, batch_size, dtype, tol_dtype, seed, describe,
+                 reload: Callable[[], type] | None = None):
         self.cls, self.hidden_size, self.num_heads = cls, hidden_size, num_heads
+        self.reload = reload
         self.seq_len, self.batch_size = seq_len, batch_size
         self.dtype, self.tol_dtype, self.describe = dtype, tol_dtype, describe
         self.rng = random.Random(seed)
@@ -218,9 +220,13 @@ class _Battery:
 
     def fresh(self) -> torch.nn.Module:
         """A new instance from the constructor, initialised from the battery's init seed (so every
-        fresh instance is the same layer)."""
+        fresh instance is the same layer), of the class of a fresh execution of the source (``reload``):
+        the two instances of a probe share no module globals, class attributes or default arguments,
+        so a layer cannot replay the first call's output for the second (a cache of recent inputs kept
+        in its file's globals passed every probe of stop 23 while leaking the next token in training)."""
+        cls = self.reload() if self.reload is not None else self.cls
         torch.manual_seed(self.init_seed)
-        return build_layer(self.cls, self.hidden_size, self.num_heads, layer_idx=0).to(self.dtype)
+        return build_layer(cls, self.hidden_size, self.num_heads, layer_idx=0).to(self.dtype)
 
     def inputs(self, batch: int, length: int, dtype: torch.dtype | None = None) -> torch.Tensor:
         gen = torch.Generator().manual_seed(self.draw())
@@ -859,7 +865,8 @@ def run_checks(
 
     def construct() -> dict:
         b = _Battery(state["cls"], hidden_size=hidden_size, num_heads=num_heads, seq_len=seq_len,
-                     batch_size=batch_size, dtype=torch_dtype, tol_dtype=tol_dtype, seed=seed, describe=describe)
+                     batch_size=batch_size, dtype=torch_dtype, tol_dtype=tol_dtype, seed=seed, describe=describe,
+                     reload=lambda: load_layer_class(source, class_name, filename=filename, device="cpu"))
         try:
             layer = b.fresh()
         except CandidateError as exc:

@@ -22,7 +22,9 @@ are dropped unused), the global RNG state is restored, and so is every submodule
 (buffers and plain attributes such as step counters, ``asiarch.job.trusted.ModuleState``), so
 both forwards start from the training's own state and the training goes on from it. The
 comparison uses ``asiarch.job.trusted``. Not restored: state a layer keeps outside its module
-objects (globals of its file).
+objects (globals of its file, class attributes): a layer that replays its first call's outputs for
+the second call's shared prefix from such state hides a leak from this probe (the pre-flight's
+instances each come from a fresh execution of the source, which that replay cannot cross).
 
 Job side: torch and the standard library only.
 """
