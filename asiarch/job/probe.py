@@ -17,10 +17,10 @@ at the positions up to that one must not change. A change beyond the tolerance o
 raises :class:`Leak` on every rank (the figures are gathered first), and the attempt ends with
 status ``leak``.
 
-A probe does not change the training: no backward and no optimizer step (the forwards' graphs
-are dropped unused), the global RNG state is restored, and so is every submodule's state
-(buffers and plain attributes such as step counters, ``asiarch.job.trusted.ModuleState``), so
-both forwards start from the training's own state and the training goes on from it. The
+A probe does not change the training: each forward runs on a deep copy of the model taken before
+either (no backward, no optimizer step; the copies and their graphs are dropped), the global RNG
+state is restored, so both forwards start from the training's own state (buffers, counters,
+caches of any depth) and the training goes on from it untouched. The
 comparison uses ``asiarch.job.trusted``. Not restored: state a layer keeps outside its module
 objects (globals of its file, class attributes): a layer that replays its first call's outputs for
 the second call's shared prefix from such state hides a leak from this probe (the pre-flight's
@@ -31,6 +31,7 @@ Job side: torch and the standard library only.
 
 from __future__ import annotations
 
+import copy
 import os
 from typing import Callable
 
@@ -39,13 +40,17 @@ import torch.distributed as dist
 
 from asiarch.job import trusted
 
-__all__ = ["Leak", "LeakProbe", "probe_batch", "RTOL", "ATOL"]
+__all__ = ["Leak", "LeakProbe", "ProbeError", "probe_batch", "RTOL", "ATOL"]
 
 # "Unchanged", as a fraction of the hidden states' largest magnitude: above what kernels that are
 # not bitwise reproducible between two calls produce (GPU reductions, bf16), far below the change a
 # leak that helps the loss makes (of the order of the hidden states themselves).
 RTOL = {"fp32": 1e-4, "bf16": 2e-2}
 ATOL = 1e-5
+
+
+class ProbeError(Exception):
+    """The probe could not run (the model cannot be copied); the attempt fails with this message."""
 
 
 class Leak(Exception):
@@ -62,28 +67,37 @@ def probe_batch(model: torch.nn.Module, inputs: torch.Tensor, *, position: int, 
     replaced by ``replacement`` [B, T - position - 1]; compares the final hidden states (the output of
     ``model.norm``) at positions 0..``position``. Leaves the model, its state and the RNG as found.
 
+    Each forward runs on its own deep copy of the model, taken before either: both start from the
+    training's exact state (a deque or a nested cache on the layer included, which a snapshot of
+    plain attributes misses) and neither sees the other's call, so a layer cannot replay the first
+    forward's outputs for the second's shared prefix (``tests/layers/redteam/cheat_replay_cache.py``
+    keeps them in a deque). A model that cannot be copied raises :class:`ProbeError`.
+
     Returns ``{"position", "length", "batch", "max_leak", "tolerance", "first_leak_position"}``
     (``first_leak_position`` None when nothing changed beyond the tolerance).
     """
     changed = inputs.clone()
     changed[:, position + 1:] = replacement
     hidden: list[torch.Tensor] = []
-    handle = model.norm.register_forward_hook(lambda _m, _args, out: hidden.append(trusted.plain(out)))
     state = trusted.ModuleState(model)
     rng = trusted.RNGState(inputs.device)
-    was_training = model.training
     try:
-        model.train(train)
         for x in (inputs, changed):
+            try:
+                twin = copy.deepcopy(model)  # of the untouched model: the first forward ran on another copy
+            except Exception as exc:
+                raise ProbeError(f"the leak probe could not copy the model to probe it ({type(exc).__name__}: "
+                                 f"{exc}): keep the layer's state in tensors, numbers and containers") from exc
+            handle = twin.norm.register_forward_hook(lambda _m, _args, out: hidden.append(trusted.plain(out)))
+            twin.train(train)
             rng.restore()
             with (torch.enable_grad() if train else torch.no_grad()), autocast():
-                model(x)  # the logits and their graph are dropped: no backward
-            state.restore()
+                twin(x)  # the logits and their graph are dropped: no backward
+            handle.remove()
+            del twin
     finally:
-        handle.remove()
-        state.restore()
+        state.restore()  # the copies leave the model alone; this is for a copy that touched what they share
         rng.restore()
-        model.train(was_training)
     ref, other = hidden[0][:, :position + 1], hidden[1][:, :position + 1]
     per = trusted.tolist(trusted.amax(trusted.diff(ref, other), (0, 2)))  # (position + 1,)
     tol = rtol * float(trusted.item(trusted.max_abs(ref))) + ATOL

@@ -111,7 +111,8 @@ def test_a_replaying_layer_passes_the_lint_and_passes_the_probes_when_their_inst
 
 
 # the rest of the corpus: tested below, in a child process or through the job
-ELSEWHERE = {"cheat_cubic_alloc", "cheat_patch_checker", "cheat_rank", "cheat_cuda_compile", "cheat_patch_loss"}
+ELSEWHERE = {"cheat_cubic_alloc", "cheat_patch_checker", "cheat_rank", "cheat_cuda_compile", "cheat_patch_loss",
+             "cheat_replay_late"}
 
 
 def test_every_layer_of_the_corpus_has_its_tests():
@@ -282,6 +283,27 @@ def test_the_job_probe_catches_a_leak_on_the_real_batch_and_leaves_the_model_as_
     assert "reads future tokens" in str(info.value)
     assert torch.equal(rng, torch.get_rng_state()) and all(p.grad is None for p in model.parameters())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("defence", ["on", "off"])
+def test_the_job_probe_runs_each_forward_on_its_own_copy_so_a_late_replaying_layer_is_caught(defence, monkeypatch):
+    """cheat_replay_late turns to leaking and replaying after 150 calls, from a deque on the instance. With the
+    probe's forwards on one model (the defence off: stop 23's probe) its replay hides the leak."""
+    import asiarch.job.probe as probe_module
+
+    if defence == "off":
+        monkeypatch.setattr(probe_module.copy, "deepcopy", lambda model: model)
+    model = _model(source("cheat_replay_late"))
+    assert run_checks(source("cheat_replay_late"), seq_len=32, num_heads=2, batch_size=4, static=False,
+                      complexity=False)["ok"]  # the pre-flight never keeps an instance that long
+    probe = LeakProbe(step=160, seed=11, rank=0, world=1, device=torch.device("cpu"), precision="fp32",
+                      vocab_size=64)
+    if defence == "on":
+        with pytest.raises(Leak, match="reads future tokens"):
+            _train(model, 161, probe)
+    else:
+        _train(model, 161, probe)
+        assert probe.results and not probe.results[0]["leaked"]
 
 
 def test_the_job_probe_compares_positions_up_to_the_perturbed_one_only():
