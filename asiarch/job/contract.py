@@ -122,8 +122,7 @@ def atomic_write(path: str | Path, data: str | bytes, *, durable: bool = True, m
     file's permissions (default: 0o666 less the umask, as ``open`` gives)."""
     payload = data.encode("utf-8") if isinstance(data, str) else data
     path = Path(path)
-    tmp = _temp_beside(path)
-    try:
+    with atomic_path(path, durable=False) as tmp:  # the mode and the fsyncs here, on the file opened once
         # opened again without following a link: in a directory a running job can write (the stop request in its
         # attempt directory), a job that swapped the new file for a link would have the head write its target
         fd = os.open(tmp, os.O_WRONLY | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0))
@@ -137,13 +136,6 @@ def atomic_write(path: str | Path, data: str | bytes, *, durable: bool = True, m
                 os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
     if durable:
         _fsync_dir(path.parent)
 

@@ -21,10 +21,9 @@ A probe does not change the training: each forward runs on a deep copy of the mo
 either (no backward, no optimizer step; the copies and their graphs are dropped), the global RNG
 state is restored, so both forwards start from the training's own state (buffers, counters,
 caches of any depth) and the training goes on from it untouched. The
-comparison uses ``asiarch.job.trusted``. Not restored: state a layer keeps outside its module
-objects (globals of its file, class attributes): a layer that replays its first call's outputs for
-the second call's shared prefix from such state hides a leak from this probe (the pre-flight's
-instances each come from a fresh execution of the source, which that replay cannot cross).
+comparison uses ``asiarch.job.trusted``. Not copied: state a layer keeps outside its module
+objects (globals of its file, class attributes), which a layer could replay from; the static
+check's rule ``state`` refuses such state, and candidate code's ``functools`` caches do not cache.
 
 Job side: torch and the standard library only.
 """

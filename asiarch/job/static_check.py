@@ -16,6 +16,10 @@ needs:
   ``except``/``import ... as``, parameter, class name), no dunder method but ``__init__`` and
   ``__repr__``, no override of the ``nn.Module`` methods the trainer calls (``train``,
   ``parameters``, ``state_dict``, ...);
+- no state outside the instances: module-level and class-body values are immutable
+  (constants, tuples, arithmetic, a few pure calls), no mutable default arguments, no
+  ``global``/``nonlocal``, no decorator of the source's own on a module-level definition
+  (the probes copy the instances; state elsewhere would outlive their copies);
 - private names (``_x``) only on the layer itself (``self._step``), attribute stores only
   on the layer itself (``self.x = ...``, ``ctx.x`` in an autograd Function);
 - no builtins that run, import or inspect code (``eval``, ``exec``, ``compile``, ``open``,
@@ -181,6 +185,21 @@ _ATTR_BUILTINS = ("getattr", "setattr", "delattr")
 # Generic aliases whose subscripts may name classes outside an annotation (Tuple[torch.Tensor, ...]).
 _GENERIC_BUILTINS = frozenset({"tuple", "list", "dict", "set", "frozenset", "type"})
 _VETTED_DECORATOR_NAMES = frozenset({"property"})
+
+# State outside the instances (rule "state"). A layer's state must live on its instances, where the probes copy it:
+# a value kept in its file's globals, a class attribute or a default argument survives from one call to the next
+# unseen, and a layer can replay an earlier call's outputs from it (a perturbation probe's second forward gets the
+# first's) or count calls to turn to leaking later. At module level and in class bodies, values must be immutable:
+# constants, names, attributes, tuples, arithmetic, and calls of these (their arguments immutable too).
+_IMMUTABLE_CALLS = frozenset({
+    "int", "float", "str", "bool", "bytes", "complex", "tuple", "frozenset", "range", "slice", "len", "min", "max",
+    "abs", "round", "pow", "divmod", "repr", "hash", "isinstance", "issubclass", "object",
+    "torch.device", "torch.finfo", "torch.iinfo", "typing.TypeVar", "typing.NewType", "typing.cast",
+    "typing.NamedTuple", "collections.namedtuple", "dataclasses.field", "functools.partial"})
+# Containers of constants only, at module level or in a class body, for the names that must be containers: read by
+# asiarch from the source (ASIARCH_GENOME, with ast.literal_eval) or by Python and TorchScript (__all__,
+# __constants__); code may not use them as values (that would make them state).
+_CONSTANT_CONTAINERS = frozenset({"ASIARCH_GENOME", "__all__", "__constants__"})
 
 
 @dataclass(frozen=True)
@@ -522,6 +541,8 @@ class _Linter(ast.NodeVisitor):
             self.add("definition", node, f"overriding {node.name}() is not allowed: the trainer and the checks rely "
                                          "on nn.Module's own. Give the method another name.")
         self._check_binding(node, node.name)
+        self._check_defaults(node, node.args)
+        self._check_decorators(node)
         for d in node.decorator_list:
             self._consume(d.func if isinstance(d, ast.Call) else d)
         self._consume(node.returns, deep=True)
@@ -537,7 +558,14 @@ class _Linter(ast.NodeVisitor):
 
     visit_AsyncFunctionDef = visit_FunctionDef
 
+    def _check_defaults(self, node: ast.AST, args: ast.arguments) -> None:
+        for d in (*args.defaults, *(k for k in args.kw_defaults if k is not None)):
+            if not self._immutable(d):
+                self.add("state", d, f"the default {_short(d)} is made once and shared by every call that omits the "
+                                     "argument: make it None (or a constant) and build the value inside.")
+
     def visit_Lambda(self, node: ast.Lambda) -> None:
+        self._check_defaults(node, node.args)
         self.visit(node.args)
         self._enter_function(node, node.args)
         self.visit(node.body)
@@ -554,6 +582,7 @@ class _Linter(ast.NodeVisitor):
 
     def visit_ClassDef(self, node: ast.ClassDef) -> None:
         self._check_binding(node, node.name)
+        self._check_decorators(node)
         for kw in node.keywords:
             self.add("definition", node, f"class keyword {kw.arg or '**'}= is not allowed: metaclasses and class "
                                          "hooks change how classes are built. Subclass nn.Module plainly.")
@@ -592,6 +621,9 @@ class _Linter(ast.NodeVisitor):
             if hasattr(builtins, name):
                 self.add("rebind", node, f"'{type(node).__name__.lower()} {name}' rebinds a builtin and is not "
                                          "allowed; choose another name.")
+        self.add("state", node, f"'{type(node).__name__.lower()} {', '.join(node.names)}' keeps state outside the "
+                                "instances (a global or a closure's variable, shared by every instance and "
+                                "outliving the probes' copies): keep it on the instance (self.x).")
 
     visit_Nonlocal = visit_Global
 
@@ -603,7 +635,117 @@ class _Linter(ast.NodeVisitor):
 
     def visit_AnnAssign(self, node: ast.AnnAssign) -> None:
         self._consume(node.annotation, deep=True)
+        if node.value is not None:
+            self._check_state(node, [node.target], node.value)
         self.generic_visit(node)
+
+    # -- state outside the instances --------------------------------------------------
+
+    def _outside_functions(self) -> bool:
+        return isinstance(self.scopes[-1], (ast.Module, ast.ClassDef))
+
+    def _immutable(self, node: ast.AST | None) -> bool:
+        """Whether ``node`` evaluates to a value nothing can change later (see _IMMUTABLE_CALLS)."""
+        if node is None or isinstance(node, (ast.Constant, ast.Name)):
+            return True
+        if isinstance(node, ast.Attribute):
+            return self._immutable(node.value)
+        if isinstance(node, ast.Tuple):
+            return all(self._immutable(e) for e in node.elts)
+        if isinstance(node, ast.BinOp):
+            return self._immutable(node.left) and self._immutable(node.right)
+        if isinstance(node, ast.UnaryOp):
+            return self._immutable(node.operand)
+        if isinstance(node, ast.BoolOp):
+            return all(self._immutable(v) for v in node.values)
+        if isinstance(node, ast.Compare):
+            return self._immutable(node.left) and all(self._immutable(c) for c in node.comparators)
+        if isinstance(node, ast.IfExp):
+            return all(self._immutable(n) for n in (node.test, node.body, node.orelse))
+        if isinstance(node, ast.Subscript):  # typing generics (Optional[int]), an item of a tuple
+            return self._immutable(node.value) and self._immutable(node.slice)
+        if isinstance(node, ast.Slice):
+            return all(self._immutable(n) for n in (node.lower, node.upper, node.step))
+        if isinstance(node, ast.Lambda):
+            return all(self._immutable(d) for d in (*node.args.defaults, *node.args.kw_defaults))
+        if isinstance(node, ast.JoinedStr):
+            return True
+        if isinstance(node, ast.Call):
+            func = node.func
+            resolved = self._resolve(func)
+            name = resolved[0] if resolved else (func.id if isinstance(func, ast.Name) and func.id not in self.bound
+                                                 else None)
+            if name is None or not (name in _IMMUTABLE_CALLS or name.startswith("math.")):
+                return False
+            freezer = name in ("tuple", "frozenset")
+            args = [*node.args, *(k.value for k in node.keywords)]
+            return all(self._immutable(a) or (freezer and self._constant_container(a)) for a in args)
+        return False
+
+    @staticmethod
+    def _constant_container(node: ast.AST) -> bool:
+        """A list, set, dict or tuple display of constants and tuples of constants (a list inside would be state)."""
+        def frozen(n):
+            return isinstance(n, ast.Constant) or (isinstance(n, ast.Tuple) and all(map(frozen, n.elts)))
+        if isinstance(node, (ast.List, ast.Set, ast.Tuple)):
+            return all(map(frozen, node.elts))
+        if isinstance(node, ast.Dict):
+            return all(k is not None and frozen(k) for k in node.keys) and all(map(frozen, node.values))
+        return False
+
+    def _check_state(self, node: ast.AST, targets: list[ast.AST], value: ast.AST) -> None:
+        if not self._outside_functions() or self._immutable(value):
+            return
+        names = [t.id for t in targets if isinstance(t, ast.Name)]
+        if names and all(n in _CONSTANT_CONTAINERS for n in names) and self._constant_container(value):
+            return
+        where = "in a class body" if isinstance(self.scopes[-1], ast.ClassDef) else "at module level"
+        self.add("state", node, f"{_short(value)} {where} is a value that can change between calls "
+                                "(the layer's file's globals and class attributes are shared by every instance "
+                                "and outlive the probes' copies): keep state on the instance (self.x = ... in "
+                                "__init__), or make the value a constant or a tuple.")
+
+    def _check_decorators(self, node: ast.AST) -> None:
+        """A decorator of the source's own, on a definition at module level or in a class body, runs once at import
+        and can hand back a closure over a container: state no instance holds."""
+        if not self._outside_functions():
+            return
+        for d in node.decorator_list:
+            target = d.func if isinstance(d, ast.Call) else d
+            vetted = self._resolve(target) is not None
+            accessor = isinstance(target, ast.Attribute) and target.attr in ("setter", "getter", "deleter")
+            known = isinstance(target, ast.Name) and target.id in _VETTED_DECORATOR_NAMES | {"staticmethod",
+                                                                                             "classmethod"}
+            if not (vetted or accessor or known):
+                self.add("state", d, f"the decorator {_short(target)} is the source's own: at import it can wrap the "
+                                     "function in a closure that keeps state no instance holds. Call the helper "
+                                     "inside the function instead.")
+
+    def visit_Assign(self, node: ast.Assign) -> None:
+        self._check_state(node, node.targets, node.value)
+        self.generic_visit(node)
+
+    def visit_AugAssign(self, node: ast.AugAssign) -> None:
+        self._check_state(node, [node.target], node.value)
+        self.generic_visit(node)
+
+    def visit_NamedExpr(self, node: ast.NamedExpr) -> None:
+        self._check_state(node, [node.target], node.value)
+        self.generic_visit(node)
+
+    def visit_For(self, node: ast.For) -> None:
+        self._check_state(node, [node.target], node.iter)  # `for cache in ([],):` binds a list
+        self.generic_visit(node)
+
+    visit_AsyncFor = visit_For
+
+    def visit_With(self, node: ast.With) -> None:
+        for item in node.items:
+            if item.optional_vars is not None:
+                self._check_state(node, [item.optional_vars], item.context_expr)
+        self.generic_visit(node)
+
+    visit_AsyncWith = visit_With
 
     def visit_MatchClass(self, node: ast.MatchClass) -> None:
         self._consume(node.cls)
@@ -700,6 +842,10 @@ class _Linter(ast.NodeVisitor):
 
     def visit_Name(self, node: ast.Name) -> None:
         name = node.id
+        if name in _CONSTANT_CONTAINERS and isinstance(node.ctx, ast.Load):
+            self.add("state", node, f"{name} is read from the source by asiarch or Python, not by the layer: as a "
+                                    "value it would be a container every instance shares. Use a constant of your "
+                                    "own.")
         if isinstance(node.ctx, (ast.Store, ast.Del)):
             if _is_dunder(name) and name not in ALLOWED_DUNDER_STORES:
                 self.add("dunder", node, f"assigning {name} is not allowed: it changes how the interpreter treats the "

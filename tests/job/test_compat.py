@@ -329,3 +329,25 @@ def test_torch_compile_is_a_no_op_while_loading_off_cuda():
         linear = torch.nn.Linear(2, 2)
         assert torch.compile(linear) is linear and torch.compile(mode="reduce-overhead")(len) is len
     assert torch.compile is original
+
+
+@pytest.mark.parametrize("backend", ["compat", "fla"])
+def test_a_candidates_functools_caches_do_not_cache(backend, monkeypatch):
+    """A memo in a layer's file is state no instance holds (a store the probes' copies cannot see: `@lru_cache def
+    box(k): return []` keeps anything across calls); in a candidate, cache and lru_cache leave the function as it is,
+    under either backend, and the rest of functools is the standard one. Outside candidates functools caches."""
+    import functools
+
+    from asiarch.job import candidate
+
+    monkeypatch.setattr(candidate, "backend_for", lambda device: backend)
+    module = candidate.load_module(
+        "import functools\nfrom functools import lru_cache, partial, reduce\n"
+        "@functools.lru_cache(maxsize=32)\ndef a(k):\n    return []\n"
+        "@lru_cache\ndef b(k):\n    return []\n"
+        "@functools.cache\ndef c(k):\n    return []\n", device="cpu")
+    for box in (module.a, module.b, module.c):
+        assert box(1) is not box(1)  # a new list each call: nothing kept
+    assert module.partial is functools.partial and module.reduce is functools.reduce
+    kept = functools.lru_cache(maxsize=2)(lambda k: [])
+    assert kept(1) is kept(1)  # the defence off: the standard lru_cache keeps its box

@@ -238,6 +238,25 @@ def test_corpus_layers_do_their_harm_when_nothing_stops_them():
     ("match x:\n    case object(gi_frame=g):\n        pass", "match"),
     ("match f:\n    case object(__globals__=g):\n        pass", "match"),
     ("match f:\n    case Reader(g):\n        pass", "match"),  # positional: the attributes __match_args__ names
+    # state outside the instances: globals, class attributes, defaults, closures made at import
+    ("from collections import deque\n_RECENT = deque(maxlen=96)", "state"),
+    ("_CACHE = {}", "state"),
+    ("_CACHE = [0]", "state"),
+    ("import torch\nBUF = torch.zeros(4)", "state"),
+    ("class A:\n    seen = []", "state"),
+    ("class A:\n    count = dict()", "state"),
+    ("def f(x, seen=[]):\n    return seen", "state"),
+    ("def f(x, *, seen={}):\n    return seen", "state"),
+    ("g = lambda x, seen=[]: seen", "state"),
+    ("def f():\n    global N\n    N = 1", "state"),
+    ("def f():\n    n = 0\n    def g():\n        nonlocal n\n        n += 1\n    return g", "state"),
+    ("def keep(fn):\n    return fn\n@keep\ndef f(x):\n    return x", "state"),
+    ("for _store in ([],):\n    pass", "state"),
+    ("import contextlib\nwith make() as s:\n    pass", "state"),
+    ("(seen := [])", "state"),
+    ("ASIARCH_GENOME = {'update': make()}", "state"),
+    ("T = tuple([[]])", "state"),
+    ("ASIARCH_GENOME = {'update': 'delta'}\ndef f(x):\n    ASIARCH_GENOME['seen'] = x", "state"),
     # dunders bound other than by assignment (a class body binds them as class attributes)
     ("class A:\n    match x:\n        case __match_args__:\n            pass", "dunder"),
     ("class A:\n    match x:\n        case [*__match_args__]:\n            pass", "dunder"),
@@ -296,7 +315,7 @@ def test_lint_refuses(snippet, rule):
     "import math, functools, itertools\nfrom collections import OrderedDict\nfrom dataclasses import dataclass, field",
     "from einops import rearrange, repeat\nfrom einops.layers.torch import Rearrange",
     "import fla.modules\nfrom fla.layers.utils import pad_input\nfrom fla.models.utils import Cache",
-    "import asiarch.job.ops\ny = asiarch.job.ops.chunk_linear_attn(q, k, v)",
+    "import asiarch.job.ops\ndef f(q, k, v):\n    return asiarch.job.ops.chunk_linear_attn(q, k, v)",
     "class A:\n    def f(self):\n        self._step += 1\n        return self._helper(self._cache)",
     "class A:\n    @property\n    def n(self):\n        return self._n\n"
     "    @n.setter\n    def n(self, v):\n        self._n = v",
@@ -318,13 +337,22 @@ def test_lint_refuses(snippet, rule):
     "except (torch.OutOfMemoryError, ValueError):\n    pass",
     "import torch\nclass Fn(torch.autograd.Function):\n    @staticmethod\n    def forward(ctx, x):\n        ctx.s = 2\n"
     "        ctx.save_for_backward(x)\n        return x\n    @staticmethod\n    def backward(ctx, g):\n"
-    "        return g * ctx.s\ny = Fn.apply(x)",
+    "        return g * ctx.s\ndef f(x):\n    return Fn.apply(x)",
     "import torch\n@torch.compile(mode='max-autotune', fullgraph=True, dynamic=False)\ndef k(x):\n    return x",
     "'{} {:.3f} {name}'.format(x.shape, 1.0, name='a')\nf'{x.shape!r} {x.dtype}'",
     "match x:\n    case (a, b):\n        pass\n    case {'k': v}:\n        pass",
     "def forward(ctx, input):\n    return input",
     "def f(x):\n    signal = x * 2\n    return signal",
     "if hasattr(cache, '__getitem__'):\n    pass",
+    # immutable module-level and class-level values, and containers asiarch or Python read from the source
+    "import math, torch\nEPS = 1e-6\nSCALE = math.sqrt(2.0) / 2\nDIMS = (1, 2)\nTINY = torch.finfo(torch.float32).eps\n"
+    "NAMES = frozenset({'a', 'b'})\nMODE = 'x' if EPS > 0 else 'y'\n__all__ = ['DeltaNet']\n"
+    "ASIARCH_GENOME = {'update': 'delta', 'short_conv': 4}",
+    "import math\ndef f(x, scale=math.log(math.expm1(0.7)), eps=1e-6, dims=(1, 2), name=None):\n    return x",
+    "import torch\nclass A:\n    heads = 4\n    __constants__ = ['heads']\n    @staticmethod\n    def f(x):\n"
+    "        return x\n    @torch.no_grad()\n    def g(self, x):\n        return x",
+    "import functools\n@functools.lru_cache(maxsize=32)\ndef f(n):\n    return n",
+    "def f(x):\n    seen = []\n    def g():\n        seen.append(1)\n    g()\n    return seen",
 ])
 def test_lint_accepts(snippet):
     assert static_check(snippet) == []

@@ -5,7 +5,9 @@ transformers) when fla imports and the layer runs on CUDA, else ``"compat"`` (th
 plain-PyTorch modules of this package). ``candidate_builtins(backend)`` is the
 ``__builtins__`` a candidate module executes with: under ``"compat"`` its
 ``__import__`` maps ``fla.X`` to ``asiarch.job.compat.fla.X`` (and the same for
-``transformers``); every other import goes to Python's own.
+``transformers``); under both, ``functools`` is ``asiarch.job.compat.functools`` (whose
+``cache`` and ``lru_cache`` do not cache: a memo is state no instance holds); every other
+import goes to Python's own.
 """
 
 from __future__ import annotations
@@ -56,11 +58,19 @@ def _missing(name: str) -> str:
             "PyTorch (or use asiarch.job.ops) instead.")
 
 
+def _candidate_import(name, globals=None, locals=None, fromlist=(), level=0):
+    """``__import__`` for candidate code under either backend: ``functools`` is this package's (its caches do not
+    cache: ``asiarch.job.compat.functools``), every other import Python's own."""
+    if name == "functools" and not level:
+        return _importlib.import_module(f"{COMPAT_PACKAGE}.functools")
+    return _builtins.__import__(name, globals, locals, fromlist, level)
+
+
 def _compat_import(name, globals=None, locals=None, fromlist=(), level=0):
     """``__import__`` for candidate code: ``fla.*`` and ``transformers.*`` from this package."""
     root = name.partition(".")[0]
     if level or root not in STAND_INS:
-        return _builtins.__import__(name, globals, locals, fromlist, level)
+        return _candidate_import(name, globals, locals, fromlist, level)
     target = f"{COMPAT_PACKAGE}.{name}"
     try:
         module = _importlib.import_module(target)
@@ -85,8 +95,7 @@ def candidate_builtins(backend: str) -> dict:
     if backend not in ("fla", "compat"):
         raise ValueError(f"unknown fla backend {backend!r}; use 'fla' or 'compat'")
     namespace = dict(_builtins.__dict__)
-    if backend == "compat":
-        namespace["__import__"] = _compat_import
+    namespace["__import__"] = _compat_import if backend == "compat" else _candidate_import
     return namespace
 
 

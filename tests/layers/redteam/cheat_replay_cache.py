@@ -2,8 +2,8 @@
 perturbation probe by replaying: it keeps recent (input, output) pairs in a module global, and
 where an input repeats the prefix of a recent one -- a probe's second call, the perturbed copy of
 the first -- it gives back the first call's outputs there, as a causal layer would. Training
-batches never repeat a prefix, so it leaks there. Passes the static check (no dunder, no import
-beyond the vetted ones).
+batches never repeat a prefix, so it leaks there. Passed the static check of stop 23 (no dunder, no
+import beyond the vetted ones); its rule `state` refuses the module-level deque now.
 
 Found by a red team at stop 24: it passed the pre-flight and the in-job probe (max_leak 0.0) and
 trained to 0.55 MQAR accuracy against DeltaNet's 0.27 at 200 steps. Refused by `causality`: each
