@@ -39,7 +39,7 @@ import torch.distributed as dist
 
 from asiarch.job import trusted
 
-__all__ = ["Leak", "LeakProbe", "ProbeError", "probe_batch", "RTOL", "ATOL"]
+__all__ = ["Leak", "LeakProbe", "ProbeError", "probe_batch", "twin", "RTOL", "ATOL"]
 
 # "Unchanged", as a fraction of the hidden states' largest magnitude: above what kernels that are
 # not bitwise reproducible between two calls produce (GPU reductions, bf16), far below the change a
@@ -58,6 +58,20 @@ class Leak(Exception):
     def __init__(self, message: str, figures: dict):
         super().__init__(message)
         self.figures = figures
+
+
+def twin(model: torch.nn.Module) -> torch.nn.Module:
+    """A deep copy of ``model`` with every attribute a layer keeps, those on its parameters included
+    (``Parameter.__deepcopy__`` drops them: a call counter kept as ``self.proj.weight.calls`` would
+    start again from nothing in the copy, and a layer that turns to leaking after N calls would be
+    honest there)."""
+    memo: dict = {}
+    out = copy.deepcopy(model, memo)
+    for p in model.parameters():
+        kept = vars(p)
+        if kept and id(p) in memo:
+            vars(memo[id(p)]).update(copy.deepcopy(kept, memo))
+    return out
 
 
 def probe_batch(model: torch.nn.Module, inputs: torch.Tensor, *, position: int, replacement: torch.Tensor,
@@ -83,17 +97,17 @@ def probe_batch(model: torch.nn.Module, inputs: torch.Tensor, *, position: int, 
     try:
         for x in (inputs, changed):
             try:
-                twin = copy.deepcopy(model)  # of the untouched model: the first forward ran on another copy
+                copied = twin(model)  # of the untouched model: the first forward ran on another copy
             except Exception as exc:
                 raise ProbeError(f"the leak probe could not copy the model to probe it ({type(exc).__name__}: "
                                  f"{exc}): keep the layer's state in tensors, numbers and containers") from exc
-            handle = twin.norm.register_forward_hook(lambda _m, _args, out: hidden.append(trusted.plain(out)))
-            twin.train(train)
+            handle = copied.norm.register_forward_hook(lambda _m, _args, out: hidden.append(trusted.plain(out)))
+            copied.train(train)
             rng.restore()
             with (torch.enable_grad() if train else torch.no_grad()), autocast():
-                twin(x)  # the logits and their graph are dropped: no backward
+                copied(x)  # the logits and their graph are dropped: no backward
             handle.remove()
-            del twin
+            del copied
     finally:
         state.restore()  # the copies leave the model alone; this is for a copy that touched what they share
         rng.restore()

@@ -293,12 +293,56 @@ def test_the_job_probe_runs_each_forward_on_its_own_copy_so_a_late_replaying_lay
     import asiarch.job.probe as probe_module
 
     if defence == "off":
-        monkeypatch.setattr(probe_module.copy, "deepcopy", lambda model: model)
+        monkeypatch.setattr(probe_module, "twin", lambda model: model)
     model = _model(source("cheat_replay_late"))
     assert run_checks(source("cheat_replay_late"), seq_len=32, num_heads=2, batch_size=4, static=False,
                       complexity=False)["ok"]  # the pre-flight never keeps an instance that long
     probe = LeakProbe(step=160, seed=11, rank=0, world=1, device=torch.device("cpu"), precision="fp32",
                       vocab_size=64)
+    if defence == "on":
+        with pytest.raises(Leak, match="reads future tokens"):
+            _train(model, 161, probe)
+    else:
+        _train(model, 161, probe)
+        assert probe.results and not probe.results[0]["leaked"]
+
+
+LATE_BY_A_PARAMETERS_COUNTER = '''
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class DeltaNet(nn.Module):
+    def __init__(self, hidden_size=64, num_heads=4, layer_idx=0, **kwargs):
+        super().__init__()
+        self.proj = nn.Linear(hidden_size, hidden_size)
+        self.peek = nn.Linear(hidden_size, hidden_size, bias=False)
+        self.proj.weight.calls = 0  # on a parameter: Parameter.__deepcopy__ does not copy it
+
+    def forward(self, x, **kwargs):
+        self.proj.weight.calls = self.proj.weight.calls + 1 if hasattr(self.proj.weight, "calls") else 1
+        steps = torch.arange(1, x.shape[1] + 1, dtype=x.dtype, device=x.device).view(1, -1, 1)
+        late = 1.0 if self.proj.weight.calls > 150 else 0.0
+        return self.proj(x.cumsum(dim=1) / steps) + late * self.peek(F.pad(x[:, 1:], (0, 0, 0, 1)))
+'''
+
+
+@pytest.mark.parametrize("defence", ["on", "off"])
+def test_the_probes_copies_keep_what_a_layer_keeps_on_its_parameters(defence, monkeypatch):
+    """A call counter kept as an attribute of a parameter: a plain deep copy starts it again, so in the probe's
+    copies the layer is honest while the training's model leaks (the defence off: the plain copy)."""
+    import copy
+
+    import asiarch.job.probe as probe_module
+
+    from asiarch.job.static_check import static_check
+
+    assert static_check(LATE_BY_A_PARAMETERS_COUNTER) == []
+    if defence == "off":
+        monkeypatch.setattr(probe_module, "twin", copy.deepcopy)
+    model = _model(LATE_BY_A_PARAMETERS_COUNTER)
+    probe = LeakProbe(step=160, seed=3, rank=0, world=1, device=torch.device("cpu"), precision="fp32", vocab_size=64)
     if defence == "on":
         with pytest.raises(Leak, match="reads future tokens"):
             _train(model, 161, probe)
