@@ -88,6 +88,7 @@ def write_attempt_files(paths: AttemptFiles, *, layer_path: Path, identity: JobI
     _refuse_links(paths.dir, top)
     paths.dir.mkdir(parents=True, exist_ok=True)
     ckpt = checkpoint_dir(paths.dir.parent, top)
+    _refuse_links(ckpt / checkpoint_name, top)
     if not isinstance(identity, JobIdentity):
         identity = JobIdentity.from_dict(identity, source=f"identity of {paths.spec}")
     spec = JobSpec(
@@ -97,7 +98,9 @@ def write_attempt_files(paths: AttemptFiles, *, layer_path: Path, identity: JobI
         result_path=str(paths.result.resolve()),
         progress_path=str(paths.progress.resolve()),
         # per candidate, not per attempt: a requeued job or a retry of the same code resumes from it
-        checkpoint_path=str((ckpt / checkpoint_name).resolve()),
+        # the directory resolved, the name not: a job that planted checkpoints/<name> -> ~/.ssh/x would otherwise have
+        # the next attempt's sandbox bind ~/.ssh writable (checked for links just above)
+        checkpoint_path=str(ckpt.resolve() / checkpoint_name),
         train=dataclasses.asdict(train),
         report_steps=tuple(report_steps),
     )

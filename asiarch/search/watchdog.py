@@ -188,7 +188,13 @@ class Watchdog:
         return int(stage_train(self.cfg, a.stage, a.seed).steps)
 
     def stop(self, a: Attempt, d: es.Decision, now: float) -> None:
-        request_stop(AttemptFiles(self.exp.root / a.dir), **d.request())
+        try:
+            request_stop(AttemptFiles(self.exp.root / a.dir), **d.request())
+        except OSError as exc:  # the job made stop.json a directory (or the disk is full): cancel it at the next check
+            self.requested[a.id] = (now - self.grace_s(), d)
+            self.store.log_event("stopping", f"attempt {a.n}: its stop request could not be written ({exc}); "
+                                             f"cancelling the job instead ({d.reason})"[:1000], a.candidate_id, a.id)
+            return
         self.requested[a.id] = (now, d)
         where = f"rung {d.rung}" if d.rung else d.reason
         self.store.log_event("stopping", f"attempt {a.n}: asked to stop ({where}): {d.message}"[:1000],

@@ -132,3 +132,32 @@ def test_a_linked_attempt_directory_is_refused_and_checkpoints_live_apart(tmp_pa
     spec = json.loads((cand / "attempt-2" / "spec.json").read_text())
     assert spec["checkpoint_path"] == str((cand / "checkpoints" / "checkpoint.pt").resolve())
     assert (cand / "checkpoints" / "checkpoint.pt").read_bytes() == b"an earlier version's checkpoint"  # moved in
+
+
+def test_a_checkpoint_linked_elsewhere_is_refused_and_never_widens_the_sandbox(tmp_path):
+    """A job may write its candidate's checkpoints/: a link there named as the next attempt's checkpoint, resolved,
+    made that attempt's sandbox bind the link's target directory writable (a red team's find: ~/.ssh)."""
+    from asiarch.dispatch import sandbox as sb
+
+    if sb.bwrap_problem():
+        pytest.skip(f"bubblewrap cannot run here: {sb.bwrap_problem()}")
+    exp = tmp_path / "exp"
+    cand = exp / "candidates" / "00001-x"
+    layer = cand / "layer.py"
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    cand.mkdir(parents=True)
+    layer.write_text("# layer\n")
+    kw = dict(layer_path=layer, train=TrainConfig(), cluster=ClusterConfig(sandbox="bwrap"), class_name="DeltaNet",
+              python="python3", bind_root=exp)
+    write_attempt_files(AttemptFiles(cand / "attempt-1"), identity={
+        "experiment": "e", "candidate_id": 1, "attempt": 1, "run_key": "e-c00001-a1", "code_sha256": "s"}, **kw)
+    (cand / "checkpoints" / "checkpoint.pt").symlink_to(victim / "anything")  # what the job plants
+    assert str(victim) in os.path.realpath(cand / "checkpoints" / "checkpoint.pt")  # resolving follows it
+    ident = {"experiment": "e", "candidate_id": 1, "attempt": 2, "run_key": "e-c00001-a2", "code_sha256": "s"}
+    with pytest.raises(PlantedFileError, match="checkpoint.pt is a symbolic link"):
+        write_attempt_files(AttemptFiles(cand / "attempt-2"), identity=ident, **kw)
+    (cand / "checkpoints" / "checkpoint.pt").unlink()
+    write_attempt_files(AttemptFiles(cand / "attempt-2"), identity=ident, **kw)
+    script = (cand / "attempt-2" / "job.sh").read_text()
+    assert str(victim) not in script and f"--bind {(cand / 'checkpoints').resolve()} " in script

@@ -96,3 +96,48 @@ def test_a_restarted_head_does_not_judge_an_attempt_again_at_a_rung_it_passed(tm
     shown = show_text(store, exp, "runner", code=False)
     assert "rung-passed attempt 1: passed rung 1 of 2 at step 33 of 100" in shown  # listed by `asiarch show`
     store.close()
+
+
+class RecordsCancels(AlwaysRunning):
+    def __init__(self):
+        self.cancelled = []
+
+    def cancel(self, job_ids):
+        self.cancelled += list(job_ids)
+
+
+def test_a_job_that_blocks_its_stop_request_is_cancelled_and_the_head_goes_on(tmp_path):
+    """A job can write its attempt directory: with stop.json made a directory the head's request cannot be written
+    (a red team's find: the watchdog raised IsADirectoryError and took the head down at every restart). It is
+    logged and the job cancelled at the next check instead."""
+    exp = ExperimentDir(tmp_path / "exp")
+    exp.root.mkdir()
+    cfg = Config()
+    cfg.train.steps = 100
+    cfg.watchdog.enabled = False
+    cfg.early_stopping.enabled = True
+    e = cfg.early_stopping
+    e.rungs, e.first_rung_eta, e.drop_window = [1 / 3, 2 / 3], 2.0, 0.0
+    exp.config.write_text(render_toml(cfg))
+    store = Store.open(exp.db)
+    ids = {name: store.add_candidate(name=name, origin=origin, code=f"# {name}", code_sha256=f"sha-{name}")
+           for name, origin in (("deltanet", "baseline"), ("good", "offline"), ("runner", "offline"))}
+    for name in ("deltanet", "good"):
+        a = _result(exp, store, ids[name], name, status="ok", loss=0.5, steps_done=100)
+        out = ingest_attempt(store, exp, cfg, a, JobState.COMPLETED)
+        store.set_attempt_status(a.id, out.attempt_status, out.error)
+    files = exp.attempt(ids["runner"], "runner", 1)
+    files.dir.mkdir(parents=True)
+    aid = store.add_attempt(ids["runner"], 1, "e-c00003-a1", exp.relative(files.dir), "sha-runner")
+    store.mark_submitted(aid, AlwaysRunning.name, "job-1")
+    store.set_attempt_status(aid, "running")
+    (files.stop / "blocker").mkdir(parents=True)  # what the job plants
+    _progress(files, [(10, 3.0), (20, 2.5), (30, 2.2), (40, 2.0)])  # far behind both peers at rung 1
+    scheduler = RecordsCancels()
+    watchdog = Watchdog(exp, cfg, store, scheduler, {aid: "job-1"}, Silent())
+    watchdog.check(scheduler.states(["job-1"]))  # decides to stop it: no exception
+    (event,) = [e for e in store.events(limit=100) if e["kind"] == "stopping"]
+    assert "could not be written" in event["message"] and "cancelling the job" in event["message"]
+    watchdog.check(scheduler.states(["job-1"]))
+    assert scheduler.cancelled == ["job-1"]
+    store.close()
