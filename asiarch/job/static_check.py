@@ -195,7 +195,7 @@ _IMMUTABLE_CALLS = frozenset({
     "int", "float", "str", "bool", "bytes", "complex", "tuple", "frozenset", "range", "slice", "len", "min", "max",
     "abs", "round", "pow", "divmod", "repr", "hash", "isinstance", "issubclass", "object",
     "torch.device", "torch.finfo", "torch.iinfo", "typing.TypeVar", "typing.NewType", "typing.cast",
-    "typing.NamedTuple", "collections.namedtuple", "dataclasses.field", "functools.partial"})
+    "typing.NamedTuple", "collections.namedtuple", "dataclasses.field"})  # not functools.partial: its .keywords is a dict
 # Containers of constants only, at module level or in a class body, for the names that must be containers: read by
 # asiarch from the source (ASIARCH_GENOME, with ast.literal_eval) or by Python and TorchScript (__all__,
 # __constants__); code may not use them as values (that would make them state).
@@ -878,6 +878,11 @@ class _Linter(ast.NodeVisitor):
             elif isinstance(node.ctx, (ast.Store, ast.Del)):
                 self.add("store", node, f"assigning {base[0]}.{attr} patches a module for the whole process (the "
                                         "trainer included) and is not allowed; define your own function instead.")
+        elif base and base[1] == CLASS and isinstance(node.ctx, ast.Load) and attr not in ALLOWED_DUNDER_ATTRIBUTES \
+                and not (isinstance(self.parent.get(id(node)), ast.Call) and self.parent[id(node)].func is node):
+            self.add("state", node, f"{base[0]}.{attr} is read off a vetted class without calling it: a class's data "
+                                    "(a dict such as a distribution's arg_constraints) is shared by the whole process, "
+                                    "a store no instance holds. Call its methods, or keep your own values on self.")
         else:
             self._object_attribute(node, node.value, attr, node.ctx)
             if isinstance(node.ctx, (ast.Store, ast.Del)):
@@ -926,7 +931,11 @@ class _Linter(ast.NodeVisitor):
     def _check_store(self, node: ast.AST, receiver: ast.AST, attr: str) -> None:
         root = self._root(receiver)
         owner = self._owned(root.id) if isinstance(root, ast.Name) else None
-        if owner is None and not (isinstance(root, ast.Name) and root.id in self.classes):
+        if owner is None and isinstance(root, ast.Name) and root.id in self.classes and not self._outside_functions():
+            self.add("state", node, f"setting {_short(receiver)}.{attr} inside a function changes a class attribute, "
+                                    "state every instance shares and the probes' copies do not separate: keep it on "
+                                    "the instance (self.name = ...).")
+        elif owner is None and not (isinstance(root, ast.Name) and root.id in self.classes):
             self.add("store", node, f"setting {_short(receiver)}.{attr} changes an object the layer does not own "
                                     "and is not allowed; a layer may set attributes only on itself (self.name = "
                                     "..., inside its methods) or on ctx in an autograd Function.")

@@ -256,6 +256,11 @@ def test_corpus_layers_do_their_harm_when_nothing_stops_them():
     ("(seen := [])", "state"),
     ("ASIARCH_GENOME = {'update': make()}", "state"),
     ("T = tuple([[]])", "state"),
+    ("import functools\nSHELF = functools.partial(int, base=10)", "state"),  # SHELF.keywords is a live dict
+    ("class Box:\n    calls = 0\ndef f(x):\n    Box.calls = Box.calls + 1", "state"),
+    ("class DeltaNet:\n    recent = ()\n    def forward(self, x):\n        DeltaNet.recent = (x,)", "state"),
+    ("import torch\ndef f(x):\n    torch.distributions.Cauchy.arg_constraints['recent'] = x", "state"),
+    ("import torch\ndef f(x):\n    box = torch.distributions.Normal.arg_constraints\n    box['x'] = x", "state"),
     ("ASIARCH_GENOME = {'update': 'delta'}\ndef f(x):\n    ASIARCH_GENOME['seen'] = x", "state"),
     # dunders bound other than by assignment (a class body binds them as class attributes)
     ("class A:\n    match x:\n        case __match_args__:\n            pass", "dunder"),
@@ -353,6 +358,8 @@ def test_lint_refuses(snippet, rule):
     "        return x\n    @torch.no_grad()\n    def g(self, x):\n        return x",
     "import functools\n@functools.lru_cache(maxsize=32)\ndef f(n):\n    return n",
     "def f(x):\n    seen = []\n    def g():\n        seen.append(1)\n    g()\n    return seen",
+    "import torch\nimport torch.nn as nn\nclass M(nn.Module):\n    def __init__(self):\n        nn.Module.__init__(self)\n"
+    "        self.eps = torch.finfo(torch.float32).eps\n        self.d = torch.distributions.Normal(0.0, 1.0)",
 ])
 def test_lint_accepts(snippet):
     assert static_check(snippet) == []
