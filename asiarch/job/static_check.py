@@ -195,7 +195,7 @@ _IMMUTABLE_CALLS = frozenset({
     "int", "float", "str", "bool", "bytes", "complex", "tuple", "frozenset", "range", "slice", "len", "min", "max",
     "abs", "round", "pow", "divmod", "repr", "hash", "isinstance", "issubclass", "object",
     "torch.device", "torch.finfo", "torch.iinfo", "typing.TypeVar", "typing.NewType", "typing.cast",
-    "typing.NamedTuple", "collections.namedtuple", "dataclasses.field"})  # not functools.partial: its .keywords is a dict
+    "typing.NamedTuple", "collections.namedtuple", "dataclasses.field"})  # not functools.partial: .keywords is a dict
 # Containers of constants only, at module level or in a class body, for the names that must be containers: read by
 # asiarch from the source (ASIARCH_GENOME, with ast.literal_eval) or by Python and TorchScript (__all__,
 # __constants__); code may not use them as values (that would make them state).
