@@ -17,10 +17,10 @@ at the positions up to that one must not change. A change beyond the tolerance o
 raises :class:`Leak` on every rank (the figures are gathered first), and the attempt ends with
 status ``leak``.
 
-A probe does not change the training: each forward runs on a deep copy of the model taken before
-either (no backward, no optimizer step; the copies and their graphs are dropped), the global RNG
-state is restored, so both forwards start from the training's own state (buffers, counters,
-caches of any depth) and the training goes on from it untouched. The
+A probe does not change the training: no backward and no optimizer step (the forwards' graphs are
+dropped unused); the first forward runs on the model, the second on a deep copy taken before it, so
+both start from the training's own state (buffers, counters, caches of any depth); the global RNG
+state and the model's state (``asiarch.job.trusted.ModuleState``) are restored after. The
 comparison uses ``asiarch.job.trusted``. Not copied: state a layer keeps outside its module
 objects (globals of its file, class attributes), which a layer could replay from; the static
 check's rule ``state`` refuses such state, and candidate code's ``functools`` caches do not cache.
@@ -80,11 +80,13 @@ def probe_batch(model: torch.nn.Module, inputs: torch.Tensor, *, position: int, 
     replaced by ``replacement`` [B, T - position - 1]; compares the final hidden states (the output of
     ``model.norm``) at positions 0..``position``. Leaves the model, its state and the RNG as found.
 
-    Each forward runs on its own deep copy of the model, taken before either: both start from the
-    training's exact state (a deque or a nested cache on the layer included, which a snapshot of
-    plain attributes misses) and neither sees the other's call, so a layer cannot replay the first
-    forward's outputs for the second's shared prefix (``tests/layers/redteam/cheat_replay_cache.py``
-    keeps them in a deque). A model that cannot be copied raises :class:`ProbeError`.
+    The first forward runs on the model itself, the second on a deep copy of it (:func:`twin`) taken
+    before the first: both start from the training's exact state (a deque or a nested cache on the
+    layer included) and the copy never sees the first call, so a layer cannot replay its outputs for
+    the second's shared prefix (``cheat_replay_late``); and a layer that behaves otherwise in a copy
+    than in the model that trains (``cheat_copy_aware``) shows as a difference too. The model's state
+    is restored after (:class:`asiarch.job.trusted.ModuleState`). A model that cannot be copied
+    raises :class:`ProbeError`.
 
     Returns ``{"position", "length", "batch", "max_leak", "tolerance", "first_leak_position"}``
     (``first_leak_position`` None when nothing changed beyond the tolerance).
@@ -95,22 +97,26 @@ def probe_batch(model: torch.nn.Module, inputs: torch.Tensor, *, position: int, 
     state = trusted.ModuleState(model)
     rng = trusted.RNGState(inputs.device)
     try:
-        for x in (inputs, changed):
+        copied = twin(model)  # before the first forward: the state the second starts from
+    except Exception as exc:
+        raise ProbeError(f"the leak probe could not copy the model to probe it ({type(exc).__name__}: {exc}): keep "
+                         "the layer's state in tensors, numbers and containers") from exc
+    was_training = model.training
+    try:
+        for net, x in ((model, inputs), (copied, changed)):
+            handle = net.norm.register_forward_hook(lambda _m, _args, out: hidden.append(trusted.plain(out)))
             try:
-                copied = twin(model)  # of the untouched model: the first forward ran on another copy
-            except Exception as exc:
-                raise ProbeError(f"the leak probe could not copy the model to probe it ({type(exc).__name__}: "
-                                 f"{exc}): keep the layer's state in tensors, numbers and containers") from exc
-            handle = copied.norm.register_forward_hook(lambda _m, _args, out: hidden.append(trusted.plain(out)))
-            copied.train(train)
-            rng.restore()
-            with (torch.enable_grad() if train else torch.no_grad()), autocast():
-                copied(x)  # the logits and their graph are dropped: no backward
-            handle.remove()
-            del copied
+                net.train(train)
+                rng.restore()
+                with (torch.enable_grad() if train else torch.no_grad()), autocast():
+                    net(x)  # the logits and their graph are dropped: no backward
+            finally:
+                handle.remove()
     finally:
-        state.restore()  # the copies leave the model alone; this is for a copy that touched what they share
+        del copied
+        state.restore()
         rng.restore()
+        model.train(was_training)
     ref, other = hidden[0][:, :position + 1], hidden[1][:, :position + 1]
     per = trusted.tolist(trusted.amax(trusted.diff(ref, other), (0, 2)))  # (position + 1,)
     tol = rtol * float(trusted.item(trusted.max_abs(ref))) + ATOL

@@ -23,6 +23,7 @@ Job side: torch and the standard library only.
 
 from __future__ import annotations
 
+import copy as _copy_module
 import math
 
 import torch
@@ -60,6 +61,16 @@ _tolist = _TB.tolist
 _numel = _TB.numel
 _new_zeros = _TB.new_zeros
 _copy = _TB.copy_
+_deepcopy = _copy_module.deepcopy
+
+
+class _Deep:
+    """A deep copy ModuleState keeps of an attribute that is neither a number, a tensor nor a plain container."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
 _where = _VF.where
 _zeros_like = _VF.zeros_like
 _nan_to_num = _VF.nan_to_num
@@ -187,12 +198,14 @@ _NN_INTERNAL = frozenset({"_parameters", "_buffers", "_modules", "_non_persisten
 class ModuleState:
     """The mutable state of every submodule of ``module``, taken without ``copy.deepcopy``: buffer
     values, and plain attributes (numbers, strings, tensors kept as attributes, and the contents of
-    lists and dicts one level deep, e.g. a step counter or a cache). ``restore()`` puts them back, so
-    a forward made for a measurement leaves the layer as it found it (and two measurement forwards
-    start from the same state). Parameters are not copied: a forward does not change them.
+    lists and dicts one level deep, e.g. a step counter or a cache, and a deep copy of any other value
+    but submodules and functions, e.g. a deque). ``restore()`` puts them back, so a forward made for a
+    measurement leaves the layer as it found it (and two measurement forwards start from the same
+    state). Parameters are not copied: a forward does not change them.
 
     Not covered: state kept outside the module objects (module-level globals of the candidate's
-    file, closures), objects nested deeper than one level, and attributes a forward adds.
+    file, closures: the static check's rule ``state`` refuses them), objects inside a list or dict
+    changed in place, and attributes a forward adds.
     """
 
     def __init__(self, module: torch.nn.Module):
@@ -216,7 +229,12 @@ class ModuleState:
             return _clone(_detach(value))
         if type(value) in (list, dict, set):
             return type(value)(value)  # one level: counters and caches kept in containers
-        return None
+        if isinstance(value, torch.nn.Module) or callable(value):
+            return None  # submodules are snapshotted themselves; functions are not state
+        try:  # anything else (a deque, a nested cache): a deep copy, put back afresh at every restore
+            return _Deep(_deepcopy(value))
+        except Exception:
+            return None
 
     def restore(self) -> None:
         with torch.no_grad(), _NO_TORCH_FUNCTION():
@@ -237,5 +255,7 @@ class ModuleState:
                     ref.clear()
                     (ref.extend if isinstance(ref, list) else ref.update)(saved)
                     d[name] = ref
+                elif isinstance(saved, _Deep):
+                    d[name] = _deepcopy(saved.value)
                 else:
                     d[name] = ref if saved is None else saved

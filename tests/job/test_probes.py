@@ -113,7 +113,7 @@ def test_a_replaying_layer_passes_the_lint_and_passes_the_probes_when_their_inst
 
 # the rest of the corpus: tested below, in a child process or through the job
 ELSEWHERE = {"cheat_cubic_alloc", "cheat_patch_checker", "cheat_rank", "cheat_cuda_compile", "cheat_patch_loss",
-             "cheat_replay_late"}
+             "cheat_replay_late", "cheat_copy_aware"}
 
 
 def test_every_layer_of_the_corpus_has_its_tests():
@@ -307,48 +307,69 @@ def test_the_job_probe_runs_each_forward_on_its_own_copy_so_a_late_replaying_lay
         assert probe.results and not probe.results[0]["leaked"]
 
 
-LATE_BY_A_PARAMETERS_COUNTER = '''
+def test_a_layer_that_leaks_only_outside_a_copy_is_caught_by_the_probe_on_the_model_itself():
+    """cheat_copy_aware leaks after 150 calls only where id(self) is the id it first saw: in the model that trains,
+    never in a copy. Two copies agree (the defence off: a probe with both forwards on copies saw nothing); the
+    probe's first forward runs on the model itself."""
+    from asiarch.job.probe import twin
+
+    model = _model(source("cheat_copy_aware"))
+    _train(model, 160, None)
+    x = torch.randint(0, 64, (4, 32))
+    out = {}
+    for name, net in (("model", model), ("copy", twin(model)), ("other copy", twin(model))):
+        hidden = []
+        handle = net.norm.register_forward_hook(lambda _m, _a, o: hidden.append(o.detach()))
+        with torch.no_grad():
+            net(x)
+        handle.remove()
+        out[name] = hidden[0]
+    assert torch.equal(out["copy"], out["other copy"]) and not torch.allclose(out["model"], out["copy"])
+    probe = LeakProbe(step=160, seed=5, rank=0, world=1, device=torch.device("cpu"), precision="fp32", vocab_size=64)
+    with pytest.raises(Leak, match="reads future tokens"):
+        probe.at_step(160, model, x, contextlib.nullcontext)
+
+
+COUNTER_ON_A_PARAMETER = '''
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 
 class DeltaNet(nn.Module):
     def __init__(self, hidden_size=64, num_heads=4, layer_idx=0, **kwargs):
         super().__init__()
         self.proj = nn.Linear(hidden_size, hidden_size)
-        self.peek = nn.Linear(hidden_size, hidden_size, bias=False)
         self.proj.weight.calls = 0  # on a parameter: Parameter.__deepcopy__ does not copy it
 
     def forward(self, x, **kwargs):
         self.proj.weight.calls = self.proj.weight.calls + 1 if hasattr(self.proj.weight, "calls") else 1
         steps = torch.arange(1, x.shape[1] + 1, dtype=x.dtype, device=x.device).view(1, -1, 1)
-        late = 1.0 if self.proj.weight.calls > 150 else 0.0
-        return self.proj(x.cumsum(dim=1) / steps) + late * self.peek(F.pad(x[:, 1:], (0, 0, 0, 1)))
+        scale = 2.0 if self.proj.weight.calls > 150 else 1.0  # causal, but it changes after 150 calls
+        return scale * self.proj(x.cumsum(dim=1) / steps)
 '''
 
 
-@pytest.mark.parametrize("defence", ["on", "off"])
-def test_the_probes_copies_keep_what_a_layer_keeps_on_its_parameters(defence, monkeypatch):
-    """A call counter kept as an attribute of a parameter: a plain deep copy starts it again, so in the probe's
-    copies the layer is honest while the training's model leaks (the defence off: the plain copy)."""
+@pytest.mark.parametrize("copier", ["twin", "plain deepcopy"])
+def test_the_probes_copy_keeps_what_a_layer_keeps_on_its_parameters(copier, monkeypatch):
+    """An honest layer that counts its calls on a parameter's attribute: a plain deep copy drops it
+    (Parameter.__deepcopy__), so the copy would behave as at its first call and differ from the model, a false
+    leak; the probe's copy keeps it."""
     import copy
 
     import asiarch.job.probe as probe_module
-
     from asiarch.job.static_check import static_check
 
-    assert static_check(LATE_BY_A_PARAMETERS_COUNTER) == []
-    if defence == "off":
+    assert static_check(COUNTER_ON_A_PARAMETER) == []
+    if copier == "plain deepcopy":
         monkeypatch.setattr(probe_module, "twin", copy.deepcopy)
-    model = _model(LATE_BY_A_PARAMETERS_COUNTER)
+    model = _model(COUNTER_ON_A_PARAMETER)
     probe = LeakProbe(step=160, seed=3, rank=0, world=1, device=torch.device("cpu"), precision="fp32", vocab_size=64)
-    if defence == "on":
-        with pytest.raises(Leak, match="reads future tokens"):
-            _train(model, 161, probe)
-    else:
+    if copier == "twin":
         _train(model, 161, probe)
         assert probe.results and not probe.results[0]["leaked"]
+    else:
+        with pytest.raises(Leak):
+            _train(model, 161, probe)
 
 
 def test_the_job_probe_compares_positions_up_to_the_perturbed_one_only():
