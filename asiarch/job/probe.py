@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import copy
 import os
+import types
 from typing import Callable
 
 import torch
@@ -71,7 +72,39 @@ def twin(model: torch.nn.Module) -> torch.nn.Module:
         kept = vars(p)
         if kept and id(p) in memo:
             vars(memo[id(p)]).update(copy.deepcopy(kept, memo))
+    for m in model.modules():  # deepcopy shares a function: a closure kept on the layer would share its cells
+        mine = vars(memo[id(m)])
+        for name, value in vars(m).items():
+            if isinstance(value, (list, tuple, dict)):
+                items = value.items() if isinstance(value, dict) else enumerate(value)
+                if any(_closure(v) for _, v in items):
+                    copied = {k: _copy_closure(v, memo) for k, v in (value.items() if isinstance(value, dict)
+                                                                     else enumerate(value))}
+                    mine[name] = copied if isinstance(value, dict) else type(value)(copied.values())
+            elif _closure(value):
+                mine[name] = _copy_closure(value, memo)
     return out
+
+
+def _closure(f) -> bool:
+    return isinstance(f, types.FunctionType) and bool(f.__closure__)
+
+
+def _copy_closure(f, memo: dict):
+    """``f`` with its own cells, their contents deep-copied (with ``memo``: a cell holding the layer holds the
+    copy); anything else as it is."""
+    if not _closure(f):
+        return f
+    cells = []
+    for cell in f.__closure__:
+        try:
+            cells.append(types.CellType(copy.deepcopy(cell.cell_contents, memo)))
+        except ValueError:  # an empty cell
+            cells.append(types.CellType())
+    g = types.FunctionType(f.__code__, f.__globals__, f.__name__, f.__defaults__, tuple(cells))
+    g.__kwdefaults__ = copy.deepcopy(f.__kwdefaults__, memo)
+    vars(g).update(copy.deepcopy(vars(f), memo))
+    return g
 
 
 def probe_batch(model: torch.nn.Module, inputs: torch.Tensor, *, position: int, replacement: torch.Tensor,
