@@ -67,6 +67,9 @@ def twin(model: torch.nn.Module) -> torch.nn.Module:
     start again from nothing in the copy, and a layer that turns to leaking after N calls would be
     honest there)."""
     memo: dict = {}
+    for m in model.modules():  # a tensor kept from a forward (a gate, a cache) is not a graph leaf: deepcopy refuses it
+        for value in vars(m).values():
+            _seed_detached(value, memo)
     out = copy.deepcopy(model, memo)
     for p in model.parameters():
         kept = vars(p)
@@ -75,6 +78,8 @@ def twin(model: torch.nn.Module) -> torch.nn.Module:
     for m in model.modules():  # deepcopy shares a function: a closure kept on the layer would share its cells
         mine = vars(memo[id(m)])
         for name, value in vars(m).items():
+            if name in trusted.NN_INTERNAL:  # nn.Module's registries (hooks): the copy's own, as deepcopy made them
+                continue
             if isinstance(value, (list, tuple, dict)):
                 items = value.items() if isinstance(value, dict) else enumerate(value)
                 if any(_closure(v) for _, v in items):
@@ -84,6 +89,17 @@ def twin(model: torch.nn.Module) -> torch.nn.Module:
             elif _closure(value):
                 mine[name] = _copy_closure(value, memo)
     return out
+
+
+def _seed_detached(value, memo: dict, depth: int = 0) -> None:
+    """Put a detached copy of every tensor in ``value`` that autograd made (not a leaf) into ``memo``, so that the
+    deep copy takes it (``Tensor.__deepcopy__`` refuses them); containers are looked into four levels deep."""
+    if isinstance(value, torch.Tensor):
+        if value.grad_fn is not None and id(value) not in memo:
+            memo[id(value)] = value.detach().clone()
+    elif depth < 4 and (isinstance(value, (list, tuple, set, frozenset, dict)) or type(value).__name__ == "deque"):
+        for item in (value.values() if isinstance(value, dict) else value):
+            _seed_detached(item, memo, depth + 1)
 
 
 def _closure(f) -> bool:

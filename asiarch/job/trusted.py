@@ -192,7 +192,10 @@ class RNGState:
 
 
 _SCALARS = (bool, int, float, complex, str, bytes, type(None))
-_NN_INTERNAL = frozenset({"_parameters", "_buffers", "_modules", "_non_persistent_buffers_set", "training"})
+# nn.Module's own attributes (parameters, buffers, submodules, hook registries: a hook's handle holds a weak reference
+# to its registry, which must stay the same object), never snapshotted
+NN_INTERNAL = frozenset({"_parameters", "_buffers", "_modules", "_non_persistent_buffers_set", "training"}
+                         | set(vars(torch.nn.Module())))
 
 
 class ModuleState:
@@ -217,7 +220,7 @@ class ModuleState:
                     if buf is not None:
                         self._items.append(("buffer", m, name, buf, _clone(_detach(buf))))
                 for name, value in d.items():
-                    if name in _NN_INTERNAL:
+                    if name in NN_INTERNAL:
                         continue
                     self._items.append(("attr", m, name, value, self._copy(value)))
 

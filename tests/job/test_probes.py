@@ -607,3 +607,49 @@ def test_check_takes_the_training_settings_from_flags_and_from_a_config(tmp_path
     assert code == 1 and report.failed.name == "interface" and "BFloat16" in report.reason
     code, report = check(str(layer), "--precision", "bf16")
     assert code == 0
+
+
+ASI_ARCH = ROOT.parent / "shared" / "asi-arch" / "architectures.json"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not ASI_ARCH.exists(), reason="ASI-Arch's published layers are not beside the repository")
+def test_the_job_probe_passes_every_published_asi_arch_layer_but_the_one_that_reads_ahead():
+    """No false leak from the probe's copy: each published layer (in bf16 autocast where it casts to bf16, as the
+    trainer runs it) trains 3 steps with the probe at the last and is probed again in eval mode. Nine of them keep
+    a tensor from the forward (not a graph leaf, which deepcopy refuses); one mixes the sequence in a spectral
+    transform and is refused by the pre-flight's causality check as well."""
+    flagged, failed = [], []
+    for i, arch in enumerate(json.loads(ASI_ARCH.read_text())):
+        src = arch["program"]
+        bf16 = "bfloat16" in src
+        ac = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+        model = LanguageModel(load_layer_class(src, device="cpu"), vocab_size=64, hidden_size=64, num_layers=2,
+                              num_heads=4).train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        gen = torch.Generator().manual_seed(1)
+        probe = LeakProbe(step=2, seed=7, rank=0, world=1, device=torch.device("cpu"),
+                          precision="bf16" if bf16 else "fp32", vocab_size=64)
+        try:
+            for step in range(3):
+                x = torch.randint(0, 64, (2, 32), generator=gen)
+                probe.at_step(step, model, x, ac)
+                with ac():
+                    loss = trusted.cross_entropy(model(x)[:, :-1].float(), x[:, 1:])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            probe.before_eval(model.eval(), _EvalBatches(gen), 2, ac)
+        except Leak:
+            flagged.append(arch["name"])
+        except Exception as exc:
+            failed.append((i, arch["name"], f"{type(exc).__name__}: {exc}"[:200]))
+    assert failed == [] and flagged == ["delta_net_spectral_fusion"], (failed, flagged)
+
+
+class _EvalBatches:
+    def __init__(self, gen):
+        self.gen = gen
+
+    def eval_batches(self, n, per_rank):
+        return [(torch.randint(0, 64, (per_rank, 32), generator=self.gen), None) for _ in range(n)]
