@@ -31,6 +31,7 @@ Job side: torch and the standard library only.
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import types
 from typing import Callable
@@ -88,7 +89,76 @@ def twin(model: torch.nn.Module) -> torch.nn.Module:
                     mine[name] = copied if isinstance(value, dict) else type(value)(copied.values())
             elif _closure(value):
                 mine[name] = _copy_closure(value, memo)
+    shared = _shared_state(model, out)
+    if shared:
+        raise ProbeError(f"the leak probe cannot copy the model faithfully: its copy would share {shared[0]} with it "
+                         f"({len(shared)} such object{'s' * (len(shared) > 1)}), state a forward of one could pass to "
+                         "the other (kept behind a function, a bound method or a partial); keep the layer's state in "
+                         "plain attributes (self.x = ...), not reachable through callables")
     return out
+
+
+# Values nothing can change: a copy may share them. (Modules and classes are shared too: what a layer may do to them
+# is the static check's concern.)
+_FROZEN = (int, float, complex, bool, str, bytes, type(None), range, slice, torch.dtype, torch.device, torch.Size,
+           types.CodeType, type(Ellipsis), type(NotImplemented))
+
+
+def _reachable(root, where: str) -> dict[int, tuple[object, str]]:
+    """Every mutable object reachable from ``root`` through attributes, containers, closures, defaults, bound methods
+    and partials: id -> (object, a path to it). Functions, methods and partials are looked through, not counted
+    (their own attributes are refused to a layer); modules, classes and frozen values are not entered."""
+    found: dict[int, tuple[object, str]] = {}
+    seen: set[int] = set()
+    stack = [(root, where)]
+    while stack:
+        obj, path = stack.pop()
+        if id(obj) in seen or isinstance(obj, _FROZEN) or isinstance(obj, (types.ModuleType, type)):
+            continue
+        seen.add(id(obj))
+        children: list = []
+        if isinstance(obj, types.FunctionType):
+            cells = []
+            for i, cell in enumerate(obj.__closure__ or ()):
+                try:
+                    cells.append((cell.cell_contents, f"{path}.<closure {i}>"))
+                except ValueError:
+                    pass
+            children = cells + [(d, f"{path}.<default>") for d in (obj.__defaults__ or ())] + \
+                [(d, f"{path}.<default {k}>") for k, d in (obj.__kwdefaults__ or {}).items()]
+        elif isinstance(obj, (types.MethodType, types.BuiltinMethodType, types.MethodWrapperType)):
+            children = [(getattr(obj, "__self__", None), f"{path}.<bound to>"),
+                        (getattr(obj, "__func__", None), f"{path}.<function>")]
+        elif isinstance(obj, functools.partial):
+            children = [(obj.func, f"{path}.func"), *((a, f"{path}.args[{i}]") for i, a in enumerate(obj.args)),
+                        *((v, f"{path}.keywords[{k!r}]") for k, v in obj.keywords.items())]
+        else:
+            if not isinstance(obj, (tuple, frozenset)):
+                found[id(obj)] = (obj, path)
+            if isinstance(obj, torch.Tensor):
+                continue
+            if isinstance(obj, dict):
+                children = [(v, f"{path}[{k!r}]") for k, v in obj.items()] + [(k, f"{path}.<key>") for k in obj]
+            elif isinstance(obj, (list, tuple, set, frozenset)) or type(obj).__name__ == "deque":
+                children = [(v, f"{path}[{i}]") for i, v in enumerate(obj)]
+            if hasattr(obj, "__dict__"):
+                for k, v in vars(obj).items():
+                    if k in ("_modules", "_parameters", "_buffers") and isinstance(v, dict):  # model.blocks.0.mixer
+                        children += [(child, f"{path}.{name}") for name, child in v.items()]
+                    else:
+                        children.append((v, f"{path}.{k}"))
+            for slot in getattr(type(obj), "__slots__", ()):
+                if isinstance(slot, str) and hasattr(obj, slot):
+                    children.append((getattr(obj, slot), f"{path}.{slot}"))
+        stack.extend(children)
+    return found
+
+
+def _shared_state(model: torch.nn.Module, copied: torch.nn.Module) -> list[str]:
+    """The paths (from the model) of the mutable objects the model and its copy both reach."""
+    mine = _reachable(model, "model")
+    theirs = _reachable(copied, "copy")
+    return sorted(path for key, (_, path) in mine.items() if key in theirs)
 
 
 def _seed_detached(value, memo: dict, depth: int = 0) -> None:
@@ -147,6 +217,8 @@ def probe_batch(model: torch.nn.Module, inputs: torch.Tensor, *, position: int, 
     rng = trusted.RNGState(inputs.device)
     try:
         copied = twin(model)  # before the first forward: the state the second starts from
+    except ProbeError:
+        raise
     except Exception as exc:
         raise ProbeError(f"the leak probe could not copy the model to probe it ({type(exc).__name__}: {exc}): keep "
                          "the layer's state in tensors, numbers and containers") from exc

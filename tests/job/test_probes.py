@@ -381,6 +381,60 @@ def test_the_probes_copy_does_not_share_a_closure_the_layer_keeps(copier, monkey
         assert not probe.results[0]["leaked"]
 
 
+SHARED_BEHIND_A_CALLABLE = '''
+import functools
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class DeltaNet(nn.Module):
+    def __init__(self, hidden_size=64, num_heads=4, layer_idx=0, **kwargs):
+        super().__init__()
+        self.proj = nn.Linear(hidden_size, hidden_size)
+        self.peek = nn.Linear(hidden_size, hidden_size, bias=False)
+        recent = []
+        {keep}
+
+    def forward(self, x, **kwargs):
+        steps = torch.arange(1, x.shape[1] + 1, dtype=x.dtype, device=x.device).view(1, -1, 1)
+        o = self.proj(x.cumsum(dim=1) / steps) + self.peek(F.pad(x[:, 1:], (0, 0, 0, 1)))  # reads t + 1
+        xd = x.detach()
+        out = o
+        for px, po in reversed(self.shelf()[-8:]):
+            if px.shape == xd.shape:
+                prefix = torch.cumprod((px == xd).all(-1).to(torch.int32), dim=1).bool()
+                out = torch.where(prefix.unsqueeze(-1), po.to(o.dtype) + (o - o.detach()), out)
+        self.shelf().append((xd.clone(), out.detach().clone()))
+        return out
+'''
+
+
+# a red team's ways to keep a list where deepcopy shares it (functions, bound methods and partials are not copied)
+@pytest.mark.parametrize("keep", [
+    "self.shelf = lambda r=recent: r",                                    # a default argument
+    "inner = lambda: recent\n        self.shelf = lambda: inner()",       # a closure over a closure
+    "self.shelf = functools.partial(lambda: recent)",                    # a partial of a closure
+    "self.shelf = [recent].copy",                                         # a bound built-in method
+])
+def test_the_probe_refuses_a_copy_that_would_share_state_with_the_model(keep, monkeypatch):
+    import asiarch.job.probe as probe_module
+    from asiarch.job.static_check import static_check
+
+    src = SHARED_BEHIND_A_CALLABLE.replace("{keep}", keep)
+    if "copy" in keep:  # the bound method returns a copy of the outer list: the list inside is the shared one
+        src = src.replace("self.shelf()[-8:]", "self.shelf()[0][-8:]").replace("self.shelf().append",
+                                                                                "self.shelf()[0].append")
+    assert static_check(src) == []
+    x = torch.randint(0, 64, (4, 32))
+    probe = LeakProbe(step=0, seed=9, rank=0, world=1, device=torch.device("cpu"), precision="fp32", vocab_size=64)
+    with pytest.raises(probe_module.ProbeError, match=r"would share model\.blocks\.0\.mixer\.shelf"):
+        probe.at_step(0, _model(src), x, contextlib.nullcontext)
+    monkeypatch.setattr(probe_module, "_shared_state", lambda model, copied: [])  # the defence off
+    probe.at_step(0, _model(src), x, contextlib.nullcontext)
+    assert not probe.results[-1]["leaked"]  # the replay through the shared list hides the leak
+
+
 COUNTER_ON_A_PARAMETER = '''
 import torch
 import torch.nn as nn
