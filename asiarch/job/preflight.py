@@ -9,7 +9,8 @@ its own, since loading a candidate executes LLM-written code. Checks, in order:
     static              the source passes the static safety check (nothing runs before)
     load                the module executes and defines the layer class
     construct           the class builds with the shell's arguments
-    interface           output shape == input shape for batch 1 and 3, odd lengths
+    interface           output shape == input shape for batch 1 and 3, odd lengths; the layer copies
+                        faithfully (the job's leak probe copies it: asiarch.job.probe.twin)
     causality           outputs at positions <= t ignore every input after t (perturbation probes)
     batch_independence  a sample's output ignores the other samples of its batch
     finite_step         forward + backward: finite output, loss and gradients; every parameter
@@ -73,6 +74,7 @@ from typing import Callable
 import torch
 
 from asiarch.job import trusted
+from asiarch.job.probe import ProbeError, twin
 from asiarch.job.candidate import DEFAULT_CLASS_NAME, CandidateError, build_layer, call_layer, load_layer_class
 # ASI-Arch layers wrap kernels in @torch.compile: on CPU, compiling would cost tens of seconds
 # for checks that run each function a few times; the uncompiled function computes the same.
@@ -425,6 +427,13 @@ def _check_interface(layer, b: _Battery) -> dict:
         if not y.is_floating_point():
             return _check("interface", False, f"the output has dtype {y.dtype}; return a floating-point tensor.",
                           output_dtype=str(y.dtype))
+    try:  # the job's leak probe copies the model: a layer it cannot copy faithfully would fail its job half-way
+        twin(layer)
+    except ProbeError as exc:
+        return _check("interface", False, str(exc).replace("the model", "the layer").replace("model.", "layer.", 1))
+    except Exception as exc:
+        return _check("interface", False, f"the layer cannot be copied ({b.describe(exc)}), as the job's leak probe "
+                                          "copies it: keep its state in tensors, numbers and containers.")
     return _check("interface", True, f"output shape equals input shape for [1, {seq_len}, {hidden_size}] and "
                                      f"[3, {odd}, {hidden_size}].", lengths=[seq_len, odd])
 

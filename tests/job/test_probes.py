@@ -59,7 +59,7 @@ REFUSED = [
     ("cheat_after_calls", 64, "causality", f"trained {TRAIN_STEPS} steps"),
     ("cheat_off_seed0", 64, "causality", "reads future tokens"),
     ("cheat_batch_mix", 64, "batch_independence", "batch 8"),
-    ("cheat_deepcopy", 64, "causality", "a freshly built instance"),
+    ("cheat_deepcopy", 64, "interface", "cannot be copied"),  # (and causality: fresh instances)
     ("cheat_replay_cache", 64, "causality", "reads future tokens"),
     ("cheat_zero_init", 64, "causality", f"trained {TRAIN_STEPS} steps"),
     ("cheat_nan_late", 64, "finite_step", "step 21 of 25"),
@@ -426,6 +426,8 @@ def test_the_probe_refuses_a_copy_that_would_share_state_with_the_model(keep, mo
         src = src.replace("self.shelf()[-8:]", "self.shelf()[0][-8:]").replace("self.shelf().append",
                                                                                 "self.shelf()[0].append")
     assert static_check(src) == []
+    failed = first_failure(run_checks(src, seq_len=32, num_heads=2, batch_size=4, static=False, complexity=False))
+    assert failed["name"] == "interface" and "cannot copy the layer faithfully" in failed["detail"]  # refused early
     x = torch.randint(0, 64, (4, 32))
     probe = LeakProbe(step=0, seed=9, rank=0, world=1, device=torch.device("cpu"), precision="fp32", vocab_size=64)
     with pytest.raises(probe_module.ProbeError, match=r"would share model\.blocks\.0\.mixer\.shelf"):

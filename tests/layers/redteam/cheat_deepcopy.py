@@ -1,7 +1,8 @@
 """Cheat: its copies are honest. `copy.deepcopy(layer)` returns a causal twin, the layer itself reads
 the next token. The battery before issue 13 probed deep copies. Refused by `causality`: the probes
-build fresh instances with the constructor. (The static check also refuses the dunder definition;
-the probes must not rely on that.)"""
+build fresh instances with the constructor; and since stop 24 first by `interface`, which copies the
+layer as the job's leak probe does and finds the copy unfaithful. (The static check also refuses the
+dunder definition; the probes must not rely on that.)"""
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
