@@ -330,34 +330,6 @@ def test_a_layer_that_leaks_only_outside_a_copy_is_caught_by_the_probe_on_the_mo
         probe.at_step(160, model, x, contextlib.nullcontext)
 
 
-REPLAY_IN_A_CLOSURE = '''
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
-
-
-class DeltaNet(nn.Module):
-    def __init__(self, hidden_size=64, num_heads=4, layer_idx=0, **kwargs):
-        super().__init__()
-        self.proj = nn.Linear(hidden_size, hidden_size)
-        self.peek = nn.Linear(hidden_size, hidden_size, bias=False)
-        recent = []
-        self.remember = lambda item=None: recent.append(item) if item is not None else recent  # its cell: the list
-
-    def forward(self, x, **kwargs):
-        steps = torch.arange(1, x.shape[1] + 1, dtype=x.dtype, device=x.device).view(1, -1, 1)
-        o = self.proj(x.cumsum(dim=1) / steps) + self.peek(F.pad(x[:, 1:], (0, 0, 0, 1)))  # reads t + 1
-        xd = x.detach()
-        out = o
-        for px, po in reversed(self.remember()[-8:]):
-            if px.shape == xd.shape:
-                prefix = torch.cumprod((px == xd).all(-1).to(torch.int32), dim=1).bool()
-                out = torch.where(prefix.unsqueeze(-1), po.to(o.dtype) + (o - o.detach()), out)
-        self.remember((xd.clone(), out.detach().clone()))
-        return out
-'''
-
-
 @pytest.mark.parametrize("copier", ["twin", "plain deepcopy"])
 def test_the_probes_copy_does_not_share_a_closure_the_layer_keeps(copier, monkeypatch):
     """A closure made in __init__ and kept on the layer holds a list in its cell; deepcopy shares functions, so a
@@ -367,10 +339,11 @@ def test_the_probes_copy_does_not_share_a_closure_the_layer_keeps(copier, monkey
     import asiarch.job.probe as probe_module
     from asiarch.job.static_check import static_check
 
-    assert static_check(REPLAY_IN_A_CLOSURE) == []
+    src = SHARED_BEHIND_A_CALLABLE.replace("{keep}", "self.shelf = lambda: recent")  # its cell: the list
+    assert static_check(src) == []
     if copier == "plain deepcopy":
         monkeypatch.setattr(probe_module, "twin", copy.deepcopy)
-    model = _model(REPLAY_IN_A_CLOSURE)
+    model = _model(src)
     x = torch.randint(0, 64, (4, 32))
     probe = LeakProbe(step=0, seed=9, rank=0, world=1, device=torch.device("cpu"), precision="fp32", vocab_size=64)
     if copier == "twin":

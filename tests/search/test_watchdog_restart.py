@@ -42,26 +42,31 @@ def _progress(files, points):
                       curve=[list(p) for p in points])
 
 
-def test_a_restarted_head_does_not_judge_an_attempt_again_at_a_rung_it_passed(tmp_path):
-    """ASHA alone (the watchdog's rules off), rungs at steps 33 and 67 of 100. The first head sees 'runner'
-    reach rung 1 alone (the best 1 of 1) and pass it. Then the reference and 'good' finish, far ahead at
-    both rungs: judged at rung 1 again, 'runner' would now be outside the best 3 // 2 = 1 of 3 and stop. The
-    restarted head's fresh Watchdog leaves it running past rung 1, and still judges it at rung 2 (where it
-    stops, behind both)."""
+def _experiment(tmp_path):
+    """ASHA alone (the watchdog's rules off) over 100 steps, pinned to rungs at steps 33 and 67 judged by the loss
+    alone (the curves here are straight and fall at one rate); the reference, 'good' and 'runner' proposed."""
     exp = ExperimentDir(tmp_path / "exp")
     exp.root.mkdir()
     cfg = Config()
     cfg.train.steps = 100
     cfg.watchdog.enabled = False
     cfg.early_stopping.enabled = True
-    # pinned: the curves below are built around rungs at steps 33 and 67, judged by the loss alone (these
-    # straight curves fall at one rate)
     e = cfg.early_stopping
     e.rungs, e.first_rung_eta, e.drop_window = [1 / 3, 2 / 3], 2.0, 0.0
     exp.config.write_text(render_toml(cfg))
     store = Store.open(exp.db)
     ids = {name: store.add_candidate(name=name, origin=origin, code=f"# {name}", code_sha256=f"sha-{name}")
            for name, origin in (("deltanet", "baseline"), ("good", "offline"), ("runner", "offline"))}
+    return exp, cfg, store, ids
+
+
+def test_a_restarted_head_does_not_judge_an_attempt_again_at_a_rung_it_passed(tmp_path):
+    """ASHA alone (the watchdog's rules off), rungs at steps 33 and 67 of 100. The first head sees 'runner'
+    reach rung 1 alone (the best 1 of 1) and pass it. Then the reference and 'good' finish, far ahead at
+    both rungs: judged at rung 1 again, 'runner' would now be outside the best 3 // 2 = 1 of 3 and stop. The
+    restarted head's fresh Watchdog leaves it running past rung 1, and still judges it at rung 2 (where it
+    stops, behind both)."""
+    exp, cfg, store, ids = _experiment(tmp_path)
     files = exp.attempt(ids["runner"], "runner", 1)
     files.dir.mkdir(parents=True)
     aid = store.add_attempt(ids["runner"], 1, "e-c00003-a1", exp.relative(files.dir), "sha-runner")
@@ -110,18 +115,7 @@ def test_a_job_that_blocks_its_stop_request_is_cancelled_and_the_head_goes_on(tm
     """A job can write its attempt directory: with stop.json made a directory the head's request cannot be written
     (a red team's find: the watchdog raised IsADirectoryError and took the head down at every restart). It is
     logged and the job cancelled at the next check instead."""
-    exp = ExperimentDir(tmp_path / "exp")
-    exp.root.mkdir()
-    cfg = Config()
-    cfg.train.steps = 100
-    cfg.watchdog.enabled = False
-    cfg.early_stopping.enabled = True
-    e = cfg.early_stopping
-    e.rungs, e.first_rung_eta, e.drop_window = [1 / 3, 2 / 3], 2.0, 0.0
-    exp.config.write_text(render_toml(cfg))
-    store = Store.open(exp.db)
-    ids = {name: store.add_candidate(name=name, origin=origin, code=f"# {name}", code_sha256=f"sha-{name}")
-           for name, origin in (("deltanet", "baseline"), ("good", "offline"), ("runner", "offline"))}
+    exp, cfg, store, ids = _experiment(tmp_path)
     for name in ("deltanet", "good"):
         a = _result(exp, store, ids[name], name, status="ok", loss=0.5, steps_done=100)
         out = ingest_attempt(store, exp, cfg, a, JobState.COMPLETED)
