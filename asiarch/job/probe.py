@@ -67,6 +67,13 @@ def twin(model: torch.nn.Module) -> torch.nn.Module:
     (``Parameter.__deepcopy__`` drops them: a call counter kept as ``self.proj.weight.calls`` would
     start again from nothing in the copy, and a layer that turns to leaking after N calls would be
     honest there)."""
+    for name, m in model.named_modules():  # before any copy: a dunder-named child answers copy's own lookups
+        for kind in ("_modules", "_parameters", "_buffers"):
+            odd = [k for k in vars(m).get(kind, {}) if str(k).startswith("__")]
+            if odd:
+                raise ProbeError(f"the leak probe will not copy the model: {name or 'the model'} has a "
+                                 f"{kind[1:-1].rstrip('s')} named {odd[0]!r}, and nn.Module answers an attribute "
+                                 f"lookup such as copy's __deepcopy__ with a child of that name; name it plainly")
     memo: dict = {}
     for m in model.modules():  # a tensor kept from a forward (a gate, a cache) is not a graph leaf: deepcopy refuses it
         for value in vars(m).values():

@@ -113,7 +113,7 @@ def test_a_replaying_layer_passes_the_lint_and_passes_the_probes_when_their_inst
 
 # the rest of the corpus: tested below, in a child process or through the job
 ELSEWHERE = {"cheat_cubic_alloc", "cheat_patch_checker", "cheat_rank", "cheat_cuda_compile", "cheat_patch_loss",
-             "cheat_replay_late", "cheat_copy_aware"}
+             "cheat_replay_late", "cheat_copy_aware", "cheat_copy_hook"}
 
 
 def test_every_layer_of_the_corpus_has_its_tests():
@@ -408,6 +408,31 @@ def test_the_probe_refuses_a_copy_that_would_share_state_with_the_model(keep, mo
     monkeypatch.setattr(probe_module, "_shared_state", lambda model, copied: [])  # the defence off
     probe.at_step(0, _model(src), x, contextlib.nullcontext)
     assert not probe.results[-1]["leaked"]  # the replay through the shared list hides the leak
+
+
+def test_a_child_named_like_a_dunder_is_refused_before_any_copy(monkeypatch):
+    """cheat_copy_hook registers a submodule under '__deepcopy__' (built from pieces the lint never sees whole):
+    copy.deepcopy finds it through nn.Module's attribute fallback and calls it, and it quiets the layer for the
+    probe's forwards. With the check off (the defence off) it passes the probe while it leaks."""
+    import asiarch.job.probe as probe_module
+    from asiarch.job.static_check import static_check
+
+    src = source("cheat_copy_hook")
+    assert static_check(src) == []
+    failed = first_failure(run_checks(src, seq_len=32, num_heads=2, batch_size=4, static=False, complexity=False))
+    assert failed["name"] == "interface" and "named '__deepcopy__'" in failed["detail"]
+    model = _model(src)
+    probe = LeakProbe(step=160, seed=5, rank=0, world=1, device=torch.device("cpu"), precision="fp32", vocab_size=64)
+    with pytest.raises(probe_module.ProbeError, match="named '__deepcopy__'"):
+        _train(model, 161, probe)
+
+    import copy
+
+    monkeypatch.setattr(probe_module, "twin", copy.deepcopy)  # a copy without the check: the hook fires in it
+    model = _model(src)
+    probe = LeakProbe(step=160, seed=5, rank=0, world=1, device=torch.device("cpu"), precision="fp32", vocab_size=64)
+    losses = _train(model, 175, probe)
+    assert probe.results and not probe.results[0]["leaked"] and losses[-1] < 3.5  # leaks (ln 64 = 4.16), unseen
 
 
 COUNTER_ON_A_PARAMETER = '''
