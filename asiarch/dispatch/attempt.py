@@ -82,13 +82,16 @@ def write_attempt_files(paths: AttemptFiles, *, layer_path: Path, identity: JobI
     default the attempt's candidate directory and the layer's. The checkpoint lives in the
     candidate's ``checkpoints/`` directory under ``checkpoint_name`` (one per stage and seed), so
     that a requeued job or a retry of the same run resumes from it; a symbolic link on the way
-    from ``bind_root`` is refused (:class:`PlantedFileError`). ``report_steps``: the early-stopping rungs
+    from ``bind_root`` is refused (:class:`PlantedFileError`), and one a job left in place of the
+    checkpoint is removed (the search goes on; the attempt starts from step 0). ``report_steps``: the early-stopping rungs
     (the trainer writes its progress record on reaching each, for the head to judge it there at once)."""
     top = Path(bind_root) if bind_root else paths.dir.parent.parent
     _refuse_links(paths.dir, top)
     paths.dir.mkdir(parents=True, exist_ok=True)
     ckpt = checkpoint_dir(paths.dir.parent, top)
-    _refuse_links(ckpt / checkpoint_name, top)
+    planted = ckpt / checkpoint_name
+    if planted.is_symlink():  # only a job writes there: its link goes (not followed), the attempt starts afresh
+        planted.unlink()
     if not isinstance(identity, JobIdentity):
         identity = JobIdentity.from_dict(identity, source=f"identity of {paths.spec}")
     spec = JobSpec(

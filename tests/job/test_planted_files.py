@@ -134,7 +134,7 @@ def test_a_linked_attempt_directory_is_refused_and_checkpoints_live_apart(tmp_pa
     assert (cand / "checkpoints" / "checkpoint.pt").read_bytes() == b"an earlier version's checkpoint"  # moved in
 
 
-def test_a_checkpoint_linked_elsewhere_is_refused_and_never_widens_the_sandbox(tmp_path):
+def test_a_checkpoint_linked_elsewhere_is_removed_and_never_widens_the_sandbox(tmp_path):
     """A job may write its candidate's checkpoints/: a link there named as the next attempt's checkpoint, resolved,
     made that attempt's sandbox bind the link's target directory writable (a red team's find: ~/.ssh)."""
     from asiarch.dispatch import sandbox as sb
@@ -155,9 +155,7 @@ def test_a_checkpoint_linked_elsewhere_is_refused_and_never_widens_the_sandbox(t
     (cand / "checkpoints" / "checkpoint.pt").symlink_to(victim / "anything")  # what the job plants
     assert str(victim) in os.path.realpath(cand / "checkpoints" / "checkpoint.pt")  # resolving follows it
     ident = {"experiment": "e", "candidate_id": 1, "attempt": 2, "run_key": "e-c00001-a2", "code_sha256": "s"}
-    with pytest.raises(PlantedFileError, match="checkpoint.pt is a symbolic link"):
-        write_attempt_files(AttemptFiles(cand / "attempt-2"), identity=ident, **kw)
-    (cand / "checkpoints" / "checkpoint.pt").unlink()
-    write_attempt_files(AttemptFiles(cand / "attempt-2"), identity=ident, **kw)
+    write_attempt_files(AttemptFiles(cand / "attempt-2"), identity=ident, **kw)  # the head goes on: no exception
+    assert not (cand / "checkpoints" / "checkpoint.pt").is_symlink() and list(victim.iterdir()) == []
     script = (cand / "attempt-2" / "job.sh").read_text()
     assert str(victim) not in script and f"--bind {(cand / 'checkpoints').resolve()} " in script
