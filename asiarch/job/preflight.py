@@ -428,12 +428,9 @@ def _check_interface(layer, b: _Battery) -> dict:
             return _check("interface", False, f"the output has dtype {y.dtype}; return a floating-point tensor.",
                           output_dtype=str(y.dtype))
     try:  # the job's leak probe copies the model: a layer it cannot copy faithfully would fail its job half-way
-        twin(layer)
+        twin(layer, "layer")
     except ProbeError as exc:
-        return _check("interface", False, str(exc).replace("the model", "the layer").replace("model.", "layer.", 1))
-    except Exception as exc:
-        return _check("interface", False, f"the layer cannot be copied ({b.describe(exc)}), as the job's leak probe "
-                                          "copies it: keep its state in tensors, numbers and containers.")
+        return _check("interface", False, f"{exc}.")
     return _check("interface", True, f"output shape equals input shape for [1, {seq_len}, {hidden_size}] and "
                                      f"[3, {odd}, {hidden_size}].", lengths=[seq_len, odd])
 

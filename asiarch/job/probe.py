@@ -62,43 +62,38 @@ class Leak(Exception):
         self.figures = figures
 
 
-def twin(model: torch.nn.Module) -> torch.nn.Module:
-    """A deep copy of ``model`` with every attribute a layer keeps, those on its parameters included
-    (``Parameter.__deepcopy__`` drops them: a call counter kept as ``self.proj.weight.calls`` would
-    start again from nothing in the copy, and a layer that turns to leaking after N calls would be
-    honest there)."""
+def twin(model: torch.nn.Module, what: str = "model") -> torch.nn.Module:
+    """A deep copy of ``model`` (named ``what`` in messages) that shares no mutable object with it, with every
+    attribute a layer keeps: those on its parameters (``Parameter.__deepcopy__`` drops them: a call counter kept as
+    ``self.proj.weight.calls`` would start again in the copy), closures with cells of their own, and tensors a
+    forward kept (not graph leaves: deepcopy refuses them) detached. Raises :class:`ProbeError` when it cannot."""
     for name, m in model.named_modules():  # before any copy: a dunder-named child answers copy's own lookups
         for kind in ("_modules", "_parameters", "_buffers"):
             odd = [k for k in vars(m).get(kind, {}) if str(k).startswith("__")]
             if odd:
-                raise ProbeError(f"the leak probe will not copy the model: {name or 'the model'} has a "
+                raise ProbeError(f"the leak probe will not copy the {what}: {name or what} has a "
                                  f"{kind[1:-1].rstrip('s')} named {odd[0]!r}, and nn.Module answers an attribute "
                                  f"lookup such as copy's __deepcopy__ with a child of that name; name it plainly")
     memo: dict = {}
-    for m in model.modules():  # a tensor kept from a forward (a gate, a cache) is not a graph leaf: deepcopy refuses it
+    for m in model.modules():
         for value in vars(m).values():
             _seed_detached(value, memo)
-    out = copy.deepcopy(model, memo)
-    for p in model.parameters():
-        kept = vars(p)
-        if kept and id(p) in memo:
-            vars(memo[id(p)]).update(copy.deepcopy(kept, memo))
-    for m in model.modules():  # deepcopy shares a function: a closure kept on the layer would share its cells
-        mine = vars(memo[id(m)])
-        for name, value in vars(m).items():
-            if name in trusted.NN_INTERNAL:  # nn.Module's registries (hooks): the copy's own, as deepcopy made them
-                continue
-            if isinstance(value, (list, tuple, dict)):
-                items = value.items() if isinstance(value, dict) else enumerate(value)
-                if any(_closure(v) for _, v in items):
-                    copied = {k: _copy_closure(v, memo) for k, v in (value.items() if isinstance(value, dict)
-                                                                     else enumerate(value))}
-                    mine[name] = copied if isinstance(value, dict) else type(value)(copied.values())
-            elif _closure(value):
-                mine[name] = _copy_closure(value, memo)
-    shared = _shared_state(model, out)
+    try:
+        out = copy.deepcopy(model, memo)
+        for p in model.parameters():
+            if vars(p) and id(p) in memo:
+                vars(memo[id(p)]).update(copy.deepcopy(vars(p), memo))
+        for m in model.modules():
+            mine = vars(memo[id(m)])
+            for name, value in vars(m).items():
+                if name not in trusted.NN_INTERNAL:  # nn.Module's registries (hooks): the copy's own, as deepcopy made
+                    mine[name] = _recell(value, memo, mine[name])
+    except Exception as exc:  # (a module whose own __deepcopy__ left the memo without it, among others)
+        raise ProbeError(f"the leak probe could not copy the {what} ({type(exc).__name__}: {exc}): keep the "
+                         "layer's state in tensors, numbers and containers") from exc
+    shared = _shared_state(model, out, what)
     if shared:
-        raise ProbeError(f"the leak probe cannot copy the model faithfully: its copy would share {shared[0]} with it "
+        raise ProbeError(f"the leak probe cannot copy the {what} faithfully: its copy would share {shared[0]} with it "
                          f"({len(shared)} such object{'s' * (len(shared) > 1)}), state a forward of one could pass to "
                          "the other (kept behind a function, a bound method or a partial); keep the layer's state in "
                          "plain attributes (self.x = ...), not reachable through callables")
@@ -161,9 +156,9 @@ def _reachable(root, where: str) -> dict[int, tuple[object, str]]:
     return found
 
 
-def _shared_state(model: torch.nn.Module, copied: torch.nn.Module) -> list[str]:
-    """The paths (from the model) of the mutable objects the model and its copy both reach."""
-    mine = _reachable(model, "model")
+def _shared_state(model: torch.nn.Module, copied: torch.nn.Module, what: str = "model") -> list[str]:
+    """The paths (from the model, named ``what``) of the mutable objects the model and its copy both reach."""
+    mine = _reachable(model, what)
     theirs = _reachable(copied, "copy")
     return sorted(path for key, (_, path) in mine.items() if key in theirs)
 
@@ -183,11 +178,23 @@ def _closure(f) -> bool:
     return isinstance(f, types.FunctionType) and bool(f.__closure__)
 
 
+def _recell(value, memo: dict, copied):
+    """``copied`` (deepcopy's copy of the attribute ``value``) with a closure, directly or one level inside a list,
+    tuple or dict, given cells of its own: deepcopy shares functions, and so their cells."""
+    if _closure(value):
+        return _copy_closure(value, memo)
+    if isinstance(value, (list, tuple)) and any(map(_closure, value)):
+        return type(value)(_copy_closure(v, memo) for v in value)
+    if isinstance(value, dict) and any(map(_closure, value.values())):
+        return {k: _copy_closure(v, memo) for k, v in value.items()}
+    return copied
+
+
 def _copy_closure(f, memo: dict):
     """``f`` with its own cells, their contents deep-copied (with ``memo``: a cell holding the layer holds the
-    copy); anything else as it is."""
+    copy); anything else deep-copied."""
     if not _closure(f):
-        return f
+        return copy.deepcopy(f, memo)
     cells = []
     for cell in f.__closure__:
         try:
@@ -222,13 +229,7 @@ def probe_batch(model: torch.nn.Module, inputs: torch.Tensor, *, position: int, 
     hidden: list[torch.Tensor] = []
     state = trusted.ModuleState(model)
     rng = trusted.RNGState(inputs.device)
-    try:
-        copied = twin(model)  # before the first forward: the state the second starts from
-    except ProbeError:
-        raise
-    except Exception as exc:
-        raise ProbeError(f"the leak probe could not copy the model to probe it ({type(exc).__name__}: {exc}): keep "
-                         "the layer's state in tensors, numbers and containers") from exc
+    copied = twin(model)  # before the first forward: the state the second starts from
     was_training = model.training
     try:
         for net, x in ((model, inputs), (copied, changed)):

@@ -26,8 +26,9 @@ needs:
   ``__import__``, ``globals``, ``vars``, ...), no ``getattr``/``setattr``/``delattr`` with a
   computed name, no frame, traceback, code-object or autograd-graph attributes, no
   ``type(obj)`` beyond ``type(obj).__name__``, no ``match`` class patterns with
-  subpatterns (they read attributes by name), no ``str.format`` templates that read attributes or items, and no rebinding
-  of the builtins these rules rely on or of the names imports bind.
+  subpatterns (they read attributes by name), no ``str.format`` templates that read
+  attributes or items, and no rebinding of the builtins these rules rely on or of the
+  names imports bind.
 
 Each finding names its rule, its line and what to do instead. Pure standard library, so
 the head runs it in-process before anything of the candidate runs.

@@ -62,15 +62,6 @@ _numel = _TB.numel
 _new_zeros = _TB.new_zeros
 _copy = _TB.copy_
 _deepcopy = _copy_module.deepcopy
-
-
-class _Deep:
-    """A deep copy ModuleState keeps of an attribute that is neither a number, a tensor nor a plain container."""
-
-    __slots__ = ("value",)
-
-    def __init__(self, value):
-        self.value = value
 _where = _VF.where
 _zeros_like = _VF.zeros_like
 _nan_to_num = _VF.nan_to_num
@@ -189,6 +180,15 @@ class RNGState:
         _set_rng_state(self.cpu)
         if self.cuda is not None:
             torch.cuda.set_rng_state(self.cuda, self.device)
+
+
+class _Deep:
+    """A deep copy ModuleState keeps of an attribute that is neither a number, a tensor nor a plain container."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
 
 
 _SCALARS = (bool, int, float, complex, str, bytes, type(None))
